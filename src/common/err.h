@@ -1,0 +1,42 @@
+/*
+ * Ferry's error codes.
+ *
+ * Functions return 0 or a negative number: a negative errno passed up
+ * unchanged from the kernel, libuv or io_uring, or a negative FY_E* code from
+ * the table below for conditions that have no errno of their own. The codes
+ * start well above any errno so the two never collide, and fy_strerror()
+ * names both.
+ */
+#ifndef FY_COMMON_ERR_H
+#define FY_COMMON_ERR_H
+
+#define FY_ERR_BASE 10000
+
+/* X(name, text) */
+#define FY_ERR_TABLE(X)                                                              \
+  X(CORRUPT,      "record failed validation (magic, length, CRC or offset)")         \
+  X(TOO_BIG,      "message larger than maxMessageSize")                              \
+  X(BUSY,         "store busy: write buffers full, try again")                       \
+  X(STORE_FAILED, "store refused the write after an earlier disk error")             \
+  X(DISK_FULL,    "disk usage above the configured limit; writes refused")           \
+  X(DISCONTIG,    "bytes do not continue the log at this offset")                    \
+  X(NOT_FOUND,    "no such entry")                                                   \
+  X(CONFIG,       "bad configuration")                                               \
+  X(SHUTDOWN,     "store is shutting down")                                          \
+  X(LOCKED,       "store directory is locked by another process")
+
+enum {
+  FY__ERR_FIRST = FY_ERR_BASE - 1,
+#define FY__ERR_ENUM(name, text) FY_E##name,
+  FY_ERR_TABLE(FY__ERR_ENUM)
+#undef FY__ERR_ENUM
+  FY__ERR_LAST
+};
+
+/* Text for 0, a negative errno or a negative FY_E* code. Never NULL. */
+const char *fy_strerror(int err);
+
+/* The short symbolic name ("EIO", "CORRUPT"), for logs and status strings. */
+const char *fy_errname(int err);
+
+#endif

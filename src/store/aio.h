@@ -1,0 +1,86 @@
+/*
+ * Asynchronous file I/O for the event-loop thread.
+ *
+ * Two backends behind one interface:
+ *   - io_uring (the default): one ring owned by the loop thread. Requests
+ *     queue SQEs; a uv_prepare_t submits them once per loop iteration, so
+ *     everything asked for in one iteration goes to the kernel in one
+ *     io_uring_enter (this is where group commit comes from). Completions are
+ *     signalled through an eventfd watched by a uv_poll_t; they are drained
+ *     in bounded batches and their callbacks run after the batch is drained.
+ *   - threads: libuv's threadpool (uv_fs_*), for kernels or sandboxes where
+ *     io_uring cannot be set up. Chosen automatically (logged once) or forced.
+ *
+ * Contract (libuv's): if a request function returns an error, its callback
+ * never runs; otherwise the callback runs exactly once, on the loop thread,
+ * never from inside the call that queued it. The buffer passed to a write must
+ * remain valid and unchanged until the callback is called. The request struct
+ * is owned by the caller and must stay valid until its callback runs.
+ *
+ * A write completes with the full length or an error: a short write is
+ * resumed internally; a write that makes no progress completes with -EIO.
+ */
+#ifndef FY_STORE_AIO_H
+#define FY_STORE_AIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+enum fy_aio_backend { FY_AIO_AUTO, FY_AIO_URING, FY_AIO_THREADS };
+enum fy_aio_op { FY_AIO_WRITE, FY_AIO_FDATASYNC, FY_AIO_FALLOCATE, FY_AIO_OP_COUNT };
+
+typedef struct fy_aio fy_aio;
+typedef struct fy_aio_req fy_aio_req;
+
+/* res: for a write, the byte count; otherwise 0; or a negative errno. */
+typedef void (*fy_aio_cb)(fy_aio_req *req, int64_t res);
+
+struct fy_aio_req {
+  void *data; /* for the caller */
+  /* private */
+  fy_aio_cb cb;
+  fy_aio *aio;
+  int op;
+  int fd;
+  const uint8_t *buf;
+  uint64_t len;
+  uint64_t off;
+  uint64_t done;
+  int mode;
+  fy_aio_req *next;
+  uv_fs_t fs;
+};
+
+/* Creates the I/O context on loop. backend AUTO tries io_uring and falls back
+ * to threads with one log line. queue_depth bounds requests in flight. */
+int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out);
+
+/* Which backend is in use (never AUTO). */
+enum fy_aio_backend fy_aio_backend_of(const fy_aio *aio);
+const char *fy_aio_backend_name(enum fy_aio_backend b);
+
+/* pwrite of len bytes of buf at off. */
+int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t len, uint64_t off,
+                 fy_aio_cb cb);
+/* fdatasync(fd). Covers every write to fd that completed before it was queued. */
+int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
+/* fallocate(fd, mode, off, len). */
+int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
+                     fy_aio_cb cb);
+
+/* Number of requests queued or in flight. */
+unsigned fy_aio_pending(const fy_aio *aio);
+
+/*
+ * Tests only: the next `count` requests of kind op, after `skip` more succeed
+ * normally, complete with error err (negative errno) without reaching the disk.
+ */
+void fy_aio_inject_fault(fy_aio *aio, enum fy_aio_op op, unsigned skip, unsigned count, int err);
+
+/* Stops the backend. All requests must have completed (fy_aio_pending == 0).
+ * Handles are closed asynchronously; the memory is freed by close_cb's return
+ * (or right away if close_cb is NULL, once the loop has run the close). */
+void fy_aio_close(fy_aio *aio);
+
+#endif

@@ -1,0 +1,180 @@
+/*
+ * The commit log: every message of every topic, appended in one sequence of
+ * segment files and addressed by physical offset (bytes since the start of
+ * the log).
+ *
+ * Segments are named by their start offset in 20 digits
+ * (00000000001073741824) and all have segment_size bytes; the next one is
+ * preallocated (fallocate through fy_aio) before it is needed. Records are
+ * laid out as in record.h and never span segments.
+ *
+ * Write path (loop thread only). fy_commitlog_append encodes records into the
+ * current write buffer; once per loop iteration the buffer is handed to
+ * fy_aio as one write (plus a linked fdatasync under SYNC_FLUSH). At most one
+ * write and one fdatasync are in flight per log, so everything appended while
+ * they run goes out together in the next one: group commit. Offsets:
+ *
+ *   min <= flushed <= written <= end
+ *     end      bytes appended (some may only be in a write buffer)
+ *     written  bytes whose write completed: in the page cache, survive kill -9,
+ *              readable with fy_commitlog_read
+ *     flushed  bytes covered by a completed fdatasync
+ *
+ * An append's callback runs once its bytes are written (ASYNC_FLUSH) or
+ * flushed (SYNC_FLUSH), or with an error. Under ASYNC_FLUSH a timer issues
+ * fdatasync every flush_interval_ms when there is unflushed data.
+ *
+ * Errors are sticky: a failed write, fdatasync or preallocation puts the log
+ * in the failed state: every waiting append completes with that error and
+ * every later append returns -FY_ESTORE_FAILED at once. Reads go on up to
+ * `written`. A failed fdatasync is never retried.
+ *
+ * Buffers are bounded (write_buffer_size x write_buffers, and max_waiters
+ * pending callbacks); when they are full, append returns -FY_EBUSY.
+ */
+#ifndef FY_STORE_COMMITLOG_H
+#define FY_STORE_COMMITLOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "store/aio.h"
+#include "store/record.h"
+
+typedef struct fy_commitlog fy_commitlog;
+typedef struct fy_cl_segment fy_cl_segment;
+
+struct fy_commitlog_config {
+  const char *dir;             /* <storePathRootDir>/commitlog, created if missing */
+  uint64_t segment_size;       /* mappedFileSizeCommitLog; a multiple of 4096 */
+  bool sync_flush;             /* flushDiskType == SYNC_FLUSH */
+  uint32_t flush_interval_ms;  /* flushIntervalCommitLog, ASYNC_FLUSH only */
+  uint32_t write_buffer_size;  /* bytes per write buffer; >= largest record + FY_BLANK_SIZE */
+  uint32_t write_buffers;      /* number of write buffers (>= 2) */
+  uint32_t max_waiters;        /* appends awaiting their callback */
+};
+
+/* What opening found and did; printed by the store. */
+struct fy_cl_recovery {
+  uint64_t scanned_from;    /* offset validation started at */
+  uint64_t end;             /* recovered end of the log */
+  uint64_t dropped_bytes;   /* bytes past the end that were not valid records, zeroed */
+  uint64_t records_scanned; /* valid records between scanned_from and end */
+  uint32_t segments;        /* segment files kept */
+};
+
+/*
+ * Opens (creating if empty) the log in cfg->dir. Recovery: every record from
+ * check_from (a record boundary known to be valid, e.g. the checkpoint; 0 or
+ * the first segment's start to check everything) is validated in order; the
+ * log ends at the first entry that fails validation. Bytes from there to the
+ * end of that segment are zeroed and later segments deleted; a segment found
+ * shorter than segment_size is extended. Runs synchronously: call before the
+ * loop serves anything. The aio context must outlive the log.
+ */
+int fy_commitlog_open(uv_loop_t *loop, fy_aio *aio, const struct fy_commitlog_config *cfg,
+                      uint64_t check_from, fy_commitlog **out, struct fy_cl_recovery *report);
+
+/* Starts a clean shutdown: no more appends; pending writes and a final
+ * fdatasync complete (their callbacks run); then done_cb runs. */
+void fy_commitlog_close(fy_commitlog *cl, void (*done_cb)(void *arg), void *arg);
+
+/* Frees the log. Only after close's done_cb, or before the loop ever ran. */
+void fy_commitlog_free(fy_commitlog *cl);
+
+/*
+ * Completion of an append. status is 0 or a negative error; phys and size are
+ * the first record's offset and the total bytes appended.
+ */
+typedef void (*fy_append_cb)(void *arg, int status, uint64_t phys, uint64_t size);
+
+/*
+ * Appends n records atomically (all or none), in order, with consecutive
+ * offsets. For each message the caller fills every field but phys_offset and
+ * store_ts_ms, which the log assigns (store_ts_ms is set to now). On success
+ * returns 0, writes each record's offset to phys_out[i] (if not NULL), and cb
+ * (if not NULL) will run once all n are durable per the flush rule.
+ *   -FY_ETOO_BIG        a record is larger than a write buffer can hold
+ *   -EINVAL             a field is out of range (fy_record_size == 0)
+ *   -FY_EBUSY           buffers or waiters full: retry later
+ *   -FY_ESTORE_FAILED   the log failed earlier (sticky)
+ *   -FY_EDISK_FULL      writes are refused by fy_commitlog_set_disk_full
+ */
+int fy_commitlog_append(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
+                        fy_append_cb cb, void *arg);
+
+/*
+ * Replication: appends raw log bytes received from a master. offset must equal
+ * fy_commitlog_end (else -FY_EDISCONTIG). Bytes may stop anywhere, mid-record
+ * included, and may not cross a segment boundary (the master never sends such
+ * a chunk); the caller validates records as they complete. cb as for append.
+ */
+int fy_commitlog_append_raw(fy_commitlog *cl, uint64_t offset, const void *bytes, size_t len,
+                            fy_append_cb cb, void *arg);
+
+/*
+ * Cuts the log to offset (>= min, <= end): later segments deleted, the rest
+ * of the segment zeroed, flushed before it returns. Only with nothing in
+ * flight (returns -FY_EBUSY otherwise). Synchronous: for a slave told to
+ * re-sync, or tests.
+ */
+int fy_commitlog_truncate(fy_commitlog *cl, uint64_t offset);
+
+/* A read-only view of log bytes, pinned: the segment is not unmapped or
+ * deleted while a slice refers to it. */
+struct fy_cl_slice {
+  const uint8_t *data;
+  size_t len;
+  uint64_t offset;
+  fy_cl_segment *seg; /* private */
+};
+
+/*
+ * Maps up to max_len bytes starting at offset, stopping at the end of the
+ * segment and at `written`. Returns 0 (len may be 0 at the end of the log),
+ * -FY_ENOT_FOUND below min (deleted by retention). Release every slice.
+ */
+int fy_commitlog_read(fy_commitlog *cl, uint64_t offset, size_t max_len, struct fy_cl_slice *out);
+void fy_cl_slice_release(struct fy_cl_slice *s);
+
+/*
+ * Reads and validates the record at offset (must be < written). Returns its
+ * size, -FY_ECORRUPT, or -FY_ENOT_FOUND. A blank marker sets *kind and the
+ * caller moves to the next segment (fy_commitlog_next_segment). out points
+ * into the slice, which the caller releases.
+ */
+int64_t fy_commitlog_read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
+                                 enum fy_record_kind *kind, struct fy_msg *out);
+
+/* Start offset of the segment after the one holding offset. */
+uint64_t fy_commitlog_next_segment(const fy_commitlog *cl, uint64_t offset);
+
+uint64_t fy_commitlog_min(const fy_commitlog *cl);
+uint64_t fy_commitlog_end(const fy_commitlog *cl);
+uint64_t fy_commitlog_written(const fy_commitlog *cl);
+uint64_t fy_commitlog_flushed(const fy_commitlog *cl);
+uint64_t fy_commitlog_segment_size(const fy_commitlog *cl);
+/* 0, or the sticky error that failed the log. */
+int fy_commitlog_error(const fy_commitlog *cl);
+
+/* Called (on the loop thread) whenever `written` advances, e.g. to dispatch. */
+void fy_commitlog_on_written(fy_commitlog *cl, void (*cb)(void *arg, uint64_t written), void *arg);
+/* Called whenever `flushed` advances, e.g. to write the checkpoint. */
+void fy_commitlog_on_flushed(fy_commitlog *cl, void (*cb)(void *arg, uint64_t flushed), void *arg);
+
+/* Disk guard: while set, appends return -FY_EDISK_FULL (not sticky). */
+void fy_commitlog_set_disk_full(fy_commitlog *cl, bool full);
+
+/* Retention. Segment start offsets and modification times, oldest first;
+ * returns how many were written to the arrays (at most cap). The active
+ * (last) segment is never listed. */
+size_t fy_commitlog_old_segments(const fy_commitlog *cl, uint64_t *starts, int64_t *mtimes_ms,
+                                 size_t cap);
+/* Drops the oldest segment (must be the first one and not the active one):
+ * min moves to the next segment; the file is unlinked off the loop thread and
+ * unmapped when the last slice on it is released. */
+int fy_commitlog_drop_oldest(fy_commitlog *cl);
+
+#endif

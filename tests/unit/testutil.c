@@ -1,0 +1,49 @@
+/* Shared unit-test helpers; see testutil.h. */
+#define _XOPEN_SOURCE 700
+#include "testutil.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *fy_test_mkdtemp(const char *tag) {
+  static char path[512];
+  const char *base = getenv("TMPDIR");
+  if (!base || !*base)
+    base = "/tmp";
+  snprintf(path, sizeof path, "%s/ferry-%s-XXXXXX", base, tag);
+  if (!mkdtemp(path)) {
+    perror("mkdtemp");
+    abort();
+  }
+  return path;
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st; (void)flag; (void)ftw;
+  return remove(p);
+}
+
+void fy_test_rmtree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
+
+static void on_timer(uv_timer_t *t) { *(bool *)t->data = true; }
+
+bool fy_test_run_until(uv_loop_t *loop, const bool *flag, uint64_t timeout_ms) {
+  bool expired = false;
+  uv_timer_t timer;
+  uv_timer_init(loop, &timer);
+  timer.data = &expired;
+  uv_timer_start(&timer, on_timer, timeout_ms, 0);
+  while (!*flag && !expired)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return *flag;
+}
+
+int fy_test_loop_finish(uv_loop_t *loop) {
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop);
+}

@@ -1,0 +1,21 @@
+/* Helpers shared by the unit tests: scratch directories and loop running. */
+#ifndef FY_TESTS_TESTUTIL_H
+#define FY_TESTS_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* Creates a fresh empty directory under $TMPDIR (or /tmp) and returns its
+ * path (static storage until the next call). */
+const char *fy_test_mkdtemp(const char *tag);
+/* rm -rf path. */
+void fy_test_rmtree(const char *path);
+/* Runs loop until *flag becomes true or timeout_ms passes; returns *flag. */
+bool fy_test_run_until(uv_loop_t *loop, const bool *flag, uint64_t timeout_ms);
+/* Runs the loop until nothing is left to do, then closes it; returns
+ * uv_loop_close's result (0 = no leaked handles). */
+int fy_test_loop_finish(uv_loop_t *loop);
+
+#endif
