@@ -1,0 +1,1113 @@
+/*
+ * The message store: glue between the commit log and what is derived from
+ * it. It owns
+ *   - the queue table: (topic, queueId) -> next queue offset and consume queue;
+ *   - dispatch: every record that reaches `written` in the commit log is put
+ *     into its consume queue and the index (idempotently, so recovery can
+ *     replay a range);
+ *   - the flush cycle: every flush_cq_interval_ms the dirty consume queues
+ *     and the index are fdatasynced, then the checkpoint records
+ *     min(dispatched-at-start, commit-log flushed) as the safe offset;
+ *   - recovery: validate the log from the checkpoint, cut queues and index
+ *     back to the recovered end, re-dispatch the rest;
+ *   - retention and the disk guard on a timer.
+ *
+ * Close sequence (state machine, see enum close_state): the commit log
+ * drains and flushes, then queues and index flush, then the checkpoint is
+ * written with safe == end and the abort marker is removed.
+ */
+#include "store/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/strmap.h"
+#include "store/checkpoint.h"
+#include "store/consumequeue.h"
+#include "store/index.h"
+
+#define MOD "store"
+#define MAX_KEYS_PER_MSG 32
+#define MAX_KEY_LEN 512
+#define CLEAN_FILES_PER_PASS 10
+#define FORCE_CLEAN_SLACK_PCT 5
+
+struct queue {
+  char *topic;
+  size_t topic_len;
+  uint32_t queue_id;
+  fy_cq *cq;            /* NULL until the first message is dispatched */
+  uint64_t next_offset; /* next queue offset to assign on put */
+  bool flushing;
+};
+
+enum close_state { OPEN, CLOSING_LOG, CLOSING_QUEUES, CLOSING_CHECKPOINT, CLOSED };
+
+struct fy_store {
+  struct fy_store_config cfg;
+  uv_loop_t *loop;
+  fy_aio *aio;
+  fy_commitlog *cl;
+  fy_index *index;
+  fy_ckpt_file *ckpt;
+  fy_strmap *queues;
+  int lock_fd;
+  char path[600];
+
+  uint64_t dispatched;
+  int error;
+
+  /* flush cycle */
+  uv_timer_t flush_timer;
+  bool flush_inflight;
+  unsigned flush_pending;
+  int flush_status;
+  uint64_t flush_target;
+  bool ckpt_inflight;
+
+  /* retention and disk guard */
+  uv_timer_t clean_timer;
+  uv_fs_t statfs_req;
+  bool statfs_inflight;
+  int disk_used_pct;
+  bool disk_full;
+
+  void (*arrival_cb)(void *, const char *, size_t, uint32_t, uint64_t);
+  void *arrival_arg;
+
+  enum close_state close_state;
+  bool log_closed;
+  void (*close_done)(void *);
+  void *close_arg;
+  unsigned handles_open;
+
+  uint64_t puts, put_bytes, gets;
+};
+
+void fy_store_config_defaults(struct fy_store_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->root_dir, sizeof c->root_dir, "%s/store", getenv("HOME") ? getenv("HOME") : "/tmp");
+  c->commitlog_segment_size = 1024ull * 1024 * 1024;
+  c->cq_entries_per_file = 300000;
+  c->sync_flush = false;
+  c->flush_interval_ms = 500;
+  c->flush_cq_interval_ms = 1000;
+  c->max_message_size = 4 * 1024 * 1024;
+  c->index_enable = true;
+  c->index_slots = 5000000;
+  c->index_entries = 20000000;
+  c->file_reserved_hours = 72;
+  snprintf(c->delete_when, sizeof c->delete_when, "04");
+  c->disk_max_used_ratio = 75;
+  c->disk_full_ratio = 90;
+  c->clean_interval_ms = 10000;
+  c->io_backend = FY_AIO_AUTO;
+  c->write_buffer_size = 8 * 1024 * 1024;
+  c->write_buffers = 4;
+  c->max_pending_puts = 65536;
+}
+
+static const char *store_path(fy_store *s, const char *name) {
+  snprintf(s->path, sizeof s->path, "%s/%s", s->cfg.root_dir, name);
+  return s->path;
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- queue table ---- */
+
+static size_t queue_key(char *buf, const char *topic, size_t topic_len, uint32_t queue_id) {
+  memcpy(buf, topic, topic_len);
+  buf[topic_len] = '\0';
+  memcpy(buf + topic_len + 1, &queue_id, 4);
+  return topic_len + 5;
+}
+
+static struct queue *queue_find(fy_store *s, const char *topic, size_t topic_len,
+                                uint32_t queue_id) {
+  char key[FY_TOPIC_MAX + 8];
+  if (topic_len > FY_TOPIC_MAX)
+    return NULL;
+  return fy_strmap_get(s->queues, key, queue_key(key, topic, topic_len, queue_id));
+}
+
+static struct queue *queue_get(fy_store *s, const char *topic, size_t topic_len,
+                               uint32_t queue_id) {
+  struct queue *q = queue_find(s, topic, topic_len, queue_id);
+  if (q)
+    return q;
+  q = calloc(1, sizeof *q);
+  if (!q)
+    return NULL;
+  q->topic = strndup(topic, topic_len);
+  q->topic_len = topic_len;
+  q->queue_id = queue_id;
+  char key[FY_TOPIC_MAX + 8];
+  if (!q->topic || fy_strmap_put(s->queues, key, queue_key(key, topic, topic_len, queue_id), q)) {
+    free(q->topic);
+    free(q);
+    return NULL;
+  }
+  return q;
+}
+
+static int queue_open_cq(fy_store *s, struct queue *q) {
+  if (q->cq)
+    return 0;
+  int err = fy_cq_open(s->cfg.root_dir, q->topic, q->queue_id, s->cfg.cq_entries_per_file, &q->cq);
+  if (err)
+    fy_error(MOD, "cannot open consume queue %s/%u: %s", q->topic, q->queue_id, fy_strerror(err));
+  return err;
+}
+
+static void queue_free(struct queue *q) {
+  if (q->cq)
+    fy_cq_close(q->cq);
+  free(q->topic);
+  free(q);
+}
+
+/* ---- dispatch ---- */
+
+static int64_t tag_hash_of(const struct fy_msg *m) {
+  const char *v;
+  size_t n;
+  if (!fy_props_get(m->props, m->props_len, FY_PROP_TAGS, &v, &n) || n == 0)
+    return 0;
+  return fy_tag_hash(v, n);
+}
+
+/* Builds "topic#key" strings for the index: each KEYS word and the UNIQ_KEY. */
+static size_t index_keys(const struct fy_msg *m, char bufs[][MAX_KEY_LEN], const char **keys,
+                         size_t *lens) {
+  size_t n = 0;
+  const char *v;
+  size_t vlen;
+  const char *names[] = {FY_PROP_KEYS, FY_PROP_UNIQ_KEY};
+  for (size_t k = 0; k < 2; k++) {
+    if (!fy_props_get(m->props, m->props_len, names[k], &v, &vlen))
+      continue;
+    const char *p = v, *end = v + vlen;
+    while (p < end && n < MAX_KEYS_PER_MSG) {
+      while (p < end && *p == ' ')
+        p++;
+      const char *w = p;
+      while (p < end && *p != ' ')
+        p++;
+      size_t wlen = (size_t)(p - w);
+      if (wlen == 0 || m->topic_len + 1 + wlen > MAX_KEY_LEN)
+        continue;
+      memcpy(bufs[n], m->topic, m->topic_len);
+      bufs[n][m->topic_len] = '#';
+      memcpy(bufs[n] + m->topic_len + 1, w, wlen);
+      keys[n] = bufs[n];
+      lens[n] = m->topic_len + 1 + wlen;
+      n++;
+      if (k == 1)
+        break; /* UNIQ_KEY is one key, spaces and all are not split */
+    }
+  }
+  return n;
+}
+
+static int dispatch_one(fy_store *s, const struct fy_msg *m) {
+  uint32_t tx = m->sys_flag & FY_SYSFLAG_TRANS_MASK;
+  if (tx != FY_SYSFLAG_TRANS_PREPARED && tx != FY_SYSFLAG_TRANS_ROLLBACK) {
+    struct queue *q = queue_get(s, m->topic, m->topic_len, m->queue_id);
+    if (!q)
+      return -ENOMEM;
+    int err = queue_open_cq(s, q);
+    if (err)
+      return err;
+    struct fy_cq_entry e = {.phys = m->phys_offset, .size = m->total_size,
+                            .tag_hash = tag_hash_of(m)};
+    err = fy_cq_put(q->cq, m->queue_offset, &e);
+    if (err) {
+      fy_error(MOD, "consume queue %s/%u rejected offset %" PRIu64 " (phys %" PRIu64 "): %s",
+               q->topic, q->queue_id, m->queue_offset, m->phys_offset, fy_strerror(err));
+      return err;
+    }
+    if (q->next_offset < m->queue_offset + 1)
+      q->next_offset = m->queue_offset + 1;
+  }
+  if (s->index) {
+    static char bufs[MAX_KEYS_PER_MSG][MAX_KEY_LEN];
+    const char *keys[MAX_KEYS_PER_MSG];
+    size_t lens[MAX_KEYS_PER_MSG];
+    size_t n = index_keys(m, bufs, keys, lens);
+    int err = fy_index_put(s->index, keys, lens, n, m->phys_offset, m->total_size, m->store_ts_ms);
+    if (err) {
+      fy_error(MOD, "index rejected record at %" PRIu64 ": %s", m->phys_offset, fy_strerror(err));
+      return err;
+    }
+  }
+  return 0;
+}
+
+/* Dispatches records in [dispatched, end). Stops early (returning 0) at a
+ * record that is not complete yet (a slave's log can end mid-record). */
+static int dispatch_to(fy_store *s, uint64_t end, uint64_t *count, bool notify) {
+  while (s->dispatched < end) {
+    struct fy_cl_slice sl;
+    enum fy_record_kind kind;
+    struct fy_msg m;
+    int64_t r = fy_commitlog_read_record(s->cl, s->dispatched, &sl, &kind, &m);
+    if (r == -EAGAIN)
+      return 0;
+    if (r < 0) {
+      fy_error(MOD, "record at %" PRIu64 " failed validation during dispatch: %s", s->dispatched,
+               fy_strerror((int)r));
+      return (int)r;
+    }
+    if (kind == FY_REC_BLANK) {
+      fy_cl_slice_release(&sl);
+      s->dispatched = fy_commitlog_next_segment(s->cl, s->dispatched);
+      continue;
+    }
+    int err = dispatch_one(s, &m);
+    if (!err && notify && s->arrival_cb)
+      s->arrival_cb(s->arrival_arg, m.topic, m.topic_len, m.queue_id, m.queue_offset + 1);
+    fy_cl_slice_release(&sl);
+    if (err)
+      return err;
+    s->dispatched += (uint64_t)r;
+    if (count)
+      (*count)++;
+  }
+  return 0;
+}
+
+static void fail_store(fy_store *s, int err) {
+  if (s->error)
+    return;
+  s->error = err;
+  fy_error(MOD, "store failed: %s; writes are refused until restart", fy_strerror(err));
+}
+
+static void on_written(void *arg, uint64_t written) {
+  fy_store *s = arg;
+  if (s->error)
+    return;
+  int err = dispatch_to(s, written, NULL, true);
+  if (err)
+    fail_store(s, err);
+}
+
+/* ---- flush cycle and checkpoint ---- */
+
+static void close_step(fy_store *s);
+
+static void on_ckpt_written(void *arg, int status) {
+  fy_store *s = arg;
+  s->ckpt_inflight = false;
+  if (status)
+    fail_store(s, status);
+  if (s->close_state == CLOSING_LOG)
+    close_step(s);
+}
+
+static void maybe_checkpoint(fy_store *s, uint64_t safe) {
+  if (s->ckpt_inflight || s->error || safe <= fy_ckpt_last(s->ckpt)->safe_offset)
+    return;
+  struct fy_checkpoint cp = {.safe_offset = safe, .cl_flushed = fy_commitlog_flushed(s->cl),
+                             .written_at_ms = now_ms()};
+  if (fy_ckpt_write(s->ckpt, s->aio, &cp, on_ckpt_written, s) == 0)
+    s->ckpt_inflight = true;
+}
+
+static void flush_finished(fy_store *s) {
+  s->flush_inflight = false;
+  if (s->flush_status)
+    fail_store(s, s->flush_status);
+  if (s->close_state != OPEN) {
+    close_step(s);
+    return;
+  }
+  uint64_t flushed = fy_commitlog_flushed(s->cl);
+  maybe_checkpoint(s, s->flush_target < flushed ? s->flush_target : flushed);
+}
+
+static void on_part_flushed(void *arg, int status) {
+  fy_store *s = arg;
+  if (status && !s->flush_status)
+    s->flush_status = status;
+  if (--s->flush_pending == 0)
+    flush_finished(s);
+}
+
+/* Starts flushing every dirty queue and the index; flush_finished runs when
+ * all are done. Returns false if nothing needed flushing. */
+static bool start_flush(fy_store *s) {
+  s->flush_inflight = true;
+  s->flush_pending = 1; /* held until every part is queued */
+  s->flush_status = 0;
+  s->flush_target = s->dispatched;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+    struct queue *q = v;
+    if (!q->cq || !fy_cq_dirty(q->cq))
+      continue;
+    if (fy_cq_flush(q->cq, s->aio, on_part_flushed, s) == 0)
+      s->flush_pending++;
+  }
+  if (s->index && fy_index_flush(s->index, s->aio, on_part_flushed, s) == 0)
+    s->flush_pending++;
+  bool any = s->flush_pending > 1;
+  on_part_flushed(s, 0);
+  return any;
+}
+
+static void on_flush_timer(uv_timer_t *t) {
+  fy_store *s = t->data;
+  if (!s->flush_inflight && !s->error)
+    start_flush(s);
+}
+
+/* ---- retention and disk guard ---- */
+
+static bool hour_listed(const char *list, int hour) {
+  const char *p = list;
+  while (*p) {
+    char *end;
+    long h = strtol(p, &end, 10);
+    if (end != p && h == hour)
+      return true;
+    p = *end ? end + 1 : end;
+  }
+  return false;
+}
+
+static int clean_pass(fy_store *s, bool force) {
+  time_t t = time(NULL);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  bool in_window = hour_listed(s->cfg.delete_when, tm.tm_hour);
+  bool disk_high = s->disk_used_pct >= (int)s->cfg.disk_max_used_ratio;
+  bool disk_critical = s->disk_used_pct >= (int)s->cfg.disk_full_ratio - FORCE_CLEAN_SLACK_PCT;
+  if (!force && !in_window && !disk_high)
+    return 0;
+  uint64_t starts[CLEAN_FILES_PER_PASS];
+  int64_t mtimes[CLEAN_FILES_PER_PASS];
+  size_t n = fy_commitlog_old_segments(s->cl, starts, mtimes, CLEAN_FILES_PER_PASS);
+  int64_t reserved_ms = (int64_t)s->cfg.file_reserved_hours * 3600 * 1000;
+  uint64_t seg = fy_commitlog_segment_size(s->cl);
+  uint64_t safe = fy_ckpt_last(s->ckpt)->safe_offset;
+  int deleted = 0;
+  for (size_t i = 0; i < n; i++) {
+    bool expired = now_ms() - mtimes[i] >= reserved_ms;
+    /* Never drop what is not yet dispatched and checkpointed. */
+    if (starts[i] + seg > s->dispatched || starts[i] + seg > safe)
+      break;
+    if (!expired && !disk_critical)
+      break;
+    if (fy_commitlog_drop_oldest(s->cl) != 0)
+      break;
+    fy_info(MOD, "retention: deleted commit-log segment %020" PRIu64 " (%s)", starts[i],
+            expired ? "expired" : "disk nearly full");
+    deleted++;
+  }
+  if (deleted) {
+    uint64_t min = fy_commitlog_min(s->cl);
+    size_t pos = 0, klen;
+    const char *key;
+    void *v;
+    while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+      struct queue *q = v;
+      if (q->cq)
+        fy_cq_trim_below(q->cq, min);
+    }
+    if (s->index)
+      fy_index_trim_below(s->index, min);
+  }
+  return deleted;
+}
+
+static void set_disk_usage(fy_store *s, uint64_t blocks, uint64_t bavail) {
+  if (blocks == 0)
+    return;
+  s->disk_used_pct = (int)((blocks - bavail) * 100 / blocks);
+  bool full = s->disk_used_pct >= (int)s->cfg.disk_full_ratio;
+  if (full != s->disk_full) {
+    if (full)
+      fy_error(MOD, "disk %d%% used (limit diskSpaceWarningLevelRatio=%u%%): refusing writes",
+               s->disk_used_pct, s->cfg.disk_full_ratio);
+    else
+      fy_info(MOD, "disk %d%% used: accepting writes again", s->disk_used_pct);
+    s->disk_full = full;
+    fy_commitlog_set_disk_full(s->cl, full);
+  }
+}
+
+static void on_statfs(uv_fs_t *req) {
+  fy_store *s = req->data;
+  s->statfs_inflight = false;
+  if (req->result == 0) {
+    const uv_statfs_t *st = req->ptr;
+    set_disk_usage(s, st->f_blocks, st->f_bavail);
+  }
+  uv_fs_req_cleanup(req);
+  if (s->close_state != OPEN)
+    close_step(s);
+  else if (!s->error)
+    clean_pass(s, false);
+}
+
+static void on_clean_timer(uv_timer_t *t) {
+  fy_store *s = t->data;
+  if (s->statfs_inflight)
+    return;
+  s->statfs_req.data = s;
+  if (uv_fs_statfs(s->loop, &s->statfs_req, s->cfg.root_dir, on_statfs) == 0)
+    s->statfs_inflight = true;
+}
+
+int fy_store_clean_now(fy_store *s, bool force) { return clean_pass(s, force); }
+
+/* ---- open and recovery ---- */
+
+static int mkdir_p(const char *path) {
+  char buf[600];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+      return -errno;
+    *p = '/';
+  }
+  if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+    return -errno;
+  return 0;
+}
+
+static bool all_digits(const char *s) {
+  if (!*s)
+    return false;
+  for (; *s; s++)
+    if (*s < '0' || *s > '9')
+      return false;
+  return true;
+}
+
+/* Opens every consume queue found under consumequeue/. */
+static int load_queues(fy_store *s, uint32_t *count) {
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/consumequeue", s->cfg.root_dir);
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT ? 0 : -errno;
+  int err = 0;
+  struct dirent *te;
+  while (!err && (te = readdir(d))) {
+    if (te->d_name[0] == '.' || strlen(te->d_name) > FY_TOPIC_MAX)
+      continue;
+    char tdir[900];
+    snprintf(tdir, sizeof tdir, "%s/%s", dir, te->d_name);
+    DIR *qd = opendir(tdir);
+    if (!qd)
+      continue;
+    struct dirent *qe;
+    while (!err && (qe = readdir(qd))) {
+      if (!all_digits(qe->d_name) || strlen(qe->d_name) > 9)
+        continue;
+      struct queue *q = queue_get(s, te->d_name, strlen(te->d_name), (uint32_t)atol(qe->d_name));
+      err = q ? queue_open_cq(s, q) : -ENOMEM;
+      if (!err)
+        (*count)++;
+    }
+    closedir(qd);
+  }
+  closedir(d);
+  return err;
+}
+
+static int lock_store(fy_store *s) {
+  s->lock_fd = open(store_path(s, "lock"), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (s->lock_fd < 0)
+    return -errno;
+  if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    int err = errno == EWOULDBLOCK ? -FY_ELOCKED : -errno;
+    fy_error(MOD, "%s: %s", store_path(s, "lock"), fy_strerror(err));
+    return err;
+  }
+  return 0;
+}
+
+static int recover(fy_store *s, struct fy_store_recovery *rec) {
+  struct fy_checkpoint cp;
+  int err = fy_ckpt_open(store_path(s, "checkpoint"), &s->ckpt, &cp, &rec->checkpoint_found);
+  if (err)
+    return err;
+  struct stat st;
+  bool have_queues = stat(store_path(s, "consumequeue"), &st) == 0;
+  /* Without consume queues (first start, or deleted by an operator to
+   * rebuild them) everything is dispatched again from the start of the log. */
+  uint64_t from = have_queues ? cp.safe_offset : 0;
+  rec->checkpoint = from;
+
+  struct fy_commitlog_config clc = {
+      .segment_size = s->cfg.commitlog_segment_size,
+      .sync_flush = s->cfg.sync_flush,
+      .flush_interval_ms = s->cfg.flush_interval_ms,
+      .write_buffer_size = s->cfg.write_buffer_size,
+      .write_buffers = s->cfg.write_buffers,
+      .max_waiters = s->cfg.max_pending_puts,
+  };
+  char cldir[600];
+  snprintf(cldir, sizeof cldir, "%s/commitlog", s->cfg.root_dir);
+  clc.dir = cldir;
+  err = fy_commitlog_open(s->loop, s->aio, &clc, from, &s->cl, &rec->cl);
+  if (err)
+    return err;
+  uint64_t end = rec->cl.end;
+
+  if (s->cfg.index_enable) {
+    char ixdir[600];
+    snprintf(ixdir, sizeof ixdir, "%s/index", s->cfg.root_dir);
+    err = fy_index_open(ixdir, s->cfg.index_slots, s->cfg.index_entries, &s->index);
+    if (!err)
+      err = fy_index_truncate_phys(s->index, end);
+    if (err)
+      return err;
+  }
+  err = load_queues(s, &rec->queues);
+  if (err)
+    return err;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+    struct queue *q = v;
+    err = fy_cq_truncate_phys(q->cq, end);
+    if (err)
+      return err;
+  }
+  uint64_t min = fy_commitlog_min(s->cl);
+  s->dispatched = from > min ? from : min;
+  err = dispatch_to(s, end, &rec->redispatched, false);
+  if (err)
+    return err;
+  pos = 0;
+  while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+    struct queue *q = v;
+    q->next_offset = fy_cq_max(q->cq);
+  }
+  return 0;
+}
+
+static void log_recovery(const struct fy_store_recovery *r) {
+  fy_info(MOD,
+          "recovery: %s shutdown; validated %" PRIu64 " records from offset %" PRIu64
+          " to %" PRIu64 "; dropped %" PRIu64 " invalid bytes; re-dispatched %" PRIu64
+          " records; %u consume queues",
+          r->unclean ? "UNCLEAN" : "clean", r->cl.records_scanned, r->cl.scanned_from, r->cl.end,
+          r->cl.dropped_bytes, r->redispatched, r->queues);
+}
+
+static void close_resources(fy_store *s) {
+  if (s->queues) {
+    size_t pos = 0, klen;
+    const char *key;
+    void *v;
+    while (fy_strmap_next(s->queues, &pos, &key, &klen, &v))
+      queue_free(v);
+    fy_strmap_free(s->queues);
+    s->queues = NULL;
+  }
+  if (s->index)
+    fy_index_close(s->index);
+  s->index = NULL;
+  if (s->ckpt)
+    fy_ckpt_close(s->ckpt);
+  s->ckpt = NULL;
+  if (s->lock_fd >= 0)
+    close(s->lock_fd);
+  s->lock_fd = -1;
+}
+
+int fy_store_open(uv_loop_t *loop, const struct fy_store_config *cfg, fy_store **out,
+                  struct fy_store_recovery *rec) {
+  struct fy_store_recovery local;
+  if (!rec)
+    rec = &local;
+  memset(rec, 0, sizeof *rec);
+  if (cfg->write_buffer_size < cfg->max_message_size + 64 * 1024) {
+    fy_error(MOD, "writeBufferSize (%u) must exceed maxMessageSize (%u) by at least 64 KiB",
+             cfg->write_buffer_size, cfg->max_message_size);
+    return -FY_ECONFIG;
+  }
+  fy_store *s = calloc(1, sizeof *s);
+  if (!s)
+    return -ENOMEM;
+  s->cfg = *cfg;
+  s->loop = loop;
+  s->lock_fd = -1;
+  s->disk_used_pct = -1;
+  s->queues = fy_strmap_new();
+  int err = s->queues ? mkdir_p(cfg->root_dir) : -ENOMEM;
+  if (!err)
+    err = lock_store(s);
+  if (err)
+    goto out_free;
+  struct stat st;
+  rec->unclean = stat(store_path(s, "abort"), &st) == 0;
+  err = fy_aio_init(loop, cfg->io_backend, 256, &s->aio);
+  if (err)
+    goto out_free;
+  err = recover(s, rec);
+  if (err) {
+    fy_error(MOD, "recovery failed: %s", fy_strerror(err));
+    goto out_close_log;
+  }
+  log_recovery(rec);
+  int fd = open(store_path(s, "abort"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd >= 0)
+    close(fd);
+
+  fy_commitlog_on_written(s->cl, on_written, s);
+  uv_timer_init(loop, &s->flush_timer);
+  s->flush_timer.data = s;
+  uv_timer_start(&s->flush_timer, on_flush_timer, cfg->flush_cq_interval_ms,
+                 cfg->flush_cq_interval_ms);
+  uv_timer_init(loop, &s->clean_timer);
+  s->clean_timer.data = s;
+  uv_timer_start(&s->clean_timer, on_clean_timer, 0, cfg->clean_interval_ms);
+  s->handles_open = 2;
+  *out = s;
+  return 0;
+
+out_close_log:
+  if (s->cl)
+    fy_commitlog_free(s->cl);
+  fy_aio_close(s->aio);
+out_free:
+  close_resources(s);
+  free(s);
+  return err;
+}
+
+/* ---- close ---- */
+
+static void on_close_ckpt(void *arg, int status) {
+  fy_store *s = arg;
+  s->ckpt_inflight = false;
+  if (status)
+    fail_store(s, status);
+  close_step(s);
+}
+
+static void on_close_queues(void *arg, int status) {
+  fy_store *s = arg;
+  if (status && !s->flush_status)
+    s->flush_status = status;
+  if (--s->flush_pending == 0) {
+    s->flush_inflight = false;
+    if (s->flush_status)
+      fail_store(s, s->flush_status);
+    close_step(s);
+  }
+}
+
+static void on_log_closed(void *arg) {
+  fy_store *s = arg;
+  s->log_closed = true;
+  close_step(s);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  fy_store *s = h->data;
+  if (--s->handles_open == 0)
+    close_step(s);
+}
+
+/* Advances the close state machine one step; each step's completion calls
+ * back in here. */
+static void close_step(fy_store *s) {
+  switch (s->close_state) {
+  case OPEN:
+    s->close_state = CLOSING_LOG;
+    uv_timer_stop(&s->flush_timer);
+    uv_timer_stop(&s->clean_timer);
+    fy_commitlog_close(s->cl, on_log_closed, s);
+    return;
+  case CLOSING_LOG:
+    if (!s->log_closed)
+      return;
+    if (!s->error && fy_commitlog_written(s->cl) > s->dispatched)
+      on_written(s, fy_commitlog_written(s->cl));
+    if (s->flush_inflight || s->ckpt_inflight || s->statfs_inflight)
+      return; /* the in-flight completion will call back */
+    s->close_state = CLOSING_QUEUES;
+    s->flush_inflight = true;
+    s->flush_pending = 1;
+    s->flush_status = 0;
+    {
+      size_t pos = 0, klen;
+      const char *key;
+      void *v;
+      while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+        struct queue *q = v;
+        if (q->cq && fy_cq_dirty(q->cq) && fy_cq_flush(q->cq, s->aio, on_close_queues, s) == 0)
+          s->flush_pending++;
+      }
+      if (s->index && fy_index_flush(s->index, s->aio, on_close_queues, s) == 0)
+        s->flush_pending++;
+    }
+    on_close_queues(s, 0);
+    return;
+  case CLOSING_QUEUES: {
+    s->close_state = CLOSING_CHECKPOINT;
+    uint64_t safe = s->dispatched < fy_commitlog_flushed(s->cl) ? s->dispatched
+                                                                 : fy_commitlog_flushed(s->cl);
+    struct fy_checkpoint cp = {.safe_offset = safe, .cl_flushed = fy_commitlog_flushed(s->cl),
+                               .written_at_ms = now_ms()};
+    if (!s->error && fy_ckpt_write(s->ckpt, s->aio, &cp, on_close_ckpt, s) == 0) {
+      s->ckpt_inflight = true;
+      return;
+    }
+    close_step(s);
+    return;
+  }
+  case CLOSING_CHECKPOINT:
+    s->close_state = CLOSED;
+    /* A store that failed keeps its abort marker: the next start recovers. */
+    if (!s->error && fy_commitlog_error(s->cl) == 0)
+      unlink(store_path(s, "abort"));
+    uv_close((uv_handle_t *)&s->flush_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->clean_timer, on_handle_closed);
+    return;
+  case CLOSED:
+    fy_aio_close(s->aio);
+    s->aio = NULL;
+    s->close_done(s->close_arg);
+    return;
+  }
+}
+
+void fy_store_close(fy_store *s, void (*done)(void *arg), void *arg) {
+  fy_assert(s->close_state == OPEN);
+  s->close_done = done;
+  s->close_arg = arg;
+  close_step(s);
+}
+
+void fy_store_free(fy_store *s) {
+  if (!s)
+    return;
+  if (s->cl)
+    fy_commitlog_free(s->cl);
+  close_resources(s);
+  free(s);
+}
+
+/* ---- put ---- */
+
+int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, void *arg) {
+  if (s->close_state != OPEN)
+    return -FY_ESHUTDOWN;
+  if (s->error)
+    return -FY_ESTORE_FAILED;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    if ((uint64_t)msgs[i].body_len + msgs[i].props_len > s->cfg.max_message_size)
+      return -FY_ETOO_BIG;
+    bytes += msgs[i].body_len;
+  }
+  /* Assign queue offsets; undone if the append is refused. */
+  struct queue *qs[n ? n : 1];
+  for (size_t i = 0; i < n; i++) {
+    uint32_t tx = msgs[i].sys_flag & FY_SYSFLAG_TRANS_MASK;
+    qs[i] = NULL;
+    if (tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK) {
+      msgs[i].queue_offset = 0;
+      continue;
+    }
+    qs[i] = queue_get(s, msgs[i].topic, msgs[i].topic_len, msgs[i].queue_id);
+    if (!qs[i]) {
+      for (size_t j = i; j-- > 0;)
+        if (qs[j])
+          qs[j]->next_offset--;
+      return -ENOMEM;
+    }
+    msgs[i].queue_offset = qs[i]->next_offset++;
+  }
+  uint64_t phys[n ? n : 1];
+  int err = fy_commitlog_append(s->cl, msgs, n, phys, cb, arg);
+  if (err) {
+    for (size_t j = n; j-- > 0;)
+      if (qs[j])
+        qs[j]->next_offset--;
+    return err;
+  }
+  for (size_t i = 0; i < n; i++)
+    msgs[i].phys_offset = phys[i];
+  s->puts += n;
+  s->put_bytes += bytes;
+  return 0;
+}
+
+/* ---- reads ---- */
+
+const char *fy_get_status_name(enum fy_get_status st) {
+  static const char *const names[] = {"FOUND", "NO_MATCHED_MESSAGE", "NO_MESSAGE_IN_QUEUE",
+                                      "OFFSET_TOO_SMALL", "OFFSET_OVERFLOW", "NO_MATCHED_LOGIC_QUEUE"};
+  return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "UNKNOWN";
+}
+
+static struct queue *queue_lookup(fy_store *s, const char *topic, uint32_t queue_id) {
+  struct queue *q = queue_find(s, topic, strlen(topic), queue_id);
+  return q && q->cq ? q : NULL;
+}
+
+uint64_t fy_store_min_offset(fy_store *s, const char *topic, uint32_t queue_id) {
+  struct queue *q = queue_lookup(s, topic, queue_id);
+  return q ? fy_cq_min(q->cq) : 0;
+}
+
+uint64_t fy_store_max_offset(fy_store *s, const char *topic, uint32_t queue_id) {
+  struct queue *q = queue_lookup(s, topic, queue_id);
+  return q ? fy_cq_max(q->cq) : 0;
+}
+
+/* Pins the record an entry points at, checking it is the record the entry
+ * describes (cheap checks: the full CRC was checked when it was dispatched). */
+static int pin_entry(fy_store *s, const struct fy_cq_entry *e, struct fy_cl_slice *sl) {
+  int err = fy_commitlog_read(s->cl, e->phys, e->size, sl);
+  if (err)
+    return err;
+  uint32_t total, magic;
+  uint64_t phys;
+  if (sl->len != e->size || e->size < FY_RECORD_FIXED_V4) {
+    fy_cl_slice_release(sl);
+    return -FY_ENOT_FOUND;
+  }
+  memcpy(&total, sl->data, 4);
+  memcpy(&magic, sl->data + 4, 4);
+  memcpy(&phys, sl->data + 28, 8);
+  if (total != e->size || magic != FY_RECORD_MAGIC || phys != e->phys) {
+    fy_cl_slice_release(sl);
+    return -FY_ECORRUPT;
+  }
+  return 0;
+}
+
+int fy_store_get(fy_store *s, const char *topic, uint32_t queue_id, uint64_t offset,
+                 uint32_t max_msgs, uint32_t max_bytes, const int64_t *tags, size_t ntags,
+                 struct fy_get_msg *out, struct fy_get_result *res) {
+  memset(res, 0, sizeof *res);
+  struct queue *q = queue_lookup(s, topic, queue_id);
+  if (!q) {
+    res->status = FY_GET_NO_QUEUE;
+    res->next_offset = 0;
+    return 0;
+  }
+  res->min_offset = fy_cq_min(q->cq);
+  res->max_offset = fy_cq_max(q->cq);
+  if (offset < res->min_offset) {
+    res->status = FY_GET_OFFSET_TOO_SMALL;
+    res->next_offset = res->min_offset;
+    return 0;
+  }
+  if (offset >= res->max_offset) {
+    res->status = offset == res->max_offset ? FY_GET_NO_NEW : FY_GET_OFFSET_OVERFLOW;
+    res->next_offset = res->max_offset;
+    return 0;
+  }
+  if (max_msgs == 0)
+    max_msgs = 1;
+  struct fy_cq_entry entries[64];
+  uint64_t qoffs[64];
+  uint64_t from = offset;
+  size_t scan_budget = (size_t)max_msgs * 4 + 256;
+  uint64_t last_end = 0;
+  res->status = FY_GET_NO_MATCHED;
+  while (res->count < max_msgs && scan_budget > 0 && from < res->max_offset) {
+    size_t want = max_msgs - res->count;
+    if (want > 64)
+      want = 64;
+    uint64_t next;
+    size_t got = fy_cq_scan(q->cq, from, want, scan_budget < 4096 ? scan_budget : 4096, tags,
+                            ntags, entries, qoffs, &next);
+    scan_budget = next - from >= scan_budget ? 0 : scan_budget - (size_t)(next - from);
+    for (size_t i = 0; i < got; i++) {
+      if (res->count > 0 && res->bytes + entries[i].size > max_bytes) {
+        next = qoffs[i];
+        scan_budget = 0;
+        break;
+      }
+      struct fy_cl_slice sl;
+      if (pin_entry(s, &entries[i], &sl) != 0)
+        continue; /* gone to retention: skip */
+      out[res->count].slice = sl;
+      out[res->count].queue_offset = qoffs[i];
+      res->count++;
+      res->bytes += entries[i].size;
+      last_end = entries[i].phys + entries[i].size;
+    }
+    if (next == from)
+      break;
+    from = next;
+  }
+  res->next_offset = from;
+  if (res->count) {
+    res->status = FY_GET_FOUND;
+    uint64_t w = fy_commitlog_written(s->cl);
+    res->behind_bytes = w > last_end ? w - last_end : 0;
+  }
+  s->gets += res->count;
+  return 0;
+}
+
+void fy_store_get_release(struct fy_get_msg *msgs, size_t count) {
+  for (size_t i = 0; i < count; i++)
+    fy_cl_slice_release(&msgs[i].slice);
+}
+
+int fy_store_read_msg(fy_store *s, uint64_t phys, struct fy_cl_slice *slice, struct fy_msg *m) {
+  if (phys < fy_commitlog_min(s->cl) || phys >= fy_commitlog_written(s->cl))
+    return -FY_ENOT_FOUND;
+  enum fy_record_kind kind;
+  int64_t r = fy_commitlog_read_record(s->cl, phys, slice, &kind, m);
+  if (r < 0)
+    return r == -EAGAIN ? -FY_ENOT_FOUND : (int)r;
+  if (kind != FY_REC_MSG) {
+    fy_cl_slice_release(slice);
+    return -FY_ENOT_FOUND;
+  }
+  return 0;
+}
+
+static int64_t entry_store_ts(void *arg, const struct fy_cq_entry *e) {
+  fy_store *s = arg;
+  struct fy_cl_slice sl;
+  struct fy_msg m;
+  if (fy_store_read_msg(s, e->phys, &sl, &m) != 0)
+    return -1;
+  fy_cl_slice_release(&sl);
+  return m.store_ts_ms;
+}
+
+uint64_t fy_store_offset_for_time(fy_store *s, const char *topic, uint32_t queue_id,
+                                  int64_t ts_ms) {
+  struct queue *q = queue_lookup(s, topic, queue_id);
+  return q ? fy_cq_offset_for_time(q->cq, ts_ms, entry_store_ts, s) : 0;
+}
+
+static bool has_key(const struct fy_msg *m, const char *key) {
+  size_t klen = strlen(key);
+  const char *v;
+  size_t vlen;
+  if (fy_props_get(m->props, m->props_len, FY_PROP_UNIQ_KEY, &v, &vlen) && vlen == klen &&
+      memcmp(v, key, klen) == 0)
+    return true;
+  if (!fy_props_get(m->props, m->props_len, FY_PROP_KEYS, &v, &vlen))
+    return false;
+  for (const char *p = v, *end = v + vlen; p < end;) {
+    const char *sp = memchr(p, ' ', (size_t)(end - p));
+    const char *wend = sp ? sp : end;
+    if ((size_t)(wend - p) == klen && memcmp(p, key, klen) == 0)
+      return true;
+    p = wend + 1;
+  }
+  return false;
+}
+
+size_t fy_store_query_key(fy_store *s, const char *topic, const char *key, int64_t begin_ms,
+                          int64_t end_ms, struct fy_cl_slice *out, size_t max) {
+  if (!s->index || max == 0)
+    return 0;
+  char full[MAX_KEY_LEN];
+  int n = snprintf(full, sizeof full, "%s#%s", topic, key);
+  if (n < 0 || (size_t)n >= sizeof full)
+    return 0;
+  uint64_t cand[256];
+  size_t ncand = fy_index_query(s->index, full, (size_t)n, begin_ms, end_ms, cand,
+                                max * 4 < 256 ? max * 4 : 256);
+  size_t found = 0;
+  size_t tlen = strlen(topic);
+  for (size_t i = 0; i < ncand && found < max; i++) {
+    struct fy_msg m;
+    if (fy_store_read_msg(s, cand[i], &out[found], &m) != 0)
+      continue;
+    if (m.topic_len == tlen && memcmp(m.topic, topic, tlen) == 0 && has_key(&m, key))
+      found++;
+    else
+      fy_cl_slice_release(&out[found]);
+  }
+  return found;
+}
+
+void fy_store_on_arrival(fy_store *s,
+                         void (*cb)(void *arg, const char *topic, size_t topic_len,
+                                    uint32_t queue_id, uint64_t max_offset),
+                         void *arg) {
+  s->arrival_cb = cb;
+  s->arrival_arg = arg;
+}
+
+int fy_store_delete_topic(fy_store *s, const char *topic) {
+  size_t tlen = strlen(topic);
+  struct queue *victims[1024];
+  size_t nv = 0;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(s->queues, &pos, &key, &klen, &v) && nv < 1024) {
+    struct queue *q = v;
+    if (q->topic_len == tlen && memcmp(q->topic, topic, tlen) == 0)
+      victims[nv++] = q;
+  }
+  int err = 0;
+  for (size_t i = 0; i < nv; i++) {
+    struct queue *q = victims[i];
+    char k[FY_TOPIC_MAX + 8];
+    fy_strmap_del(s->queues, k, queue_key(k, q->topic, q->topic_len, q->queue_id));
+    if (q->cq) {
+      int e = fy_cq_destroy(q->cq);
+      if (e && !err)
+        err = e;
+      q->cq = NULL;
+    }
+    queue_free(q);
+  }
+  return err;
+}
+
+void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
+  memset(st, 0, sizeof *st);
+  st->puts = s->puts;
+  st->put_bytes = s->put_bytes;
+  st->gets = s->gets;
+  st->cl_min = fy_commitlog_min(s->cl);
+  st->cl_end = fy_commitlog_end(s->cl);
+  st->cl_written = fy_commitlog_written(s->cl);
+  st->cl_flushed = fy_commitlog_flushed(s->cl);
+  st->dispatched = s->dispatched;
+  st->checkpoint = fy_ckpt_last(s->ckpt)->safe_offset;
+  st->queues = (uint32_t)fy_strmap_size(s->queues);
+  st->disk_used_pct = s->disk_used_pct;
+  st->disk_full = s->disk_full;
+  st->error = s->error ? s->error : fy_commitlog_error(s->cl);
+  st->io_backend = fy_aio_backend_name(fy_aio_backend_of(s->aio));
+}
+
+fy_commitlog *fy_store_commitlog(fy_store *s) { return s->cl; }
+fy_aio *fy_store_aio(fy_store *s) { return s->aio; }
