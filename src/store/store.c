@@ -95,29 +95,6 @@ struct fy_store {
   uint64_t puts, put_bytes, gets;
 };
 
-void fy_store_config_defaults(struct fy_store_config *c) {
-  memset(c, 0, sizeof *c);
-  snprintf(c->root_dir, sizeof c->root_dir, "%s/store", getenv("HOME") ? getenv("HOME") : "/tmp");
-  c->commitlog_segment_size = 1024ull * 1024 * 1024;
-  c->cq_entries_per_file = 300000;
-  c->sync_flush = false;
-  c->flush_interval_ms = 500;
-  c->flush_cq_interval_ms = 1000;
-  c->max_message_size = 4 * 1024 * 1024;
-  c->index_enable = true;
-  c->index_slots = 5000000;
-  c->index_entries = 20000000;
-  c->file_reserved_hours = 72;
-  snprintf(c->delete_when, sizeof c->delete_when, "04");
-  c->disk_max_used_ratio = 75;
-  c->disk_full_ratio = 90;
-  c->clean_interval_ms = 10000;
-  c->io_backend = FY_AIO_AUTO;
-  c->write_buffer_size = 8 * 1024 * 1024;
-  c->write_buffers = 4;
-  c->max_pending_puts = 65536;
-}
-
 static const char *store_path(fy_store *s, const char *name) {
   snprintf(s->path, sizeof s->path, "%s/%s", s->cfg.root_dir, name);
   return s->path;
@@ -169,7 +146,8 @@ static struct queue *queue_get(fy_store *s, const char *topic, size_t topic_len,
 static int queue_open_cq(fy_store *s, struct queue *q) {
   if (q->cq)
     return 0;
-  int err = fy_cq_open(s->cfg.root_dir, q->topic, q->queue_id, s->cfg.cq_entries_per_file, &q->cq);
+  int err = fy_cq_open(s->cfg.root_dir, q->topic, q->queue_id,
+                       s->cfg.cq_file_size / FY_CQ_ENTRY_SIZE, &q->cq);
   if (err)
     fy_error(MOD, "cannot open consume queue %s/%u: %s", q->topic, q->queue_id, fy_strerror(err));
   return err;
@@ -565,7 +543,7 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
 
   struct fy_commitlog_config clc = {
       .segment_size = s->cfg.commitlog_segment_size,
-      .sync_flush = s->cfg.sync_flush,
+      .sync_flush = s->cfg.flush_disk_type == FY_SYNC_FLUSH,
       .flush_interval_ms = s->cfg.flush_interval_ms,
       .write_buffer_size = s->cfg.write_buffer_size,
       .write_buffers = s->cfg.write_buffers,

@@ -23,16 +23,20 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/config.h"
 #include "store/aio.h"
 #include "store/commitlog.h"
 #include "store/record.h"
 
-/* Defaults are RocketMQ's; the config keys are named in brackets. */
+enum { FY_ASYNC_FLUSH, FY_SYNC_FLUSH };
+
+/* Defaults are RocketMQ's; each field's config key is named in its comment.
+ * The table in store_config.c fills this struct from a file. */
 struct fy_store_config {
   char root_dir[512];             /* storePathRootDir */
   uint64_t commitlog_segment_size; /* mappedFileSizeCommitLog: 1 GiB */
-  uint32_t cq_entries_per_file;   /* mappedFileSizeConsumeQueue / 20: 300000 */
-  bool sync_flush;                /* flushDiskType: ASYNC_FLUSH */
+  uint32_t cq_file_size;          /* mappedFileSizeConsumeQueue: 6000000 (300000 entries) */
+  int flush_disk_type;            /* flushDiskType: FY_ASYNC_FLUSH */
   uint32_t flush_interval_ms;     /* flushIntervalCommitLog: 500 */
   uint32_t flush_cq_interval_ms;  /* flushIntervalConsumeQueue: 1000 */
   uint32_t max_message_size;      /* maxMessageSize: 4 MiB (body + properties) */
@@ -50,7 +54,11 @@ struct fy_store_config {
   uint32_t max_pending_puts;      /* maxPendingPuts: 65536 */
 };
 
+/* Sets RocketMQ's defaults (root_dir: $HOME/store). */
 void fy_store_config_defaults(struct fy_store_config *c);
+
+/* The config keys of the store, for fy_config_* (common/config.h). */
+extern const struct fy_config_key fy_store_config_keys[];
 
 typedef struct fy_store fy_store;
 

@@ -1,0 +1,129 @@
+/* Config tables: defaults, parsing, errors that name the key, and every key documented. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "store/store.h"
+#include "testutil.h"
+
+static void test_store_defaults_are_rocketmq(void **state) {
+  (void)state;
+  struct fy_store_config c;
+  fy_store_config_defaults(&c);
+  assert_int_equal(c.commitlog_segment_size, 1073741824ull);
+  assert_int_equal(c.cq_file_size, 6000000);
+  assert_int_equal(c.flush_disk_type, FY_ASYNC_FLUSH);
+  assert_int_equal(c.flush_interval_ms, 500);
+  assert_int_equal(c.max_message_size, 4194304);
+  assert_int_equal(c.file_reserved_hours, 72);
+  assert_string_equal(c.delete_when, "04");
+  assert_int_equal(c.disk_max_used_ratio, 75);
+  assert_int_equal(c.disk_full_ratio, 90);
+  assert_int_equal(c.io_backend, FY_AIO_AUTO);
+}
+
+static void test_set_and_errors(void **state) {
+  (void)state;
+  struct fy_store_config c;
+  fy_store_config_defaults(&c);
+  struct fy_config_section sec = {fy_store_config_keys, &c};
+  char err[256];
+  assert_int_equal(fy_config_set(&sec, 1, "flushDiskType", "SYNC_FLUSH", err, sizeof err), 0);
+  assert_int_equal(c.flush_disk_type, FY_SYNC_FLUSH);
+  assert_int_equal(fy_config_set(&sec, 1, "ioBackend", "threads", err, sizeof err), 0);
+  assert_int_equal(c.io_backend, FY_AIO_THREADS);
+  assert_int_equal(fy_config_set(&sec, 1, "messageIndexEnable", "false", err, sizeof err), 0);
+  assert_false(c.index_enable);
+
+  assert_int_equal(fy_config_set(&sec, 1, "flushDiskType", "SOMETIMES", err, sizeof err),
+                   -FY_ECONFIG);
+  assert_non_null(strstr(err, "flushDiskType"));
+  assert_int_equal(fy_config_set(&sec, 1, "maxMessageSize", "12abc", err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "maxMessageSize"));
+  assert_int_equal(fy_config_set(&sec, 1, "maxMessageSize", "-5", err, sizeof err), -FY_ECONFIG);
+  assert_int_equal(fy_config_set(&sec, 1, "diskMaxUsedSpaceRatio", "99", err, sizeof err),
+                   -FY_ECONFIG);
+  assert_non_null(strstr(err, "out of range"));
+  assert_int_equal(fy_config_set(&sec, 1, "messageIndexEnable", "yes", err, sizeof err),
+                   -FY_ECONFIG);
+  assert_int_equal(fy_config_set(&sec, 1, "brokerNmae", "x", err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "unknown configuration key 'brokerNmae'"));
+  char big[600];
+  memset(big, 'a', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  assert_int_equal(fy_config_set(&sec, 1, "storePathRootDir", big, err, sizeof err), -FY_ECONFIG);
+}
+
+static void test_load_file(void **state) {
+  (void)state;
+  const char *dir = fy_test_mkdtemp("config");
+  char path[600];
+  snprintf(path, sizeof path, "%s/broker.conf", dir);
+  FILE *f = fopen(path, "w");
+  fputs("# comment\n! also a comment\n\n  flushDiskType = SYNC_FLUSH  \nfileReservedTime=48\n", f);
+  fclose(f);
+  struct fy_store_config c;
+  fy_store_config_defaults(&c);
+  struct fy_config_section sec = {fy_store_config_keys, &c};
+  char err[512];
+  assert_int_equal(fy_config_load(&sec, 1, path, err, sizeof err), 0);
+  assert_int_equal(c.flush_disk_type, FY_SYNC_FLUSH);
+  assert_int_equal(c.file_reserved_hours, 48);
+
+  f = fopen(path, "w");
+  fputs("fileReservedTime=48\nnoSuchKey=1\n", f);
+  fclose(f);
+  assert_int_equal(fy_config_load(&sec, 1, path, err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, ":2:"));
+  assert_non_null(strstr(err, "noSuchKey"));
+
+  f = fopen(path, "w");
+  fputs("just words\n", f);
+  fclose(f);
+  assert_int_equal(fy_config_load(&sec, 1, path, err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "key=value"));
+  assert_int_equal(fy_config_load(&sec, 1, "/nonexistent/x.conf", err, sizeof err), -FY_ECONFIG);
+  fy_test_rmtree(dir);
+}
+
+/* Every key of a table must be documented, with its default, in conf/broker.conf
+ * as a "#key=default" or "key=value" line. */
+static void check_documented(const struct fy_config_key *keys, const char *conf) {
+  FILE *f = fopen(conf, "r");
+  assert_non_null(f);
+  static char text[1 << 20];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  for (const struct fy_config_key *k = keys; k->name; k++) {
+    char want[256];
+    snprintf(want, sizeof want, "\n#%s=", k->name);
+    char want2[256];
+    snprintf(want2, sizeof want2, "\n%s=", k->name);
+    if (!strstr(text, want) && !strstr(text, want2))
+      fail_msg("config key %s is not documented in %s", k->name, conf);
+  }
+}
+
+static void test_every_store_key_documented(void **state) {
+  (void)state;
+  check_documented(fy_store_config_keys, FY_SOURCE_DIR "/conf/broker.conf");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_store_defaults_are_rocketmq),
+      cmocka_unit_test(test_set_and_errors),
+      cmocka_unit_test(test_load_file),
+      cmocka_unit_test(test_every_store_key_documented),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
