@@ -46,31 +46,44 @@ struct fy_aio_req {
   const uint8_t *buf;
   uint64_t len;
   uint64_t off;
-  uint64_t done;
+  uint64_t done;     /* write: bytes written so far (short writes resume here) */
   int mode;
-  fy_aio_req *next;
-  uv_fs_t fs;
+  int fault;         /* injected error (negative errno) or 0 */
+  int64_t res;       /* the result handed to cb (threads: also a work job's) */
+  unsigned retries;  /* io_uring: -EAGAIN/-EINTR resubmissions */
+  fy_aio_req *next;  /* wait queue / completion batch link */
+  union {
+    uv_fs_t fs;
+    uv_work_t work;
+  };
 };
 
 /* Creates the I/O context on loop. backend AUTO tries io_uring and falls back
- * to threads with one log line. queue_depth bounds requests in flight. */
+ * to threads with one log line; the environment variable
+ * FERRY_AIO_BACKEND=uring|threads overrides AUTO (an explicit backend is never
+ * overridden). queue_depth (1..32768) bounds requests in flight; more wait in
+ * a FIFO and go out as earlier ones complete. The context's handles keep the
+ * loop alive only while requests are pending. */
 int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out);
 
 /* Which backend is in use (never AUTO). */
 enum fy_aio_backend fy_aio_backend_of(const fy_aio *aio);
 const char *fy_aio_backend_name(enum fy_aio_backend b);
 
-/* pwrite of len bytes of buf at off. */
+/* pwrite of len (> 0) bytes of buf at off. */
 int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t len, uint64_t off,
                  fy_aio_cb cb);
-/* fdatasync(fd). Covers every write to fd that completed before it was queued. */
+/* fdatasync(fd). Covers every write to fd that completed before it was queued
+ * (not those still in flight: there is no ordering between requests). */
 int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
 /* fallocate(fd, mode, off, len). */
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb);
 
-/* Number of requests queued or in flight. */
+/* Number of requests queued or in flight (accepted, callback not yet run). */
 unsigned fy_aio_pending(const fy_aio *aio);
+/* Number of requests handed to the kernel or the threadpool (<= queue_depth). */
+unsigned fy_aio_inflight(const fy_aio *aio);
 
 /*
  * Tests only: the next `count` requests of kind op, after `skip` more succeed
@@ -78,9 +91,11 @@ unsigned fy_aio_pending(const fy_aio *aio);
  */
 void fy_aio_inject_fault(fy_aio *aio, enum fy_aio_op op, unsigned skip, unsigned count, int err);
 
-/* Stops the backend. All requests must have completed (fy_aio_pending == 0).
- * Handles are closed asynchronously; the memory is freed by close_cb's return
- * (or right away if close_cb is NULL, once the loop has run the close). */
+/* Stops the backend. All requests must have completed (fy_aio_pending == 0);
+ * may be called from a request's callback. Handles are closed asynchronously:
+ * the memory is freed once the loop has run their close callbacks, so run the
+ * loop (e.g. until uv_run returns) before uv_loop_close. aio must not be used
+ * after this call. */
 void fy_aio_close(fy_aio *aio);
 
 #endif

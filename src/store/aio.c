@@ -1,0 +1,575 @@
+/*
+ * Asynchronous file I/O for the loop thread (see aio.h for the contract).
+ *
+ * Why: the commit log must never block the loop on the disk, and io_uring lets
+ * one loop iteration's writes and syncs reach the kernel in one system call.
+ * The threads backend gives the same behaviour where io_uring is unavailable.
+ *
+ * Request life cycle, both backends:
+ *
+ *   accept ──► WAITING (wait FIFO, all queue_depth slots taken)
+ *      │           │ a slot frees up (fill_from_wait)
+ *      └──────────►▼
+ *              IN FLIGHT (an SQE, or a threadpool job) ──┐ short write,
+ *                  │                                     │ -EAGAIN/-EINTR:
+ *                  │ completion                          │ reissued, keeps
+ *                  ▼                                     │ its slot
+ *              DONE (on a local completion batch) ◄──────┘
+ *                  │ after the whole batch is collected
+ *                  ▼
+ *              callback runs; req is the caller's again
+ *
+ * `pending` counts requests from accept until their callback starts;
+ * `inflight` counts slots taken (<= queue_depth).
+ *
+ * io_uring wiring: SQEs are prepared as requests are accepted and submitted
+ * by a uv_prepare_t once per loop iteration. An idle handle is active while
+ * SQEs wait for submission or CQEs wait to be drained, so the loop never
+ * blocks in poll with work outstanding (a request may be queued from another
+ * prepare callback that runs after ours). Completions are signalled on an
+ * eventfd watched by a uv_poll_t; that signal is only a hint to look at the
+ * CQ ring, which is drained in bounded batches.
+ */
+#include "store/aio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+#define QUEUE_DEPTH_MAX 32768u
+#define CQE_BATCH 64u         /* completions taken from the ring per round */
+#define CQE_ROUNDS 4u         /* rounds per wake-up; the rest go next iteration */
+#define RETRY_MAX 64u         /* -EAGAIN/-EINTR resubmissions of one request */
+#define WRITE_CHUNK_MAX (1u << 30) /* bytes per write system call */
+
+struct fault {
+  unsigned skip;
+  unsigned count;
+  int err;
+};
+
+struct fy_aio {
+  uv_loop_t *loop;
+  enum fy_aio_backend backend;
+  unsigned depth;
+  unsigned inflight;
+  unsigned pending;
+  fy_aio_req *wait_head;
+  fy_aio_req *wait_tail;
+  struct fault faults[FY_AIO_OP_COUNT];
+  bool closing;
+  unsigned handles_open;
+  uv_idle_t idle; /* io_uring: work outstanding; threads: only used to defer the free */
+  /* io_uring only */
+  struct io_uring ring;
+  int efd;
+  uv_poll_t poll;
+  uv_prepare_t prepare;
+  unsigned submit_errors;
+};
+
+static void fill_from_wait(fy_aio *aio);
+
+const char *fy_aio_backend_name(enum fy_aio_backend b) {
+  switch (b) {
+  case FY_AIO_AUTO: return "auto";
+  case FY_AIO_URING: return "io_uring";
+  case FY_AIO_THREADS: return "threads";
+  }
+  return "?";
+}
+
+enum fy_aio_backend fy_aio_backend_of(const fy_aio *aio) { return aio->backend; }
+
+unsigned fy_aio_pending(const fy_aio *aio) { return aio->pending; }
+
+unsigned fy_aio_inflight(const fy_aio *aio) { return aio->inflight; }
+
+void fy_aio_inject_fault(fy_aio *aio, enum fy_aio_op op, unsigned skip, unsigned count, int err) {
+  fy_assert(op < FY_AIO_OP_COUNT);
+  fy_assert(err < 0 || count == 0);
+  aio->faults[op] = (struct fault){.skip = skip, .count = count, .err = err};
+}
+
+static int take_fault(fy_aio *aio, int op) {
+  struct fault *f = &aio->faults[op];
+  if (f->count == 0)
+    return 0;
+  if (f->skip) {
+    f->skip--;
+    return 0;
+  }
+  f->count--;
+  return f->err;
+}
+
+/* The poll handle keeps the loop alive exactly while requests are pending. */
+static void update_ref(fy_aio *aio) {
+  if (aio->backend != FY_AIO_URING)
+    return;
+  if (aio->pending)
+    uv_ref((uv_handle_t *)&aio->poll);
+  else
+    uv_unref((uv_handle_t *)&aio->poll);
+}
+
+/* ---- the wait FIFO ---------------------------------------------------- */
+
+static void wait_push_tail(fy_aio *aio, fy_aio_req *req) {
+  req->next = NULL;
+  if (aio->wait_tail)
+    aio->wait_tail->next = req;
+  else
+    aio->wait_head = req;
+  aio->wait_tail = req;
+}
+
+static void wait_push_head(fy_aio *aio, fy_aio_req *req) {
+  req->next = aio->wait_head;
+  aio->wait_head = req;
+  if (!aio->wait_tail)
+    aio->wait_tail = req;
+}
+
+static fy_aio_req *wait_pop(fy_aio *aio) {
+  fy_aio_req *req = aio->wait_head;
+  if (req) {
+    aio->wait_head = req->next;
+    if (!aio->wait_head)
+      aio->wait_tail = NULL;
+    req->next = NULL;
+  }
+  return req;
+}
+
+/* ---- completion batches ----------------------------------------------- */
+
+struct batch {
+  fy_aio_req *head;
+  fy_aio_req **tail;
+};
+
+static void batch_init(struct batch *b) {
+  b->head = NULL;
+  b->tail = &b->head;
+}
+
+static void finish(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b) {
+  fy_assert(aio->inflight > 0);
+  aio->inflight--;
+  req->res = res;
+  req->next = NULL;
+  *b->tail = req;
+  b->tail = &req->next;
+}
+
+/* Runs the callbacks of a collected batch. A callback may queue requests
+ * (they only join the queues) or close aio once nothing is pending. */
+static void run_callbacks(fy_aio *aio, struct batch *b) {
+  fy_aio_req *req = b->head;
+  while (req) {
+    fy_aio_req *next = req->next;
+    req->next = NULL;
+    fy_assert(aio->pending > 0);
+    aio->pending--;
+    req->cb(req, req->res);
+    req = next;
+  }
+  if (!aio->closing)
+    update_ref(aio);
+}
+
+/* ---- io_uring backend -------------------------------------------------- */
+
+static void update_idle(fy_aio *aio);
+static void on_idle(uv_idle_t *h);
+
+static void uring_submit(fy_aio *aio) {
+  for (unsigned i = 0; i < 4 && io_uring_sq_ready(&aio->ring); i++) {
+    int r = io_uring_submit(&aio->ring);
+    if (r >= 0 || r == -EINTR)
+      continue;
+    /* Left in the SQ ring; the idle handle brings us back next iteration. */
+    if (aio->submit_errors++ == 0)
+      fy_warn("aio", "io_uring_submit: %s; will retry", fy_strerror(r));
+    return;
+  }
+}
+
+static struct io_uring_sqe *uring_get_sqe(fy_aio *aio) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&aio->ring);
+  if (!sqe) {
+    uring_submit(aio); /* the SQ is full: submit now rather than wait for prepare */
+    sqe = io_uring_get_sqe(&aio->ring);
+  }
+  return sqe;
+}
+
+static void uring_prep(struct io_uring_sqe *sqe, fy_aio_req *req) {
+  if (req->fault) {
+    io_uring_prep_nop(sqe);
+  } else if (req->op == FY_AIO_WRITE) {
+    uint64_t left = req->len - req->done;
+    unsigned n = left > WRITE_CHUNK_MAX ? WRITE_CHUNK_MAX : (unsigned)left;
+    io_uring_prep_write(sqe, req->fd, req->buf + req->done, n, req->off + req->done);
+  } else if (req->op == FY_AIO_FDATASYNC) {
+    io_uring_prep_fsync(sqe, req->fd, IORING_FSYNC_DATASYNC);
+  } else {
+    io_uring_prep_fallocate(sqe, req->fd, req->mode, (off_t)req->off, (off_t)req->len);
+  }
+  io_uring_sqe_set_data(sqe, req);
+}
+
+/* Hands req (which holds a slot) to the ring. If even a submit frees no SQE,
+ * req gives its slot back and waits at the head of the FIFO. */
+static bool uring_issue(fy_aio *aio, fy_aio_req *req) {
+  struct io_uring_sqe *sqe = uring_get_sqe(aio);
+  if (!sqe) {
+    aio->inflight--;
+    wait_push_head(aio, req);
+    return false; /* update_idle keeps the loop spinning until prepare retries */
+  }
+  uring_prep(sqe, req);
+  return true;
+}
+
+/* Interprets one completion: done (onto b), or reissued. */
+static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b);
+
+static void uring_drain(fy_aio *aio) {
+  struct batch b;
+  batch_init(&b);
+  for (unsigned round = 0; round < CQE_ROUNDS; round++) {
+    struct io_uring_cqe *cqes[CQE_BATCH];
+    fy_aio_req *reqs[CQE_BATCH];
+    int64_t res[CQE_BATCH];
+    unsigned n = io_uring_peek_batch_cqe(&aio->ring, cqes, CQE_BATCH);
+    if (n == 0)
+      break;
+    for (unsigned i = 0; i < n; i++) {
+      reqs[i] = io_uring_cqe_get_data(cqes[i]);
+      res[i] = cqes[i]->res;
+    }
+    io_uring_cq_advance(&aio->ring, n); /* before reissuing: frees CQ room */
+    for (unsigned i = 0; i < n; i++)
+      on_result(aio, reqs[i], res[i], &b);
+  }
+  fill_from_wait(aio);
+  update_idle(aio);
+  run_callbacks(aio, &b);
+}
+
+/* The idle handle is active while SQEs wait for submission, requests wait
+ * for a slot that a refill could give, or CQEs remain undrained. */
+static void update_idle(fy_aio *aio) {
+  if (aio->closing)
+    return;
+  bool work = io_uring_sq_ready(&aio->ring) || io_uring_cq_ready(&aio->ring) ||
+              (aio->wait_head && aio->inflight < aio->depth);
+  if (work)
+    uv_idle_start(&aio->idle, on_idle);
+  else
+    uv_idle_stop(&aio->idle);
+}
+
+static void on_idle(uv_idle_t *h) {
+  fy_aio *aio = h->data;
+  if (io_uring_cq_ready(&aio->ring))
+    uring_drain(aio); /* leftovers of a bounded drain: no new eventfd signal will come */
+  else
+    update_idle(aio);
+}
+
+static void on_prepare(uv_prepare_t *h) {
+  fy_aio *aio = h->data;
+  fill_from_wait(aio);
+  uring_submit(aio);
+  update_idle(aio);
+}
+
+static void on_eventfd(uv_poll_t *h, int status, int events) {
+  fy_aio *aio = h->data;
+  (void)events;
+  if (status < 0)
+    fy_warn("aio", "eventfd poll: %s", fy_strerror(status));
+  uint64_t count;
+  ssize_t r = read(aio->efd, &count, sizeof count); /* reset before draining */
+  (void)r;
+  uring_drain(aio);
+}
+
+static int uring_init(fy_aio *aio) {
+  int r = io_uring_queue_init(aio->depth, &aio->ring, 0);
+  if (r < 0)
+    return r;
+  aio->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (aio->efd < 0) {
+    r = -errno;
+    goto out_exit_ring;
+  }
+  r = io_uring_register_eventfd(&aio->ring, aio->efd);
+  if (r < 0)
+    goto out_close_efd;
+  r = uv_poll_init(aio->loop, &aio->poll, aio->efd);
+  if (r < 0)
+    goto out_close_efd;
+  aio->poll.data = aio;
+  uv_prepare_init(aio->loop, &aio->prepare);
+  aio->prepare.data = aio;
+  uv_poll_start(&aio->poll, UV_READABLE, on_eventfd);
+  uv_prepare_start(&aio->prepare, on_prepare);
+  uv_unref((uv_handle_t *)&aio->poll);
+  uv_unref((uv_handle_t *)&aio->prepare);
+  return 0;
+
+out_close_efd:
+  close(aio->efd);
+out_exit_ring:
+  io_uring_queue_exit(&aio->ring);
+  return r;
+}
+
+/* ---- threads backend --------------------------------------------------- */
+
+static void threads_fs_done(uv_fs_t *fs);
+static void threads_work_done(uv_work_t *w, int status);
+
+static void fallocate_work(uv_work_t *w) {
+  fy_aio_req *req = w->data;
+  req->res = fallocate(req->fd, req->mode, (off_t)req->off, (off_t)req->len) == 0 ? 0 : -errno;
+}
+
+static void fault_work(uv_work_t *w) {
+  fy_aio_req *req = w->data;
+  req->res = req->fault;
+}
+
+static bool threads_issue(fy_aio *aio, fy_aio_req *req) {
+  int r;
+  if (req->fault) {
+    req->work.data = req;
+    r = uv_queue_work(aio->loop, &req->work, fault_work, threads_work_done);
+  } else if (req->op == FY_AIO_WRITE) {
+    uint64_t left = req->len - req->done;
+    uv_buf_t b = uv_buf_init((char *)req->buf + req->done,
+                             left > WRITE_CHUNK_MAX ? WRITE_CHUNK_MAX : (unsigned)left);
+    req->fs.data = req;
+    r = uv_fs_write(aio->loop, &req->fs, req->fd, &b, 1, (int64_t)(req->off + req->done),
+                    threads_fs_done);
+  } else if (req->op == FY_AIO_FDATASYNC) {
+    req->fs.data = req;
+    r = uv_fs_fdatasync(aio->loop, &req->fs, req->fd, threads_fs_done);
+  } else {
+    req->work.data = req;
+    r = uv_queue_work(aio->loop, &req->work, fallocate_work, threads_work_done);
+  }
+  fy_assert(r == 0); /* arguments were validated when the request was accepted */
+  return true;
+}
+
+static void threads_complete(fy_aio_req *req, int64_t res) {
+  fy_aio *aio = req->aio;
+  struct batch b;
+  batch_init(&b);
+  on_result(aio, req, res, &b);
+  fill_from_wait(aio);
+  run_callbacks(aio, &b);
+}
+
+static void threads_fs_done(uv_fs_t *fs) {
+  fy_aio_req *req = fs->data;
+  int64_t res = fs->result;
+  uv_fs_req_cleanup(fs);
+  threads_complete(req, res);
+}
+
+static void threads_work_done(uv_work_t *w, int status) {
+  fy_aio_req *req = w->data;
+  threads_complete(req, status < 0 ? status : req->res);
+}
+
+/* ---- shared ------------------------------------------------------------ */
+
+static bool issue(fy_aio *aio, fy_aio_req *req) {
+  return aio->backend == FY_AIO_URING ? uring_issue(aio, req) : threads_issue(aio, req);
+}
+
+static void fill_from_wait(fy_aio *aio) {
+  while (aio->wait_head && aio->inflight < aio->depth) { /* bounded by depth */
+    fy_aio_req *req = wait_pop(aio);
+    aio->inflight++;
+    if (!issue(aio, req))
+      break;
+  }
+}
+
+static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b) {
+  if (req->fault) {
+    finish(aio, req, req->fault, b);
+    return;
+  }
+  if ((res == -EAGAIN || res == -EINTR) && req->retries < RETRY_MAX) {
+    req->retries++;
+    issue(aio, req);
+    return;
+  }
+  if (req->op != FY_AIO_WRITE) {
+    finish(aio, req, res < 0 ? res : 0, b);
+    return;
+  }
+  if (res <= 0) {
+    finish(aio, req, res == 0 ? -EIO : res, b); /* no progress: the disk is not taking it */
+    return;
+  }
+  fy_assert((uint64_t)res <= req->len - req->done);
+  req->done += (uint64_t)res;
+  if (req->done < req->len) {
+    req->retries = 0;
+    issue(aio, req); /* short write: resume with the rest */
+    return;
+  }
+  finish(aio, req, (int64_t)req->len, b);
+}
+
+static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, fy_aio_cb cb) {
+  fy_assert(!aio->closing);
+  if (!cb)
+    return -EINVAL;
+  if (fd < 0)
+    return -EBADF;
+  req->cb = cb;
+  req->aio = aio;
+  req->op = op;
+  req->fd = fd;
+  req->done = 0;
+  req->res = 0;
+  req->retries = 0;
+  req->next = NULL;
+  req->fault = take_fault(aio, op);
+  aio->pending++;
+  update_ref(aio);
+  if (aio->inflight < aio->depth && !aio->wait_head) {
+    aio->inflight++;
+    issue(aio, req);
+  } else {
+    wait_push_tail(aio, req);
+  }
+  if (aio->backend == FY_AIO_URING)
+    uv_idle_start(&aio->idle, on_idle); /* submit before the loop blocks */
+  return 0;
+}
+
+int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t len, uint64_t off,
+                 fy_aio_cb cb) {
+  if (len == 0 || !buf || off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  req->buf = buf;
+  req->len = len;
+  req->off = off;
+  req->mode = 0;
+  return accept_req(aio, req, FY_AIO_WRITE, fd, cb);
+}
+
+int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
+  req->buf = NULL;
+  req->len = 0;
+  req->off = 0;
+  req->mode = 0;
+  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, cb);
+}
+
+int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
+                     fy_aio_cb cb) {
+  if (len == 0 || off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  req->buf = NULL;
+  req->len = len;
+  req->off = off;
+  req->mode = mode;
+  return accept_req(aio, req, FY_AIO_FALLOCATE, fd, cb);
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static enum fy_aio_backend backend_from_env(void) {
+  const char *e = getenv("FERRY_AIO_BACKEND");
+  if (!e || !*e)
+    return FY_AIO_AUTO;
+  if (strcmp(e, "threads") == 0)
+    return FY_AIO_THREADS;
+  if (strcmp(e, "uring") == 0 || strcmp(e, "io_uring") == 0)
+    return FY_AIO_URING;
+  fy_warn("aio", "ignoring FERRY_AIO_BACKEND=%s (want uring or threads)", e);
+  return FY_AIO_AUTO;
+}
+
+int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out) {
+  static atomic_bool fallback_logged;
+  if (!loop || queue_depth == 0 || queue_depth > QUEUE_DEPTH_MAX)
+    return -EINVAL;
+  fy_aio *aio = calloc(1, sizeof *aio);
+  if (!aio)
+    return -ENOMEM;
+  aio->loop = loop;
+  aio->depth = queue_depth;
+  aio->efd = -1;
+  bool fallback = backend == FY_AIO_AUTO;
+  if (backend == FY_AIO_AUTO) {
+    backend = backend_from_env();
+    fallback = backend == FY_AIO_AUTO;
+    if (backend == FY_AIO_AUTO)
+      backend = FY_AIO_URING;
+  }
+  aio->backend = backend;
+  if (backend == FY_AIO_URING) {
+    int r = uring_init(aio);
+    if (r < 0 && !fallback) {
+      free(aio);
+      return r;
+    }
+    if (r < 0) {
+      if (!atomic_exchange(&fallback_logged, true))
+        fy_warn("aio", "io_uring unavailable (%s); using the thread pool", fy_strerror(r));
+      aio->backend = FY_AIO_THREADS;
+    }
+  }
+  uv_idle_init(loop, &aio->idle);
+  aio->idle.data = aio;
+  *out = aio;
+  return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  fy_aio *aio = h->data;
+  fy_assert(aio->handles_open > 0);
+  if (--aio->handles_open > 0)
+    return;
+  if (aio->backend == FY_AIO_URING) {
+    io_uring_queue_exit(&aio->ring);
+    close(aio->efd);
+  }
+  free(aio);
+}
+
+void fy_aio_close(fy_aio *aio) {
+  fy_assert(aio->pending == 0);
+  fy_assert(aio->wait_head == NULL);
+  fy_assert(!aio->closing);
+  aio->closing = true;
+  aio->handles_open = 1;
+  uv_close((uv_handle_t *)&aio->idle, on_handle_closed);
+  if (aio->backend == FY_AIO_URING) {
+    aio->handles_open += 2;
+    uv_close((uv_handle_t *)&aio->poll, on_handle_closed);
+    uv_close((uv_handle_t *)&aio->prepare, on_handle_closed);
+  }
+}
