@@ -3,13 +3,18 @@
  * KEYS property, and "topic#uniqKey" for the UNIQ_KEY property).
  *
  * Index files live in <root>/index/, named by their creation time
- * (yyyyMMddHHmmssSSS, as RocketMQ) and each is a fixed-size chained hash
- * table: a 64-byte header, slot_count u32 slots (the number of the newest
- * entry for that hash, 0 = empty), then up to max_entries entries of 20 bytes
+ * (yyyyMMddHHmmssSSS in local time, as RocketMQ; "_1", "_2"... appended if
+ * the name is taken) and each is a fixed-size chained hash table: a 64-byte
+ * header, slot_count u32 slots (the number of the newest entry for that
+ * hash, 0 = empty), then max_entries entries of 20 bytes
  * [u32 key_hash][u64 phys][i32 seconds since header begin_ts][u32 prev entry].
- * Entry number 0 is never used. When a file is full a new one is started.
- * Files are sparse and mapped shared; fy_index_flush makes them durable
- * through fy_aio.
+ * Entry number 0 is never used, so a file holds max_entries - 1 keys. All
+ * keys of one record go into one file; when they do not fit, a new file is
+ * started. The byte layout of the header is drawn in index.c. The key hash
+ * is FNV-1a (32 bits) of the full key; slot = hash % slot_count. Files are
+ * ordered by the first commit-log offset they index, not by name. Files are
+ * sparse, all mapped shared; fy_index_flush makes them durable through
+ * fy_aio. A file whose header does not validate is ignored with a warning.
  *
  * Queries return candidate offsets only: a hash can collide and an entry may
  * refer to a record lost in a crash, so callers read each record and check
@@ -18,6 +23,7 @@
 #ifndef FY_STORE_INDEX_H
 #define FY_STORE_INDEX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,34 +31,51 @@
 
 typedef struct fy_index fy_index;
 
+#define FY_INDEX_TRIM_MAX 4 /* files fy_index_trim_below deletes per call */
+
 /* Opens all index files in dir (created if missing). slot_count and
- * max_entries apply to new files (maxHashSlotNum, maxIndexNum). */
+ * max_entries apply to new files (maxHashSlotNum, maxIndexNum); existing
+ * files keep the values in their headers. -EINVAL: slot_count 0, max_entries
+ * below 2, or a file size above 64 GiB. Synchronous. */
 int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy_index **out);
+/* A flush still in flight completes on its own and its callback still runs. */
 void fy_index_close(fy_index *ix);
 
 /* Adds the keys of the record at phys (size bytes, stored at store_ts_ms).
  * Records must be added in increasing phys order; a record with phys below
  * fy_index_max_phys is ignored (returns 0), which makes re-dispatch
- * idempotent. Keys are full keys ("topic#key"); nkeys may be 0 (the record
- * then only advances max_phys). */
+ * idempotent. Keys are full keys ("topic#key"); empty keys are skipped;
+ * nkeys may be 0 (the record then only advances max_phys). -EINVAL: size 0,
+ * phys + size overflowing, or more keys than a file holds. */
 int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
                  uint64_t phys, uint32_t size, int64_t store_ts_ms);
 
-/* Newest first, up to max results with store time in [begin_ms, end_ms]. */
+/* Candidate offsets, newest first, up to max, of records stored in
+ * [begin_ms, end_ms]. Times are kept to the second, so an entry matches when
+ * its second overlaps the window. Callers verify each record (hash
+ * collisions, records lost in a crash). */
 size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64_t begin_ms,
                       int64_t end_ms, uint64_t *phys_out, size_t max);
 
 /* End (phys + size) of the last record put (0 if none). */
 uint64_t fy_index_max_phys(const fy_index *ix);
 
-/* Recovery: removes entries with phys >= phys_end (newest first, relinking slots). */
+/* Recovery: removes entries with phys >= phys_end (newest first, relinking
+ * slots); files left without entries are deleted, except the oldest, which is
+ * kept (emptied) when nothing remains. max_phys becomes min(max_phys,
+ * phys_end). */
 int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end);
 
-/* Retention: deletes whole files (never the newest) whose highest phys is
- * below phys_min. Returns files deleted. */
+/* Retention: deletes the oldest files (never the newest) whose last record
+ * ends (end_phys) at or below phys_min, at most FY_INDEX_TRIM_MAX per call.
+ * Returns files deleted. */
 int fy_index_trim_below(fy_index *ix, uint64_t phys_min);
 
-/* Durability, as fy_cq_flush. */
+/* True if anything was written since the last flush was queued. */
+bool fy_index_dirty(const fy_index *ix);
+
+/* Durability, as fy_cq_flush (with nothing dirty it syncs the directory, so
+ * the callback still comes from aio). */
 int fy_index_flush(fy_index *ix, fy_aio *aio, void (*cb)(void *arg, int status), void *arg);
 
 #endif

@@ -1,0 +1,761 @@
+/*
+ * The message index; see index.h for what it answers.
+ *
+ * Why: "find the message with key K" would otherwise scan the whole commit
+ * log. Each index file is a chained hash table that only grows: an entry is
+ * appended, its slot is pointed at it, and the entry remembers the slot's
+ * previous value. Everything here can be rebuilt from the commit log, so
+ * recovery only cuts (fy_index_truncate_phys) and re-dispatches.
+ *
+ * File layout (little-endian), as RocketMQ's IndexFile with a larger header:
+ *
+ *   off  size  field
+ *     0     4  magic          IX_MAGIC
+ *     4     4  version        IX_VERSION
+ *     8     8  begin_ts_ms    store time of the file's first keyed record:
+ *                             the base of the entries' time diffs
+ *    16     8  end_ts_ms      store time of the last record put
+ *    24     8  begin_phys     commit-log offset of the file's first record
+ *    32     8  end_phys       phys + size of the last record put (keyless
+ *                             records too, so max_phys survives a restart)
+ *    40     4  slot_count
+ *    44     4  max_entries    entry numbers run 1 .. max_entries - 1
+ *    48     4  entry_count    next entry number (starts at 1; 0 = "none")
+ *    52    12  reserved, zero
+ *    64        slots: u32[slot_count], newest entry number for hash % slot_count
+ *     .        entries: max_entries x 20 bytes
+ *              [u32 key_hash][u64 phys][i32 seconds since begin_ts, floored][u32 prev]
+ *
+ * The key hash is 32-bit FNV-1a of the full key ("topic#key").
+ *
+ * Trust: a file whose header fails validation (magic, version, sizes, counts)
+ * is skipped with a warning and left in place. A slot or prev pointer is only
+ * followed when it is below the current entry number (prev strictly
+ * decreases), and a chain walk takes at most entry_count steps, so a torn or
+ * corrupted file cannot make a query loop. Entries are assumed to increase
+ * in phys with their number (dispatch order).
+ *
+ * All files stay mapped (there are few: each holds max_entries keys). Writes
+ * go into the mappings; fy_index_flush fdatasyncs dup()s of the dirty files'
+ * fds through fy_aio, so files may be deleted or the index closed while a
+ * flush is in flight.
+ */
+#include "store/index.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+#define MOD "index"
+#define IX_MAGIC 0xFE4D4958u
+#define IX_VERSION 1u
+#define IX_HEADER_SIZE 64u
+#define IX_ENTRY_SIZE 20u
+#define IX_FILE_MAX (64ull << 30)   /* bytes: sanity bound on slot_count/max_entries */
+#define IX_TS_ABS_MAX (1ll << 53)   /* ms: store times beyond this are clamped */
+#define IX_DIR_ENTRIES_MAX 1000000u /* bound on names read from the directory */
+#define IX_NAME_TRIES 100           /* suffixes tried when a name is taken */
+#define IX_NAME_LEN 48
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "index files are little-endian");
+
+enum {
+  H_MAGIC = 0,
+  H_VERSION = 4,
+  H_BEGIN_TS = 8,
+  H_END_TS = 16,
+  H_BEGIN_PHYS = 24,
+  H_END_PHYS = 32,
+  H_SLOT_COUNT = 40,
+  H_MAX_ENTRIES = 44,
+  H_ENTRY_COUNT = 48,
+  H_END = 52,
+};
+_Static_assert(H_END <= IX_HEADER_SIZE, "index header fits in 64 bytes");
+
+/* A file's header fields, mirrored in memory (the mapping is written, never
+ * trusted again after open). */
+struct ix_file {
+  char name[IX_NAME_LEN];
+  int fd;
+  uint8_t *map;
+  size_t size;
+  uint32_t slot_count;
+  uint32_t max_entries;
+  uint32_t entry_count;
+  int64_t begin_ts;
+  int64_t end_ts;
+  uint64_t begin_phys;
+  uint64_t end_phys;
+  bool dirty;
+};
+
+struct ix_entry {
+  uint32_t hash;
+  uint64_t phys;
+  int32_t diff_s;
+  uint32_t prev;
+};
+
+struct ix_sync {
+  fy_aio_req req;
+  int fd; /* a dup (or a directory fd) owned by this request */
+};
+
+struct ix_flush {
+  fy_index *ix; /* NULL once the index was closed while this flush ran */
+  void (*cb)(void *arg, int status);
+  void *arg;
+  unsigned pending;
+  unsigned n;
+  int status; /* first error */
+  struct ix_sync ops[];
+};
+
+struct fy_index {
+  char *dir;
+  uint32_t slot_count;  /* for new files */
+  uint32_t max_entries; /* for new files */
+  struct ix_file *files; /* oldest first */
+  size_t nfiles;
+  size_t cap;
+  uint64_t max_phys;
+  bool dir_dirty;     /* a file was created since the last flush */
+  bool parent_dirty;  /* the directory itself was created and not yet synced */
+  struct ix_flush *flush;
+};
+
+/* ---- layout ---- */
+
+static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+static uint64_t file_size_for(uint32_t slot_count, uint32_t max_entries) {
+  return IX_HEADER_SIZE + (uint64_t)slot_count * 4 + (uint64_t)max_entries * IX_ENTRY_SIZE;
+}
+
+static bool params_ok(uint32_t slot_count, uint32_t max_entries) {
+  return slot_count >= 1 && max_entries >= 2 &&
+         file_size_for(slot_count, max_entries) <= IX_FILE_MAX;
+}
+
+static uint8_t *slot_at(const struct ix_file *f, uint32_t s) {
+  return f->map + IX_HEADER_SIZE + (size_t)s * 4;
+}
+
+static uint8_t *entry_at(const struct ix_file *f, uint32_t n) {
+  return f->map + IX_HEADER_SIZE + (size_t)f->slot_count * 4 + (size_t)n * IX_ENTRY_SIZE;
+}
+
+static void entry_load(const struct ix_file *f, uint32_t n, struct ix_entry *e) {
+  const uint8_t *p = entry_at(f, n);
+  e->hash = get32(p);
+  e->phys = get64(p + 4);
+  e->diff_s = (int32_t)get32(p + 12);
+  e->prev = get32(p + 16);
+}
+
+static void entry_store(struct ix_file *f, uint32_t n, const struct ix_entry *e) {
+  uint8_t *p = entry_at(f, n);
+  put32(p, e->hash);
+  put64(p + 4, e->phys);
+  put32(p + 12, (uint32_t)e->diff_s);
+  put32(p + 16, e->prev);
+}
+
+static void header_store(struct ix_file *f) {
+  uint8_t *h = f->map;
+  put32(h + H_MAGIC, IX_MAGIC);
+  put32(h + H_VERSION, IX_VERSION);
+  put64(h + H_BEGIN_TS, (uint64_t)f->begin_ts);
+  put64(h + H_END_TS, (uint64_t)f->end_ts);
+  put64(h + H_BEGIN_PHYS, f->begin_phys);
+  put64(h + H_END_PHYS, f->end_phys);
+  put32(h + H_SLOT_COUNT, f->slot_count);
+  put32(h + H_MAX_ENTRIES, f->max_entries);
+  put32(h + H_ENTRY_COUNT, f->entry_count);
+  f->dirty = true;
+}
+
+/* Fills f's fields from a header; false if it does not describe a file of
+ * file_size bytes that Ferry wrote. */
+static bool header_load(struct ix_file *f, const uint8_t *h, uint64_t file_size) {
+  if (get32(h + H_MAGIC) != IX_MAGIC || get32(h + H_VERSION) != IX_VERSION)
+    return false;
+  f->slot_count = get32(h + H_SLOT_COUNT);
+  f->max_entries = get32(h + H_MAX_ENTRIES);
+  f->entry_count = get32(h + H_ENTRY_COUNT);
+  f->begin_ts = (int64_t)get64(h + H_BEGIN_TS);
+  f->end_ts = (int64_t)get64(h + H_END_TS);
+  f->begin_phys = get64(h + H_BEGIN_PHYS);
+  f->end_phys = get64(h + H_END_PHYS);
+  if (!params_ok(f->slot_count, f->max_entries))
+    return false;
+  if (file_size_for(f->slot_count, f->max_entries) != file_size)
+    return false;
+  if (f->entry_count < 1 || f->entry_count > f->max_entries)
+    return false;
+  return f->begin_ts >= -IX_TS_ABS_MAX && f->begin_ts <= IX_TS_ABS_MAX;
+}
+
+/* 32-bit FNV-1a. */
+static uint32_t key_hash(const char *key, size_t len) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < len; i++) {
+    h ^= (uint8_t)key[i];
+    h *= 16777619u;
+  }
+  return h;
+}
+
+static int64_t clamp_ts(int64_t ts) {
+  if (ts > IX_TS_ABS_MAX)
+    return IX_TS_ABS_MAX;
+  return ts < -IX_TS_ABS_MAX ? -IX_TS_ABS_MAX : ts;
+}
+
+/* floor((ts - base) / 1000) as i32, saturated. Both are clamped, so no overflow. */
+static int32_t diff_seconds(int64_t ts, int64_t base) {
+  int64_t d = ts - base;
+  int64_t s = d >= 0 ? d / 1000 : -((-d + 999) / 1000);
+  if (s > INT32_MAX)
+    return INT32_MAX;
+  return s < INT32_MIN ? INT32_MIN : (int32_t)s;
+}
+
+/* An entry stored at second t_lo (ms) has its real time in [t_lo, t_lo + 999]. */
+static bool time_overlaps(int64_t t_lo, int64_t begin_ms, int64_t end_ms) {
+  if (t_lo > end_ms)
+    return false;
+  return t_lo >= begin_ms || (uint64_t)begin_ms - (uint64_t)t_lo < 1000;
+}
+
+/* ---- files ---- */
+
+static int mkdir_p(const char *path, bool *created) {
+  char buf[4096];
+  size_t n = strlen(path);
+  if (n == 0 || n >= sizeof buf)
+    return -ENAMETOOLONG;
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != '\0')
+      continue;
+    char c = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) == 0)
+      *created = true;
+    else if (errno != EEXIST)
+      return -errno;
+    buf[i] = c;
+  }
+  return 0;
+}
+
+static int files_reserve(fy_index *ix) {
+  if (ix->nfiles < ix->cap)
+    return 0;
+  size_t cap = ix->cap ? ix->cap * 2 : 4;
+  struct ix_file *f = realloc(ix->files, cap * sizeof *f);
+  if (!f)
+    return -ENOMEM;
+  ix->files = f;
+  ix->cap = cap;
+  return 0;
+}
+
+static void file_unmap(struct ix_file *f) {
+  if (f->map)
+    munmap(f->map, f->size);
+  if (f->fd >= 0)
+    close(f->fd);
+  f->map = NULL;
+  f->fd = -1;
+}
+
+static int map_fd(struct ix_file *f, int fd, size_t size) {
+  void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED)
+    return -errno;
+  f->fd = fd;
+  f->map = m;
+  f->size = size;
+  return 0;
+}
+
+/* Opens, validates and maps one file found in the directory. Returns 1 when
+ * the file is not a valid index file (skipped), 0 when *f is filled. */
+static int file_load(fy_index *ix, int dfd, const char *name, struct ix_file *f) {
+  if (strlen(name) >= IX_NAME_LEN) {
+    fy_warn(MOD, "%s/%s: unexpected name, ignored", ix->dir, name);
+    return 1;
+  }
+  int fd = openat(dfd, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    int err = -errno;
+    if (err == -EMFILE || err == -ENFILE || err == -ENOMEM)
+      return err;
+    fy_warn(MOD, "%s/%s: cannot open (%s), ignored", ix->dir, name, fy_strerror(err));
+    return 1;
+  }
+  struct stat st;
+  uint8_t h[IX_HEADER_SIZE];
+  int err = 0;
+  if (fstat(fd, &st) != 0) {
+    err = -errno;
+    goto out_close;
+  }
+  *f = (struct ix_file){.fd = -1};
+  snprintf(f->name, sizeof f->name, "%s", name);
+  if (!S_ISREG(st.st_mode) || pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h ||
+      !header_load(f, h, (uint64_t)st.st_size)) {
+    fy_warn(MOD, "%s/%s: not a valid index file, ignored", ix->dir, name);
+    err = 1;
+    goto out_close;
+  }
+  err = map_fd(f, fd, (size_t)st.st_size);
+  if (err)
+    goto out_close;
+  return 0;
+out_close:
+  close(fd);
+  return err;
+}
+
+static int file_cmp(const void *a, const void *b) {
+  const struct ix_file *x = a, *y = b;
+  if (x->begin_phys != y->begin_phys)
+    return x->begin_phys < y->begin_phys ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+static int scan_dir(fy_index *ix) {
+  DIR *d = opendir(ix->dir);
+  if (!d)
+    return -errno;
+  int err = 0;
+  struct dirent *de;
+  for (size_t n = 0; n < IX_DIR_ENTRIES_MAX && (de = readdir(d)) != NULL; n++) {
+    if (de->d_name[0] == '.')
+      continue;
+    err = files_reserve(ix);
+    if (err)
+      break;
+    err = file_load(ix, dirfd(d), de->d_name, &ix->files[ix->nfiles]);
+    if (err == 1) {
+      err = 0;
+      continue;
+    }
+    if (err)
+      break;
+    ix->nfiles++;
+  }
+  closedir(d);
+  if (!err && ix->nfiles > 1)
+    qsort(ix->files, ix->nfiles, sizeof ix->files[0], file_cmp);
+  return err;
+}
+
+/* yyyyMMddHHmmssSSS in local time, as RocketMQ names its index files. */
+static void time_name(char *buf, size_t cap) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  localtime_r(&ts.tv_sec, &tm);
+  size_t n = strftime(buf, cap, "%Y%m%d%H%M%S", &tm);
+  snprintf(buf + n, cap - n, "%03d", (int)(ts.tv_nsec / 1000000L));
+}
+
+/* Creates a file named by the time (a suffix _1, _2... if taken). */
+static int create_named(fy_index *ix, char *name, size_t cap) {
+  char base[24]; /* 17 digits */
+  char path[4200];
+  time_name(base, sizeof base);
+  for (int i = 0; i < IX_NAME_TRIES; i++) {
+    if (i == 0)
+      snprintf(name, cap, "%s", base);
+    else
+      snprintf(name, cap, "%s_%d", base, i);
+    snprintf(path, sizeof path, "%s/%s", ix->dir, name);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0)
+      return fd;
+    if (errno != EEXIST)
+      return -errno;
+  }
+  return -EEXIST;
+}
+
+static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file **out) {
+  int err = files_reserve(ix);
+  if (err)
+    return err;
+  struct ix_file *f = &ix->files[ix->nfiles];
+  *f = (struct ix_file){.fd = -1};
+  int fd = create_named(ix, f->name, sizeof f->name);
+  if (fd < 0)
+    return fd;
+  size_t size = (size_t)file_size_for(ix->slot_count, ix->max_entries);
+  if (ftruncate(fd, (off_t)size) != 0) {
+    err = -errno;
+    goto out_unlink;
+  }
+  err = map_fd(f, fd, size);
+  if (err)
+    goto out_unlink;
+  f->slot_count = ix->slot_count;
+  f->max_entries = ix->max_entries;
+  f->entry_count = 1;
+  f->begin_ts = f->end_ts = ts;
+  f->begin_phys = phys;
+  f->end_phys = 0;
+  header_store(f);
+  ix->nfiles++;
+  ix->dir_dirty = true;
+  fy_info(MOD, "new index file %s/%s", ix->dir, f->name);
+  *out = f;
+  return 0;
+out_unlink: {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", ix->dir, f->name);
+  unlink(path);
+  close(fd);
+  return err;
+}
+}
+
+static int file_delete(fy_index *ix, size_t idx) {
+  struct ix_file *f = &ix->files[idx];
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", ix->dir, f->name);
+  if (unlink(path) != 0 && errno != ENOENT) {
+    int err = -errno;
+    fy_warn(MOD, "cannot delete %s: %s", path, fy_strerror(err));
+    return err;
+  }
+  file_unmap(f);
+  memmove(&ix->files[idx], &ix->files[idx + 1], (ix->nfiles - idx - 1) * sizeof ix->files[0]);
+  ix->nfiles--;
+  return 0;
+}
+
+/* ---- open and close ---- */
+
+static void ix_free(fy_index *ix) {
+  for (size_t i = 0; i < ix->nfiles; i++)
+    file_unmap(&ix->files[i]);
+  if (ix->flush)
+    ix->flush->ix = NULL; /* it completes on its own and still calls back */
+  free(ix->files);
+  free(ix->dir);
+  free(ix);
+}
+
+int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy_index **out) {
+  if (!params_ok(slot_count, max_entries) ||
+      file_size_for(slot_count, max_entries) > (uint64_t)SIZE_MAX)
+    return -EINVAL;
+  fy_index *ix = calloc(1, sizeof *ix);
+  if (!ix)
+    return -ENOMEM;
+  ix->slot_count = slot_count;
+  ix->max_entries = max_entries;
+  ix->dir = strdup(dir);
+  int err = -ENOMEM;
+  if (!ix->dir)
+    goto out_free;
+  bool created = false;
+  err = mkdir_p(ix->dir, &created);
+  if (err)
+    goto out_free;
+  ix->parent_dirty = created;
+  err = scan_dir(ix);
+  if (err)
+    goto out_free;
+  for (size_t i = 0; i < ix->nfiles; i++)
+    if (ix->files[i].end_phys > ix->max_phys)
+      ix->max_phys = ix->files[i].end_phys;
+  *out = ix;
+  return 0;
+out_free:
+  ix_free(ix);
+  return err;
+}
+
+void fy_index_close(fy_index *ix) {
+  if (ix)
+    ix_free(ix);
+}
+
+uint64_t fy_index_max_phys(const fy_index *ix) { return ix->max_phys; }
+
+/* ---- put and query ---- */
+
+static void add_entry(struct ix_file *f, uint32_t hash, uint64_t phys, int32_t diff_s) {
+  uint32_t n = f->entry_count;
+  fy_assert(n < f->max_entries);
+  uint8_t *slot = slot_at(f, hash % f->slot_count);
+  uint32_t prev = get32(slot);
+  struct ix_entry e = {.hash = hash, .phys = phys, .diff_s = diff_s,
+                       .prev = prev < n ? prev : 0}; /* a torn slot is dropped */
+  entry_store(f, n, &e);
+  put32(slot, n);
+  f->entry_count = n + 1;
+}
+
+int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
+                 uint64_t phys, uint32_t size, int64_t store_ts_ms) {
+  if (size == 0 || phys > UINT64_MAX - size)
+    return -EINVAL;
+  if (phys < ix->max_phys)
+    return 0; /* already indexed: re-dispatch */
+  size_t n = 0;
+  for (size_t i = 0; i < nkeys; i++)
+    n += key_lens[i] > 0;
+  if (n > ix->max_entries - 1)
+    return -EINVAL;
+  int64_t ts = clamp_ts(store_ts_ms);
+  struct ix_file *f = ix->nfiles ? &ix->files[ix->nfiles - 1] : NULL;
+  if (n > 0 && (!f || n > f->max_entries - f->entry_count)) {
+    int err = file_create(ix, phys, ts, &f);
+    if (err)
+      return err;
+  }
+  if (f) {
+    if (n > 0 && f->entry_count == 1) { /* first keyed record: the time base */
+      f->begin_ts = ts;
+      f->begin_phys = phys;
+    }
+    for (size_t i = 0; i < nkeys; i++)
+      if (key_lens[i] > 0)
+        add_entry(f, key_hash(keys[i], key_lens[i]), phys, diff_seconds(ts, f->begin_ts));
+    f->end_phys = phys + size;
+    f->end_ts = ts;
+    header_store(f);
+  }
+  ix->max_phys = phys + size;
+  return 0;
+}
+
+/* Follows one file's chain for hash, appending matches to out[*n..max). */
+static void walk_chain(const fy_index *ix, const struct ix_file *f, uint32_t hash,
+                       int64_t begin_ms, int64_t end_ms, uint64_t *out, size_t *n, size_t max) {
+  uint32_t cur = get32(slot_at(f, hash % f->slot_count));
+  for (uint32_t steps = 0; cur != 0 && steps < f->entry_count && *n < max; steps++) {
+    if (cur >= f->entry_count)
+      return; /* torn: slot written, count not */
+    struct ix_entry e;
+    entry_load(f, cur, &e);
+    int64_t t_lo = f->begin_ts + (int64_t)e.diff_s * 1000;
+    bool in_file = e.phys >= f->begin_phys && e.phys < f->end_phys;
+    if (e.hash == hash && in_file && time_overlaps(t_lo, begin_ms, end_ms) &&
+        (*n == 0 || out[*n - 1] != e.phys)) /* one record, the same key twice */
+      out[(*n)++] = e.phys;
+    if (e.prev >= cur) {
+      fy_warn(MOD, "%s/%s: entry %" PRIu32 " links forward to %" PRIu32 ": chain cut", ix->dir,
+              f->name, cur, e.prev);
+      return;
+    }
+    cur = e.prev;
+  }
+}
+
+size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64_t begin_ms,
+                      int64_t end_ms, uint64_t *phys_out, size_t max) {
+  if (max == 0 || key_len == 0)
+    return 0;
+  uint32_t hash = key_hash(key, key_len);
+  size_t n = 0;
+  for (size_t i = ix->nfiles; i > 0 && n < max; i--) {
+    const struct ix_file *f = &ix->files[i - 1];
+    if (f->entry_count > 1)
+      walk_chain(ix, f, hash, begin_ms, end_ms, phys_out, &n, max);
+  }
+  return n;
+}
+
+/* ---- recovery and retention ---- */
+
+/* Removes f's newest entry, pointing its slot back at the entry before it. */
+static void undo_last(struct ix_file *f) {
+  uint32_t n = f->entry_count - 1;
+  struct ix_entry e;
+  entry_load(f, n, &e);
+  uint8_t *slot = slot_at(f, e.hash % f->slot_count);
+  if (get32(slot) >= n) /* == n normally; > n only if torn */
+    put32(slot, e.prev < n ? e.prev : 0);
+  memset(entry_at(f, n), 0, IX_ENTRY_SIZE);
+  f->entry_count = n;
+}
+
+/* Removes f's entries with phys >= phys_end, newest first. */
+static void truncate_file(struct ix_file *f, uint64_t phys_end) {
+  while (f->entry_count > 1) { /* entry_count strictly decreases */
+    struct ix_entry e;
+    entry_load(f, f->entry_count - 1, &e);
+    if (e.phys < phys_end)
+      break;
+    undo_last(f);
+  }
+  if (f->end_phys > phys_end)
+    f->end_phys = phys_end;
+  if (f->begin_phys > phys_end)
+    f->begin_phys = phys_end;
+  header_store(f);
+}
+
+int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
+  if (phys_end >= ix->max_phys)
+    return 0;
+  size_t rounds = ix->nfiles;
+  for (size_t r = 0; r < rounds && ix->nfiles > 0; r++) {
+    struct ix_file *f = &ix->files[ix->nfiles - 1];
+    bool whole = true;
+    if (f->entry_count > 1) {
+      struct ix_entry first;
+      entry_load(f, 1, &first);
+      whole = first.phys >= phys_end;
+    }
+    if (whole && ix->nfiles > 1) {
+      int err = file_delete(ix, ix->nfiles - 1);
+      if (err)
+        return err;
+      continue;
+    }
+    truncate_file(f, phys_end);
+    break;
+  }
+  ix->max_phys = phys_end;
+  return 0;
+}
+
+int fy_index_trim_below(fy_index *ix, uint64_t phys_min) {
+  int deleted = 0;
+  while (deleted < FY_INDEX_TRIM_MAX && ix->nfiles > 1 && ix->files[0].end_phys <= phys_min) {
+    if (file_delete(ix, 0) != 0)
+      break;
+    deleted++;
+  }
+  return deleted;
+}
+
+/* ---- flush ---- */
+
+bool fy_index_dirty(const fy_index *ix) {
+  if (ix->dir_dirty || ix->parent_dirty)
+    return true;
+  for (size_t i = 0; i < ix->nfiles; i++)
+    if (ix->files[i].dirty)
+      return true;
+  return false;
+}
+
+static void on_synced(fy_aio_req *req, int64_t res) {
+  struct ix_flush *fl = req->data;
+  struct ix_sync *op = (struct ix_sync *)((char *)req - offsetof(struct ix_sync, req));
+  close(op->fd);
+  if (res < 0 && fl->status == 0)
+    fl->status = (int)res;
+  fy_assert(fl->pending > 0);
+  if (--fl->pending > 0)
+    return;
+  if (fl->ix)
+    fl->ix->flush = NULL;
+  void (*cb)(void *, int) = fl->cb;
+  void *arg = fl->arg;
+  int status = fl->status;
+  if (status)
+    fy_error(MOD, "index fdatasync failed: %s", fy_strerror(status));
+  free(fl);
+  cb(arg, status);
+}
+
+/* Queues an fdatasync of fd (which the flush then owns). */
+static int sync_fd(struct ix_flush *fl, fy_aio *aio, int fd) {
+  if (fd < 0)
+    return -errno;
+  struct ix_sync *op = &fl->ops[fl->n];
+  op->fd = fd;
+  op->req.data = fl;
+  int err = fy_aio_fdatasync(aio, &op->req, fd, on_synced);
+  if (err) {
+    close(fd);
+    return err;
+  }
+  fl->n++;
+  fl->pending++;
+  return 0;
+}
+
+static int open_dir(const char *path) { return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC); }
+
+static int sync_parent(fy_index *ix, struct ix_flush *fl, fy_aio *aio) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s", ix->dir);
+  char *slash = strrchr(path, '/');
+  if (!slash)
+    snprintf(path, sizeof path, ".");
+  else if (slash == path)
+    path[1] = '\0';
+  else
+    *slash = '\0';
+  return sync_fd(fl, aio, open_dir(path));
+}
+
+static int queue_syncs(fy_index *ix, struct ix_flush *fl, fy_aio *aio) {
+  int err = 0;
+  for (size_t i = 0; i < ix->nfiles && !err; i++) {
+    struct ix_file *f = &ix->files[i];
+    if (!f->dirty)
+      continue;
+    err = sync_fd(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
+    if (!err)
+      f->dirty = false;
+  }
+  if (!err && (ix->dir_dirty || fl->n == 0)) { /* nothing dirty: sync the directory anyway */
+    err = sync_fd(fl, aio, open_dir(ix->dir));
+    if (!err)
+      ix->dir_dirty = false;
+  }
+  if (!err && ix->parent_dirty) {
+    err = sync_parent(ix, fl, aio);
+    if (!err)
+      ix->parent_dirty = false;
+  }
+  return err;
+}
+
+int fy_index_flush(fy_index *ix, fy_aio *aio, void (*cb)(void *arg, int status), void *arg) {
+  if (ix->flush)
+    return -FY_EBUSY;
+  size_t nops = 2;
+  for (size_t i = 0; i < ix->nfiles; i++)
+    nops += ix->files[i].dirty;
+  struct ix_flush *fl = calloc(1, sizeof *fl + nops * sizeof fl->ops[0]);
+  if (!fl)
+    return -ENOMEM;
+  fl->ix = ix;
+  fl->cb = cb;
+  fl->arg = arg;
+  int err = queue_syncs(ix, fl, aio);
+  if (err && fl->n == 0) {
+    free(fl);
+    return err;
+  }
+  fl->status = err; /* a partial start reports the error through cb */
+  ix->flush = fl;
+  return 0;
+}
