@@ -345,7 +345,8 @@ static bool start_flush(fy_store *s) {
     if (fy_cq_flush(q->cq, s->aio, on_part_flushed, s) == 0)
       s->flush_pending++;
   }
-  if (s->index && fy_index_flush(s->index, s->aio, on_part_flushed, s) == 0)
+  if (s->index && fy_index_dirty(s->index) &&
+      fy_index_flush(s->index, s->aio, on_part_flushed, s) == 0)
     s->flush_pending++;
   bool any = s->flush_pending > 1;
   on_part_flushed(s, 0);
@@ -401,19 +402,18 @@ static int clean_pass(fy_store *s, bool force) {
             expired ? "expired" : "disk nearly full");
     deleted++;
   }
-  if (deleted) {
-    uint64_t min = fy_commitlog_min(s->cl);
-    size_t pos = 0, klen;
-    const char *key;
-    void *v;
-    while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
-      struct queue *q = v;
-      if (q->cq)
-        fy_cq_trim_below(q->cq, min);
-    }
-    if (s->index)
-      fy_index_trim_below(s->index, min);
+  /* Trim every pass, not only when a segment went: trims are capped per call. */
+  uint64_t min = fy_commitlog_min(s->cl);
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
+    struct queue *q = v;
+    if (q->cq)
+      fy_cq_trim_below(q->cq, min);
   }
+  if (s->index)
+    fy_index_trim_below(s->index, min);
   return deleted;
 }
 
@@ -579,7 +579,10 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
       return err;
   }
   uint64_t min = fy_commitlog_min(s->cl);
+  /* Re-dispatch from the checkpoint, clamped into the log that survived. */
   s->dispatched = from > min ? from : min;
+  if (s->dispatched > end)
+    s->dispatched = end;
   err = dispatch_to(s, end, &rec->redispatched, false);
   if (err)
     return err;
@@ -746,7 +749,8 @@ static void close_step(fy_store *s) {
         if (q->cq && fy_cq_dirty(q->cq) && fy_cq_flush(q->cq, s->aio, on_close_queues, s) == 0)
           s->flush_pending++;
       }
-      if (s->index && fy_index_flush(s->index, s->aio, on_close_queues, s) == 0)
+      if (s->index && fy_index_dirty(s->index) &&
+          fy_index_flush(s->index, s->aio, on_close_queues, s) == 0)
         s->flush_pending++;
     }
     on_close_queues(s, 0);
