@@ -4,8 +4,9 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config python3
-      libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev
-      fio)
+      libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev libjansson-dev
+      fio
+      clang libclang-rt-14-dev) # clang's libFuzzer runtime, for scripts/fuzz.sh
 
 missing=()
 for p in "${PKGS[@]}"; do

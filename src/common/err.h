@@ -23,7 +23,15 @@
   X(NOT_FOUND,    "no such entry")                                                   \
   X(CONFIG,       "bad configuration")                                               \
   X(SHUTDOWN,     "store is shutting down")                                          \
-  X(LOCKED,       "store directory is locked by another process")
+  X(LOCKED,       "store directory is locked by another process")                    \
+  X(FRAME_MAGIC,  "frame does not start with the magic 'FY'")                        \
+  X(FRAME_VERSION,"unsupported frame version")                                       \
+  X(FRAME_KIND,   "unknown frame kind")                                              \
+  X(FRAME_TOO_BIG,"frame payload larger than the frame limit")                       \
+  X(FRAME_HEADER, "frame header section longer than its payload")                    \
+  X(DECODE,       "protobuf header section malformed or over its allocation limit")  \
+  X(TIMEOUT,      "no response within the call's timeout")                           \
+  X(CLOSED,       "connection closed")
 
 enum {
   FY__ERR_FIRST = FY_ERR_BASE - 1,
