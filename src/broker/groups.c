@@ -1,0 +1,512 @@
+/*
+ * Subscription group configurations (see groups.h). Why a module: pulls,
+ * retries and the DLQ all consult the group's settings, a group must exist
+ * (auto-created or configured) before its consumers are served, and the
+ * slave must hold the same settings as the master.
+ *
+ * Same structure as topics.c: a strmap of name → malloc'ed config, the whole
+ * table saved through a metafile after each change.
+ */
+#include "broker/groups.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/persist.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/strmap.h"
+
+#define GROUPS_FILE "subscriptionGroup.json"
+#define GROUPS_MAX_DEFAULT 65536u
+#define GROUPS_MAX_LIMIT (1u << 24)
+
+struct fy_groups {
+  fy_strmap *map; /* name → struct fy_group_config * */
+  struct fy_data_version version;
+  bool auto_create;
+  uint32_t groups_max;
+  struct fy__persist persist;
+};
+
+/* ---- names and defaults ------------------------------------------------- */
+
+int fy_group_name_check(const char *name, const char **why) {
+  const char *msg = NULL;
+  size_t len = name ? strnlen(name, FY_GROUP_NAME_MAX + 1) : 0;
+  if (len == 0)
+    msg = "the specified group is blank";
+  else if (len > FY_GROUP_NAME_MAX)
+    msg = "the specified group is longer than group max length 255.";
+  else if (!fy__name_chars_ok(name, len))
+    msg = "the specified group contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$";
+  if (why)
+    *why = msg;
+  return msg ? -EINVAL : 0;
+}
+
+bool fy_group_is_system(const char *name) {
+  return strncmp(name, FY_GROUP_SYSTEM_PREFIX, strlen(FY_GROUP_SYSTEM_PREFIX)) == 0;
+}
+
+void fy_group_config_default(struct fy_group_config *cfg, const char *name) {
+  memset(cfg, 0, sizeof *cfg);
+  fy_assert(strlen(name) <= FY_GROUP_NAME_MAX);
+  strcpy(cfg->name, name);
+  cfg->consume_enable = true;
+  cfg->consume_from_min_enable = true;
+  cfg->consume_broadcast_enable = true;
+  cfg->retry_queues = 1;
+  cfg->retry_max_times = 16;
+  cfg->broker_id = 0;
+  cfg->which_broker_when_consume_slowly = 1;
+  cfg->notify_consumer_ids_changed_enable = true;
+}
+
+static bool config_equal(const struct fy_group_config *a, const struct fy_group_config *b) {
+  return strcmp(a->name, b->name) == 0 && a->consume_enable == b->consume_enable &&
+         a->consume_from_min_enable == b->consume_from_min_enable &&
+         a->consume_broadcast_enable == b->consume_broadcast_enable &&
+         a->retry_queues == b->retry_queues && a->retry_max_times == b->retry_max_times &&
+         a->broker_id == b->broker_id &&
+         a->which_broker_when_consume_slowly == b->which_broker_when_consume_slowly &&
+         a->notify_consumer_ids_changed_enable == b->notify_consumer_ids_changed_enable;
+}
+
+/* ---- table helpers ------------------------------------------------------ */
+
+static void table_free(fy_strmap *map) {
+  if (!map)
+    return;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
+    free(v);
+  fy_strmap_free(map);
+}
+
+/* Same names with equal configurations. */
+static bool table_equal(const fy_strmap *a, const fy_strmap *b) {
+  if (fy_strmap_size(a) != fy_strmap_size(b))
+    return false;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(a, &pos, &key, &klen, &v)) { /* bounded by the map's capacity */
+    const struct fy_group_config *other = fy_strmap_get(b, key, klen);
+    if (!other || !config_equal(v, other))
+      return false;
+  }
+  return true;
+}
+
+static struct fy_group_config *lookup(const fy_groups *g, const char *name) {
+  return fy_strmap_get(g->map, name, strlen(name));
+}
+
+/* ---- JSON --------------------------------------------------------------- */
+
+static json_t *group_to_json(const struct fy_group_config *c) {
+  return json_pack("{s:s,s:b,s:b,s:b,s:I,s:I,s:I,s:I,s:b}", "groupName", c->name,
+                   "consumeEnable", c->consume_enable, "consumeFromMinEnable",
+                   c->consume_from_min_enable, "consumeBroadcastEnable",
+                   c->consume_broadcast_enable, "retryQueueNums", (json_int_t)c->retry_queues,
+                   "retryMaxTimes", (json_int_t)c->retry_max_times, "brokerId",
+                   (json_int_t)c->broker_id, "whichBrokerWhenConsumeSlowly",
+                   (json_int_t)c->which_broker_when_consume_slowly,
+                   "notifyConsumerIdsChangedEnable", c->notify_consumer_ids_changed_enable);
+}
+
+static json_t *table_to_json(const fy_groups *g) {
+  json_t *root = json_object(), *table = json_object();
+  json_t *dv = fy__data_version_to_json(&g->version);
+  if (!root || !table || !dv)
+    goto out_free;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(g->map, &pos, &key, &klen, &v)) { /* bounded by groups_max */
+    json_t *jg = group_to_json(v);
+    if (!jg || json_object_set_new(table, key, jg) < 0)
+      goto out_free;
+  }
+  if (json_object_set_new(root, "dataVersion", dv) < 0) {
+    dv = NULL;
+    goto out_free;
+  }
+  if (json_object_set_new(root, "subscriptionGroupTable", table) < 0)
+    goto out_free_root;
+  return root;
+
+out_free:
+  json_decref(dv);
+  json_decref(table);
+out_free_root:
+  json_decref(root);
+  return NULL;
+}
+
+static char *dump_table(const fy_groups *g, size_t flags, size_t *len) {
+  json_t *root = table_to_json(g);
+  if (!root)
+    return NULL;
+  char *s = fy__json_dump(root, flags, len);
+  json_decref(root);
+  return s;
+}
+
+static int group_fields_from_json(json_t *v, struct fy_group_config *c, char *err,
+                                  size_t errlen) {
+  uint64_t rq, rmax, bid, slow;
+  int r = fy__json_bool(v, "consumeEnable", true, &c->consume_enable, err, errlen);
+  if (r == 0)
+    r = fy__json_bool(v, "consumeFromMinEnable", true, &c->consume_from_min_enable, err, errlen);
+  if (r == 0)
+    r = fy__json_bool(v, "consumeBroadcastEnable", true, &c->consume_broadcast_enable, err,
+                      errlen);
+  if (r == 0)
+    r = fy__json_bool(v, "notifyConsumerIdsChangedEnable", true,
+                      &c->notify_consumer_ids_changed_enable, err, errlen);
+  if (r == 0)
+    r = fy__json_uint(v, "retryQueueNums", false, 1, 0, FY_GROUP_RETRY_QUEUES_LIMIT, &rq, err,
+                      errlen);
+  if (r == 0)
+    r = fy__json_uint(v, "retryMaxTimes", false, 16, 0, INT32_MAX, &rmax, err, errlen);
+  if (r == 0)
+    r = fy__json_uint(v, "brokerId", false, 0, 0, INT64_MAX, &bid, err, errlen);
+  if (r == 0)
+    r = fy__json_uint(v, "whichBrokerWhenConsumeSlowly", false, 1, 0, INT64_MAX, &slow, err,
+                      errlen);
+  if (r < 0)
+    return r;
+  c->retry_queues = (uint32_t)rq;
+  c->retry_max_times = (uint32_t)rmax;
+  c->broker_id = bid;
+  c->which_broker_when_consume_slowly = slow;
+  return 0;
+}
+
+/* One entry of subscriptionGroupTable; the name comes from the key. */
+static int group_from_json(const char *key, json_t *v, struct fy_group_config *c, char *err,
+                           size_t errlen) {
+  const char *why;
+  if (fy_group_name_check(key, &why) < 0) {
+    snprintf(err, errlen, "group \"%.*s\": %s", (int)FY_GROUP_NAME_MAX, key, why);
+    return -FY_ECORRUPT;
+  }
+  fy_group_config_default(c, key);
+  if (!json_is_object(v)) {
+    snprintf(err, errlen, "group \"%s\": not a JSON object", key);
+    return -FY_ECORRUPT;
+  }
+  json_t *name = json_object_get(v, "groupName");
+  if (name && (!json_is_string(name) || strcmp(json_string_value(name), key) != 0)) {
+    snprintf(err, errlen, "group \"%s\": groupName does not match its key", key);
+    return -FY_ECORRUPT;
+  }
+  char field[160];
+  int r = group_fields_from_json(v, c, field, sizeof field);
+  if (r < 0)
+    snprintf(err, errlen, "group \"%s\": %s", key, field);
+  return r;
+}
+
+/* Validates a whole document into a fresh table; nothing is shared with g. */
+static int table_from_json(json_t *root, uint32_t groups_max, fy_strmap **out,
+                           struct fy_data_version *dv, char *err, size_t errlen) {
+  json_t *table;
+  int r = fy__data_version_from_json(root, dv, err, errlen);
+  if (r == 0)
+    r = fy__json_object(root, "subscriptionGroupTable", &table, err, errlen);
+  if (r < 0)
+    return r;
+  if (table && json_object_size(table) > groups_max) {
+    snprintf(err, errlen, "%zu groups, more than groups_max (%u)", json_object_size(table),
+             groups_max);
+    return -ENOSPC;
+  }
+  fy_strmap *map = fy_strmap_new();
+  if (!map)
+    return -ENOMEM;
+  const char *key;
+  json_t *v;
+  json_object_foreach(table, key, v) { /* bounded: at most groups_max entries */
+    struct fy_group_config *c = malloc(sizeof *c);
+    if (!c) {
+      r = -ENOMEM;
+      break;
+    }
+    r = group_from_json(key, v, c, err, errlen);
+    if (r == 0)
+      r = fy_strmap_put(map, c->name, strlen(c->name), c);
+    if (r < 0) {
+      free(c);
+      break;
+    }
+  }
+  if (r < 0) {
+    if (r == -ENOMEM)
+      snprintf(err, errlen, "out of memory");
+    table_free(map);
+    return r;
+  }
+  *out = map;
+  return 0;
+}
+
+static int parse_document(const char *buf, size_t len, uint32_t groups_max, fy_strmap **out,
+                          struct fy_data_version *dv, char *err, size_t errlen) {
+  json_t *root;
+  int r = fy__json_parse(buf, len, &root, err, errlen);
+  if (r < 0)
+    return r;
+  r = table_from_json(root, groups_max, out, dv, err, errlen);
+  json_decref(root);
+  return r;
+}
+
+/* ---- persistence -------------------------------------------------------- */
+
+static void save(fy_groups *g) {
+  size_t len;
+  char *s = dump_table(g, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  int r = s ? fy__persist_save(&g->persist, s, len, NULL, NULL) : -ENOMEM;
+  if (r < 0) {
+    g->persist.status = r;
+    fy_error("groups", "cannot schedule saving the subscription groups: %s", fy_strerror(r));
+  }
+}
+
+static void changed(fy_groups *g) {
+  fy__data_version_bump(&g->version);
+  save(g);
+}
+
+int fy_groups_flush(fy_groups *g, fy_metafile_cb cb, void *arg) {
+  if (!g->persist.mf)
+    return -EINVAL;
+  size_t len;
+  char *s = dump_table(g, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  if (!s)
+    return -ENOMEM;
+  return fy__persist_save(&g->persist, s, len, cb, arg);
+}
+
+int fy_groups_persist_status(const fy_groups *g) { return g->persist.status; }
+
+/* ---- life cycle --------------------------------------------------------- */
+
+void fy_groups_options_init(struct fy_groups_options *opt) {
+  opt->root_dir = NULL;
+  opt->auto_create = true;
+  opt->groups_max = GROUPS_MAX_DEFAULT;
+}
+
+int fy_groups_open(uv_loop_t *loop, fy_aio *aio, const struct fy_groups_options *opt,
+                   fy_groups **out, char *err, size_t errlen) {
+  if (opt->groups_max < 1 || opt->groups_max > GROUPS_MAX_LIMIT) {
+    snprintf(err, errlen, "groups: groups_max must be 1..%u", GROUPS_MAX_LIMIT);
+    return -EINVAL;
+  }
+  fy_groups *g = calloc(1, sizeof *g);
+  if (!g)
+    return -ENOMEM;
+  g->auto_create = opt->auto_create;
+  g->groups_max = opt->groups_max;
+  char *buf;
+  size_t len;
+  int r = fy__persist_open(&g->persist, loop, aio, opt->root_dir, GROUPS_FILE, "groups", &buf,
+                           &len, err, errlen);
+  if (r < 0)
+    goto out_free;
+  if (buf) {
+    char why[320];
+    r = parse_document(buf, len, g->groups_max, &g->map, &g->version, why, sizeof why);
+    free(buf);
+    if (r < 0) {
+      snprintf(err, errlen, "%s: %s", g->persist.path, why);
+      goto out_close_persist;
+    }
+  } else {
+    g->map = fy_strmap_new();
+    if (!g->map) {
+      r = -ENOMEM;
+      goto out_close_persist;
+    }
+  }
+  *out = g;
+  return 0;
+
+out_close_persist:
+  fy__persist_close(&g->persist);
+out_free:
+  free(g);
+  return r;
+}
+
+void fy_groups_close(fy_groups *g) {
+  if (!g)
+    return;
+  fy__persist_close(&g->persist);
+  table_free(g->map);
+  free(g);
+}
+
+/* ---- changes ------------------------------------------------------------ */
+
+int fy_groups_put(fy_groups *g, const struct fy_group_config *cfg, const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  int r = fy_group_name_check(cfg->name, why);
+  if (r < 0)
+    return r;
+  if (cfg->retry_queues > FY_GROUP_RETRY_QUEUES_LIMIT || cfg->retry_max_times > INT32_MAX ||
+      cfg->broker_id > INT64_MAX || cfg->which_broker_when_consume_slowly > INT64_MAX) {
+    *why = "retryQueueNums, retryMaxTimes or a broker id is out of range";
+    return -EINVAL;
+  }
+  struct fy_group_config *cur = lookup(g, cfg->name);
+  if (cur) {
+    if (!config_equal(cur, cfg)) {
+      *cur = *cfg;
+      changed(g);
+    }
+    return 0;
+  }
+  if (fy_strmap_size(g->map) >= g->groups_max) {
+    *why = "too many subscription groups (groups_max)";
+    return -ENOSPC;
+  }
+  struct fy_group_config *c = malloc(sizeof *c);
+  if (!c)
+    return -ENOMEM;
+  *c = *cfg;
+  r = fy_strmap_put(g->map, c->name, strlen(c->name), c);
+  if (r < 0) {
+    free(c);
+    return r;
+  }
+  changed(g);
+  return 0;
+}
+
+int fy_groups_find_or_create(fy_groups *g, const char *name, struct fy_group_config *out,
+                             bool *created) {
+  if (created)
+    *created = false;
+  int r = fy_group_name_check(name, NULL);
+  if (r < 0)
+    return r;
+  struct fy_group_config *cur = lookup(g, name);
+  if (!cur) {
+    if (!g->auto_create && !fy_group_is_system(name))
+      return -FY_ENOT_FOUND;
+    struct fy_group_config c;
+    fy_group_config_default(&c, name);
+    r = fy_groups_put(g, &c, NULL);
+    if (r < 0)
+      return r;
+    cur = lookup(g, name);
+    fy_assert(cur);
+    if (created)
+      *created = true;
+    fy_info("groups", "auto-created subscription group %s", name);
+  }
+  if (out)
+    *out = *cur;
+  return 0;
+}
+
+int fy_groups_delete(fy_groups *g, const char *name) {
+  struct fy_group_config *c = fy_strmap_del(g->map, name, strlen(name));
+  if (!c)
+    return -FY_ENOT_FOUND;
+  free(c);
+  changed(g);
+  return 0;
+}
+
+/* ---- queries ------------------------------------------------------------ */
+
+int fy_groups_get(const fy_groups *g, const char *name, struct fy_group_config *out) {
+  const struct fy_group_config *c = lookup(g, name);
+  if (!c)
+    return -FY_ENOT_FOUND;
+  *out = *c;
+  return 0;
+}
+
+size_t fy_groups_count(const fy_groups *g) { return fy_strmap_size(g->map); }
+
+struct fy_data_version fy_groups_data_version(const fy_groups *g) { return g->version; }
+
+int fy_groups_foreach(const fy_groups *g, int (*fn)(void *arg, const struct fy_group_config *cfg),
+                      void *arg) {
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(g->map, &pos, &key, &klen, &v)) { /* bounded by groups_max */
+    int r = fn(arg, v);
+    if (r)
+      return r;
+  }
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const struct fy_group_config *)a)->name,
+                ((const struct fy_group_config *)b)->name);
+}
+
+int fy_groups_list(const fy_groups *g, struct fy_group_config **out, size_t *n) {
+  size_t count = fy_strmap_size(g->map), i = 0;
+  *out = NULL;
+  *n = 0;
+  if (count == 0)
+    return 0;
+  struct fy_group_config *arr = malloc(count * sizeof *arr);
+  if (!arr)
+    return -ENOMEM;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (i < count && fy_strmap_next(g->map, &pos, &key, &klen, &v))
+    arr[i++] = *(const struct fy_group_config *)v;
+  fy_assert(i == count);
+  qsort(arr, count, sizeof *arr, by_name);
+  *out = arr;
+  *n = count;
+  return 0;
+}
+
+/* ---- master/slave sync -------------------------------------------------- */
+
+char *fy_groups_to_json(const fy_groups *g, size_t *len) {
+  return dump_table(g, JSON_COMPACT, len);
+}
+
+int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool *changed_out,
+                                char *err, size_t errlen) {
+  fy_strmap *map;
+  struct fy_data_version dv;
+  *changed_out = false;
+  int r = parse_document(json, len, g->groups_max, &map, &dv, err, errlen);
+  if (r < 0)
+    return r;
+  /* The version alone is not trusted: two tables changed once in the same
+   * millisecond carry equal versions. */
+  if (fy_data_version_equal(&dv, &g->version) && table_equal(map, g->map)) {
+    table_free(map);
+    return 0;
+  }
+  table_free(g->map);
+  g->map = map;
+  g->version = dv;
+  save(g);
+  *changed_out = true;
+  return 0;
+}

@@ -1,0 +1,263 @@
+/*
+ * Shared plumbing of the broker's JSON metadata files (see persist.h). Kept
+ * apart so topics, groups and offsets agree on where files live, how a
+ * corrupt file is reported (path, line, field — never silently dropped) and
+ * how a failed save is remembered.
+ */
+#include "broker/persist.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+static int errorf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int errorf(char *err, size_t errlen, int code, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+/* ---- data version ------------------------------------------------------- */
+
+bool fy_data_version_equal(const struct fy_data_version *a, const struct fy_data_version *b) {
+  return a->counter == b->counter && a->timestamp_ms == b->timestamp_ms;
+}
+
+int64_t fy__now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void fy__data_version_bump(struct fy_data_version *v) {
+  v->counter++;
+  v->timestamp_ms = fy__now_ms();
+}
+
+json_t *fy__data_version_to_json(const struct fy_data_version *v) {
+  return json_pack("{s:I,s:I}", "counter", (json_int_t)v->counter, "timestamp",
+                   (json_int_t)v->timestamp_ms);
+}
+
+int fy__data_version_from_json(json_t *root, struct fy_data_version *v, char *err, size_t errlen) {
+  json_t *dv;
+  memset(v, 0, sizeof *v);
+  int r = fy__json_object(root, "dataVersion", &dv, err, errlen);
+  if (r < 0 || !dv)
+    return r;
+  uint64_t counter, ts;
+  r = fy__json_uint(dv, "counter", false, 0, 0, INT64_MAX, &counter, err, errlen);
+  if (r == 0)
+    r = fy__json_uint(dv, "timestamp", false, 0, 0, INT64_MAX, &ts, err, errlen);
+  if (r < 0)
+    return r;
+  v->counter = counter;
+  v->timestamp_ms = (int64_t)ts;
+  return 0;
+}
+
+/* ---- names -------------------------------------------------------------- */
+
+bool fy__name_chars_ok(const char *name, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)name[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '%' || c == '|' || c == '_' || c == '-';
+    if (!ok)
+      return false;
+  }
+  return true;
+}
+
+/* ---- JSON --------------------------------------------------------------- */
+
+int fy__json_parse(const char *buf, size_t len, json_t **root, char *err, size_t errlen) {
+  json_error_t je;
+  json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+  if (!j)
+    return errorf(err, errlen, -FY_ECORRUPT, "invalid JSON at line %d column %d: %s", je.line,
+                  je.column, je.text);
+  if (!json_is_object(j)) {
+    json_decref(j);
+    return errorf(err, errlen, -FY_ECORRUPT, "top level is not a JSON object");
+  }
+  *root = j;
+  return 0;
+}
+
+int fy__json_uint(json_t *obj, const char *key, bool required, uint64_t def, uint64_t min,
+                  uint64_t max, uint64_t *out, char *err, size_t errlen) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) {
+    if (required)
+      return errorf(err, errlen, -FY_ECORRUPT, "\"%s\" is missing", key);
+    *out = def;
+    return 0;
+  }
+  if (!json_is_integer(v))
+    return errorf(err, errlen, -FY_ECORRUPT, "\"%s\" is not an integer", key);
+  json_int_t i = json_integer_value(v);
+  if (i < 0 || (uint64_t)i < min || (uint64_t)i > max)
+    return errorf(err, errlen, -FY_ECORRUPT, "\"%s\" = %lld is outside %llu..%llu", key,
+                  (long long)i, (unsigned long long)min, (unsigned long long)max);
+  *out = (uint64_t)i;
+  return 0;
+}
+
+int fy__json_bool(json_t *obj, const char *key, bool def, bool *out, char *err, size_t errlen) {
+  json_t *v = json_object_get(obj, key);
+  if (!v) {
+    *out = def;
+    return 0;
+  }
+  if (!json_is_boolean(v))
+    return errorf(err, errlen, -FY_ECORRUPT, "\"%s\" is not true or false", key);
+  *out = json_is_true(v);
+  return 0;
+}
+
+int fy__json_object(json_t *obj, const char *key, json_t **out, char *err, size_t errlen) {
+  json_t *v = json_object_get(obj, key);
+  *out = NULL;
+  if (!v)
+    return 0;
+  if (!json_is_object(v))
+    return errorf(err, errlen, -FY_ECORRUPT, "\"%s\" is not a JSON object", key);
+  *out = v;
+  return 0;
+}
+
+struct dump_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+};
+
+static int dump_append(const char *s, size_t n, void *arg) {
+  struct dump_buf *b = arg;
+  if (n + 1 > b->cap - b->len) {
+    size_t cap = b->cap ? b->cap : 4096;
+    while (n + 1 > cap - b->len) { /* bounded: doubles until it fits */
+      if (cap > SIZE_MAX / 2)
+        return -1;
+      cap *= 2;
+    }
+    char *d = realloc(b->data, cap);
+    if (!d)
+      return -1;
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+char *fy__json_dump(const json_t *root, size_t flags, size_t *len) {
+  struct dump_buf b = {0};
+  if (json_dump_callback(root, dump_append, &b, flags) < 0 || !b.data) {
+    free(b.data);
+    return NULL;
+  }
+  *len = b.len;
+  return b.data;
+}
+
+/* ---- the persisted file ------------------------------------------------- */
+
+static int mkdir_ok(const char *path) {
+  if (mkdir(path, 0755) == 0 || errno == EEXIST)
+    return 0;
+  return -errno;
+}
+
+static void on_cycle(void *arg, int status) {
+  struct fy__persist *p = arg;
+  p->status = status;
+  if (status < 0) {
+    p->failures++;
+    fy_error(p->module, "saving %s failed: %s", p->path, fy_strerror(status));
+  }
+  if (p->on_saved)
+    p->on_saved(p->owner, status);
+}
+
+int fy__persist_open(struct fy__persist *p, uv_loop_t *loop, fy_aio *aio, const char *root_dir,
+                     const char *file, const char *module, char **buf, size_t *len, char *err,
+                     size_t errlen) {
+  memset(p, 0, sizeof *p);
+  p->module = module;
+  *buf = NULL;
+  *len = 0;
+  if (!root_dir)
+    return 0;
+  size_t n = strlen(root_dir) + strlen("/config/") + strlen(file) + 1;
+  char *dir = malloc(n);
+  p->path = malloc(n);
+  if (!dir || !p->path) {
+    free(dir);
+    free(p->path);
+    p->path = NULL;
+    return errorf(err, errlen, -ENOMEM, "out of memory");
+  }
+  snprintf(dir, n, "%s/config", root_dir);
+  snprintf(p->path, n, "%s/config/%s", root_dir, file);
+  int r = mkdir_ok(root_dir);
+  if (r == 0)
+    r = mkdir_ok(dir);
+  if (r < 0) {
+    errorf(err, errlen, r, "cannot create %s: %s", dir, fy_strerror(r));
+    goto out_free;
+  }
+  r = fy_metafile_load(p->path, buf, len);
+  if (r == -ENOENT) {
+    r = 0;
+  } else if (r < 0) {
+    errorf(err, errlen, r, "cannot read %s: %s", p->path, fy_strerror(r));
+    goto out_free;
+  }
+  r = fy_metafile_new(loop, aio, p->path, on_cycle, p, &p->mf);
+  if (r < 0) {
+    errorf(err, errlen, r, "%s: %s", p->path, fy_strerror(r));
+    free(*buf);
+    *buf = NULL;
+    goto out_free;
+  }
+  free(dir);
+  return 0;
+
+out_free:
+  free(dir);
+  free(p->path);
+  p->path = NULL;
+  return r;
+}
+
+int fy__persist_save(struct fy__persist *p, char *json, size_t len, fy_metafile_cb cb, void *arg) {
+  if (!p->mf) {
+    free(json);
+    return cb ? -EINVAL : 0;
+  }
+  return fy_metafile_save(p->mf, json, len, cb, arg);
+}
+
+void fy__persist_close(struct fy__persist *p) {
+  fy_metafile_close(p->mf);
+  p->mf = NULL;
+  free(p->path);
+  p->path = NULL;
+}

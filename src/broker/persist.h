@@ -1,0 +1,82 @@
+/*
+ * What the broker's metadata tables (topics, subscription groups, consumer
+ * offsets) share: the JSON file under <root>/config that is read once at
+ * start-up and replaced through a metafile after changes, RocketMQ's
+ * DataVersion, and small JSON helpers that turn a bad document into an
+ * error message naming the field.
+ *
+ * Internal to src/broker (fy__ names); the tables' public headers do not
+ * include it, so jansson stays out of their users' way.
+ */
+#ifndef FY_BROKER_PERSIST_H
+#define FY_BROKER_PERSIST_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "broker/data_version.h"
+#include "store/aio.h"
+#include "store/metafile.h"
+
+/* counter + 1, timestamp = now. */
+void fy__data_version_bump(struct fy_data_version *v);
+/* {"counter":N,"timestamp":T}, or NULL on -ENOMEM. */
+json_t *fy__data_version_to_json(const struct fy_data_version *v);
+/* Reads root["dataVersion"] (absent: zeros). */
+int fy__data_version_from_json(json_t *root, struct fy_data_version *v, char *err, size_t errlen);
+
+/* Wall clock in milliseconds. */
+int64_t fy__now_ms(void);
+
+/* True if name[0, len) uses only RocketMQ's topic/group characters [%|a-zA-Z0-9_-]. */
+bool fy__name_chars_ok(const char *name, size_t len);
+
+/* ---- JSON helpers: on error they return -FY_ECORRUPT and write a message ---- */
+
+/* Parses buf[0, len) (duplicate keys rejected); the message names line and column. */
+int fy__json_parse(const char *buf, size_t len, json_t **root, char *err, size_t errlen);
+/* obj[key] as an integer in [min, max]; def when absent and !required. */
+int fy__json_uint(json_t *obj, const char *key, bool required, uint64_t def, uint64_t min,
+                  uint64_t max, uint64_t *out, char *err, size_t errlen);
+/* obj[key] as a boolean; def when absent. */
+int fy__json_bool(json_t *obj, const char *key, bool def, bool *out, char *err, size_t errlen);
+/* obj[key] as an object; an empty object's worth of nothing (NULL) when absent. */
+int fy__json_object(json_t *obj, const char *key, json_t **out, char *err, size_t errlen);
+/* Serializes root into a fresh malloc'ed, NUL-terminated buffer (len excludes
+ * the NUL); NULL on -ENOMEM. */
+char *fy__json_dump(const json_t *root, size_t flags, size_t *len);
+
+/* ---- the persisted file ---- */
+
+struct fy__persist {
+  fy_metafile *mf; /* NULL: in memory only */
+  char *path;      /* NULL: in memory only */
+  const char *module;
+  int status;        /* the latest finished save: 0 or a negative errno */
+  uint64_t failures; /* finished saves that failed */
+  /* Optional owner hook, called after each finished save (not after close). */
+  void (*on_saved)(void *owner, int status);
+  void *owner;
+};
+
+/*
+ * Start-up (blocking): with root_dir NULL, sets up an in-memory table (*buf =
+ * NULL). Otherwise creates <root_dir>/config if needed, reads
+ * <root_dir>/config/<file> into *buf (malloc'ed, NUL-terminated; NULL when
+ * the file does not exist) and creates the metafile that will replace it.
+ * Errors write a message naming the path.
+ */
+int fy__persist_open(struct fy__persist *p, uv_loop_t *loop, fy_aio *aio, const char *root_dir,
+                     const char *file, const char *module, char **buf, size_t *len, char *err,
+                     size_t errlen);
+/* Saves json (malloc'ed, owned from here on, as fy_metafile_save). In memory
+ * only: frees json and returns 0 without cb, or -EINVAL if cb is given (there
+ * is nothing to wait for). */
+int fy__persist_save(struct fy__persist *p, char *json, size_t len, fy_metafile_cb cb, void *arg);
+/* Closes the metafile (a save in flight completes in the background). */
+void fy__persist_close(struct fy__persist *p);
+
+#endif

@@ -1,0 +1,523 @@
+/*
+ * Topic configurations (see topics.h). Why a module of its own: the broker,
+ * the name-server registration and the slave's sync all need one table with
+ * one set of validation rules and one persisted form, and a corrupt or
+ * half-written topics.json must never turn into "no topics" silently.
+ *
+ * The table is a strmap of name → malloc'ed fy_topic_config. Every change
+ * bumps the data version and saves the whole table (it is small: at most
+ * topics_max entries of ~150 bytes of JSON).
+ */
+#include "broker/topics.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/persist.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/strmap.h"
+
+#define TOPICS_FILE "topics.json"
+#define QUEUES_MAX_DEFAULT 1024u
+#define TOPICS_MAX_DEFAULT 65536u
+#define TOPICS_MAX_LIMIT (1u << 24)
+
+struct fy_topics {
+  fy_strmap *map; /* name → struct fy_topic_config * */
+  struct fy_data_version version;
+  uint32_t queues_max;
+  uint32_t topics_max;
+  struct fy__persist persist;
+};
+
+/* RocketMQ's TopicValidator.SYSTEM_TOPIC_SET. */
+static const char *const system_topics[] = {
+    "TBW102",                    /* AUTO_CREATE_TOPIC_KEY_TOPIC */
+    "SCHEDULE_TOPIC_XXXX",       /* delayed messages */
+    "BenchmarkTest",
+    "RMQ_SYS_TRANS_HALF_TOPIC",
+    "RMQ_SYS_TRACE_TOPIC",
+    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+};
+#define SYSTEM_TOPIC_PREFIX "rmq_sys_"
+
+/* ---- names -------------------------------------------------------------- */
+
+int fy_topic_name_check(const char *name, const char **why) {
+  const char *msg = NULL;
+  size_t len = name ? strnlen(name, FY_TOPIC_NAME_MAX + 1) : 0;
+  if (len == 0)
+    msg = "The specified topic is blank.";
+  else if (len > FY_TOPIC_NAME_MAX)
+    msg = "The specified topic is longer than topic max length.";
+  else if (!fy__name_chars_ok(name, len))
+    msg = "The specified topic contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$";
+  if (why)
+    *why = msg;
+  return msg ? -EINVAL : 0;
+}
+
+bool fy_topic_is_system(const char *name) {
+  for (size_t i = 0; i < sizeof system_topics / sizeof system_topics[0]; i++)
+    if (strcmp(name, system_topics[i]) == 0)
+      return true;
+  return strncmp(name, SYSTEM_TOPIC_PREFIX, strlen(SYSTEM_TOPIC_PREFIX)) == 0;
+}
+
+/* Checks everything but the name; max is the bound on queue counts. */
+static int check_config(const struct fy_topic_config *c, uint32_t max, const char **why) {
+  if (c->read_queues < 1 || c->read_queues > max) {
+    *why = "readQueueNums is out of range";
+    return -EINVAL;
+  }
+  if (c->write_queues < 1 || c->write_queues > max) {
+    *why = "writeQueueNums is out of range";
+    return -EINVAL;
+  }
+  if (c->perm & ~(FY_PERM_READ | FY_PERM_WRITE | FY_PERM_INHERIT)) {
+    *why = "perm must be a combination of 4 (read), 2 (write) and 1 (inherit)";
+    return -EINVAL;
+  }
+  return 0;
+}
+
+static bool config_equal(const struct fy_topic_config *a, const struct fy_topic_config *b) {
+  return strcmp(a->name, b->name) == 0 && a->read_queues == b->read_queues &&
+         a->write_queues == b->write_queues && a->perm == b->perm && a->order == b->order &&
+         a->topic_sys_flag == b->topic_sys_flag;
+}
+
+/* ---- table helpers ------------------------------------------------------ */
+
+static void table_free(fy_strmap *map) {
+  if (!map)
+    return;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
+    free(v);
+  fy_strmap_free(map);
+}
+
+/* Same names with equal configurations. */
+static bool table_equal(const fy_strmap *a, const fy_strmap *b) {
+  if (fy_strmap_size(a) != fy_strmap_size(b))
+    return false;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(a, &pos, &key, &klen, &v)) { /* bounded by the map's capacity */
+    const struct fy_topic_config *other = fy_strmap_get(b, key, klen);
+    if (!other || !config_equal(v, other))
+      return false;
+  }
+  return true;
+}
+
+static struct fy_topic_config *lookup(const fy_topics *t, const char *name) {
+  return fy_strmap_get(t->map, name, strlen(name));
+}
+
+/* ---- JSON --------------------------------------------------------------- */
+
+static json_t *topic_to_json(const struct fy_topic_config *c) {
+  return json_pack("{s:s,s:I,s:I,s:I,s:s,s:I,s:b}", "topicName", c->name, "readQueueNums",
+                   (json_int_t)c->read_queues, "writeQueueNums", (json_int_t)c->write_queues,
+                   "perm", (json_int_t)c->perm, "topicFilterType", "SINGLE_TAG", "topicSysFlag",
+                   (json_int_t)c->topic_sys_flag, "order", c->order);
+}
+
+static json_t *table_to_json(const fy_topics *t) {
+  json_t *root = json_object(), *table = json_object();
+  json_t *dv = fy__data_version_to_json(&t->version);
+  if (!root || !table || !dv)
+    goto out_free;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(t->map, &pos, &key, &klen, &v)) { /* bounded by topics_max */
+    json_t *jt = topic_to_json(v);
+    if (!jt || json_object_set_new(table, key, jt) < 0)
+      goto out_free;
+  }
+  if (json_object_set_new(root, "dataVersion", dv) < 0) {
+    dv = NULL;
+    goto out_free;
+  }
+  if (json_object_set_new(root, "topicConfigTable", table) < 0)
+    goto out_free_root;
+  return root;
+
+out_free:
+  json_decref(dv);
+  json_decref(table);
+out_free_root:
+  json_decref(root);
+  return NULL;
+}
+
+static char *dump_table(const fy_topics *t, size_t flags, size_t *len) {
+  json_t *root = table_to_json(t);
+  if (!root)
+    return NULL;
+  char *s = fy__json_dump(root, flags, len);
+  json_decref(root);
+  return s;
+}
+
+/* One entry of topicConfigTable; the name comes from the key. */
+static int topic_from_json(const char *key, json_t *v, struct fy_topic_config *c, char *err,
+                           size_t errlen) {
+  const char *why;
+  memset(c, 0, sizeof *c);
+  if (!json_is_object(v)) {
+    snprintf(err, errlen, "topic \"%s\": not a JSON object", key);
+    return -FY_ECORRUPT;
+  }
+  json_t *name = json_object_get(v, "topicName");
+  if (name && (!json_is_string(name) || strcmp(json_string_value(name), key) != 0)) {
+    snprintf(err, errlen, "topic \"%s\": topicName does not match its key", key);
+    return -FY_ECORRUPT;
+  }
+  if (fy_topic_name_check(key, &why) < 0) {
+    snprintf(err, errlen, "topic \"%.*s\": %s", (int)FY_TOPIC_NAME_MAX, key, why);
+    return -FY_ECORRUPT;
+  }
+  strcpy(c->name, key);
+  char field[160];
+  uint64_t rq, wq, perm, sys;
+  int r = fy__json_uint(v, "readQueueNums", true, 0, 1, FY_TOPIC_QUEUES_LIMIT, &rq, field,
+                        sizeof field);
+  if (r == 0)
+    r = fy__json_uint(v, "writeQueueNums", true, 0, 1, FY_TOPIC_QUEUES_LIMIT, &wq, field,
+                      sizeof field);
+  if (r == 0)
+    r = fy__json_uint(v, "perm", false, FY_PERM_DEFAULT, 0, 7, &perm, field, sizeof field);
+  if (r == 0)
+    r = fy__json_uint(v, "topicSysFlag", false, 0, 0, UINT32_MAX, &sys, field, sizeof field);
+  if (r == 0)
+    r = fy__json_bool(v, "order", false, &c->order, field, sizeof field);
+  if (r < 0) {
+    snprintf(err, errlen, "topic \"%s\": %s", key, field);
+    return r;
+  }
+  c->read_queues = (uint32_t)rq;
+  c->write_queues = (uint32_t)wq;
+  c->perm = (uint32_t)perm;
+  c->topic_sys_flag = (uint32_t)sys;
+  return 0;
+}
+
+/* Validates a whole document into a fresh table; nothing is shared with t. */
+static int table_from_json(json_t *root, uint32_t topics_max, fy_strmap **out,
+                           struct fy_data_version *dv, char *err, size_t errlen) {
+  json_t *table;
+  int r = fy__data_version_from_json(root, dv, err, errlen);
+  if (r == 0)
+    r = fy__json_object(root, "topicConfigTable", &table, err, errlen);
+  if (r < 0)
+    return r;
+  if (table && json_object_size(table) > topics_max) {
+    snprintf(err, errlen, "%zu topics, more than topics_max (%u)", json_object_size(table),
+             topics_max);
+    return -ENOSPC;
+  }
+  fy_strmap *map = fy_strmap_new();
+  if (!map)
+    return -ENOMEM;
+  const char *key;
+  json_t *v;
+  json_object_foreach(table, key, v) { /* bounded: at most topics_max entries */
+    struct fy_topic_config *c = malloc(sizeof *c);
+    if (!c) {
+      r = -ENOMEM;
+      break;
+    }
+    r = topic_from_json(key, v, c, err, errlen);
+    if (r == 0)
+      r = fy_strmap_put(map, c->name, strlen(c->name), c);
+    if (r < 0) {
+      free(c);
+      break;
+    }
+  }
+  if (r < 0) {
+    if (r == -ENOMEM)
+      snprintf(err, errlen, "out of memory");
+    table_free(map);
+    return r;
+  }
+  *out = map;
+  return 0;
+}
+
+static int parse_document(const char *buf, size_t len, uint32_t topics_max, fy_strmap **out,
+                          struct fy_data_version *dv, char *err, size_t errlen) {
+  json_t *root;
+  int r = fy__json_parse(buf, len, &root, err, errlen);
+  if (r < 0)
+    return r;
+  r = table_from_json(root, topics_max, out, dv, err, errlen);
+  json_decref(root);
+  return r;
+}
+
+/* ---- persistence -------------------------------------------------------- */
+
+static void save(fy_topics *t) {
+  size_t len;
+  char *s = dump_table(t, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  int r = s ? fy__persist_save(&t->persist, s, len, NULL, NULL) : -ENOMEM;
+  if (r < 0) {
+    t->persist.status = r;
+    fy_error("topics", "cannot schedule saving the topic table: %s", fy_strerror(r));
+  }
+}
+
+static void changed(fy_topics *t) {
+  fy__data_version_bump(&t->version);
+  save(t);
+}
+
+int fy_topics_flush(fy_topics *t, fy_metafile_cb cb, void *arg) {
+  if (!t->persist.mf)
+    return -EINVAL;
+  size_t len;
+  char *s = dump_table(t, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  if (!s)
+    return -ENOMEM;
+  return fy__persist_save(&t->persist, s, len, cb, arg);
+}
+
+int fy_topics_persist_status(const fy_topics *t) { return t->persist.status; }
+
+/* ---- life cycle --------------------------------------------------------- */
+
+void fy_topics_options_init(struct fy_topics_options *opt) {
+  opt->root_dir = NULL;
+  opt->queues_max = QUEUES_MAX_DEFAULT;
+  opt->topics_max = TOPICS_MAX_DEFAULT;
+}
+
+int fy_topics_open(uv_loop_t *loop, fy_aio *aio, const struct fy_topics_options *opt,
+                   fy_topics **out, char *err, size_t errlen) {
+  if (opt->queues_max < 1 || opt->queues_max > FY_TOPIC_QUEUES_LIMIT || opt->topics_max < 1 ||
+      opt->topics_max > TOPICS_MAX_LIMIT) {
+    snprintf(err, errlen, "topics: queues_max must be 1..%u and topics_max 1..%u",
+             FY_TOPIC_QUEUES_LIMIT, TOPICS_MAX_LIMIT);
+    return -EINVAL;
+  }
+  fy_topics *t = calloc(1, sizeof *t);
+  if (!t)
+    return -ENOMEM;
+  t->queues_max = opt->queues_max;
+  t->topics_max = opt->topics_max;
+  char *buf;
+  size_t len;
+  int r = fy__persist_open(&t->persist, loop, aio, opt->root_dir, TOPICS_FILE, "topics", &buf,
+                           &len, err, errlen);
+  if (r < 0)
+    goto out_free;
+  if (buf) {
+    char why[256];
+    r = parse_document(buf, len, t->topics_max, &t->map, &t->version, why, sizeof why);
+    free(buf);
+    if (r < 0) {
+      snprintf(err, errlen, "%s: %s", t->persist.path, why);
+      goto out_close_persist;
+    }
+  } else {
+    t->map = fy_strmap_new();
+    if (!t->map) {
+      r = -ENOMEM;
+      goto out_close_persist;
+    }
+  }
+  *out = t;
+  return 0;
+
+out_close_persist:
+  fy__persist_close(&t->persist);
+out_free:
+  free(t);
+  return r;
+}
+
+void fy_topics_close(fy_topics *t) {
+  if (!t)
+    return;
+  fy__persist_close(&t->persist);
+  table_free(t->map);
+  free(t);
+}
+
+/* ---- changes ------------------------------------------------------------ */
+
+int fy_topics_put(fy_topics *t, const struct fy_topic_config *cfg, unsigned flags,
+                  const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  int r = fy_topic_name_check(cfg->name, why);
+  if (r < 0)
+    return r;
+  if (!(flags & FY_TOPIC_ALLOW_SYSTEM) && fy_topic_is_system(cfg->name)) {
+    *why = "The topic is conflict with system topic.";
+    return -EPERM;
+  }
+  r = check_config(cfg, t->queues_max, why);
+  if (r < 0)
+    return r;
+  struct fy_topic_config *cur = lookup(t, cfg->name);
+  if (cur) {
+    if (!config_equal(cur, cfg)) {
+      *cur = *cfg;
+      changed(t);
+    }
+    return 0;
+  }
+  if (fy_strmap_size(t->map) >= t->topics_max) {
+    *why = "too many topics (topics_max)";
+    return -ENOSPC;
+  }
+  struct fy_topic_config *c = malloc(sizeof *c);
+  if (!c)
+    return -ENOMEM;
+  *c = *cfg;
+  r = fy_strmap_put(t->map, c->name, strlen(c->name), c);
+  if (r < 0) {
+    free(c);
+    return r;
+  }
+  changed(t);
+  return 0;
+}
+
+int fy_topics_auto_create(fy_topics *t, const char *name, uint32_t default_queues,
+                          struct fy_topic_config *out, bool *created, const char **why) {
+  const char *dummy;
+  if (!why)
+    why = &dummy;
+  if (created)
+    *created = false;
+  int r = fy_topic_name_check(name, why);
+  if (r < 0)
+    return r;
+  struct fy_topic_config *cur = lookup(t, name);
+  if (!cur) {
+    struct fy_topic_config c = {.read_queues = default_queues,
+                                .write_queues = default_queues,
+                                .perm = FY_PERM_DEFAULT};
+    strcpy(c.name, name); /* length checked above */
+    r = fy_topics_put(t, &c, 0, why);
+    if (r < 0)
+      return r;
+    cur = lookup(t, name);
+    fy_assert(cur);
+    if (created)
+      *created = true;
+    fy_info("topics", "auto-created topic %s with %u queues", name, default_queues);
+  }
+  if (out)
+    *out = *cur;
+  return 0;
+}
+
+int fy_topics_delete(fy_topics *t, const char *name) {
+  struct fy_topic_config *c = fy_strmap_del(t->map, name, strlen(name));
+  if (!c)
+    return -FY_ENOT_FOUND;
+  free(c);
+  changed(t);
+  return 0;
+}
+
+/* ---- queries ------------------------------------------------------------ */
+
+int fy_topics_get(const fy_topics *t, const char *name, struct fy_topic_config *out) {
+  const struct fy_topic_config *c = lookup(t, name);
+  if (!c)
+    return -FY_ENOT_FOUND;
+  *out = *c;
+  return 0;
+}
+
+bool fy_topics_exists(const fy_topics *t, const char *name) { return lookup(t, name) != NULL; }
+
+size_t fy_topics_count(const fy_topics *t) { return fy_strmap_size(t->map); }
+
+struct fy_data_version fy_topics_data_version(const fy_topics *t) { return t->version; }
+
+int fy_topics_foreach(const fy_topics *t, int (*fn)(void *arg, const struct fy_topic_config *cfg),
+                      void *arg) {
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(t->map, &pos, &key, &klen, &v)) { /* bounded by topics_max */
+    int r = fn(arg, v);
+    if (r)
+      return r;
+  }
+  return 0;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(((const struct fy_topic_config *)a)->name,
+                ((const struct fy_topic_config *)b)->name);
+}
+
+int fy_topics_list(const fy_topics *t, struct fy_topic_config **out, size_t *n) {
+  size_t count = fy_strmap_size(t->map), i = 0;
+  *out = NULL;
+  *n = 0;
+  if (count == 0)
+    return 0;
+  struct fy_topic_config *arr = malloc(count * sizeof *arr);
+  if (!arr)
+    return -ENOMEM;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (i < count && fy_strmap_next(t->map, &pos, &key, &klen, &v))
+    arr[i++] = *(const struct fy_topic_config *)v;
+  fy_assert(i == count);
+  qsort(arr, count, sizeof *arr, by_name);
+  *out = arr;
+  *n = count;
+  return 0;
+}
+
+/* ---- master/slave sync -------------------------------------------------- */
+
+char *fy_topics_to_json(const fy_topics *t, size_t *len) {
+  return dump_table(t, JSON_COMPACT, len);
+}
+
+int fy_topics_replace_from_json(fy_topics *t, const char *json, size_t len, bool *changed_out,
+                                char *err, size_t errlen) {
+  fy_strmap *map;
+  struct fy_data_version dv;
+  *changed_out = false;
+  int r = parse_document(json, len, t->topics_max, &map, &dv, err, errlen);
+  if (r < 0)
+    return r;
+  /* The version alone is not trusted: two tables changed once in the same
+   * millisecond carry equal versions. */
+  if (fy_data_version_equal(&dv, &t->version) && table_equal(map, t->map)) {
+    table_free(map);
+    return 0;
+  }
+  table_free(t->map);
+  t->map = map;
+  t->version = dv;
+  save(t);
+  *changed_out = true;
+  return 0;
+}
