@@ -44,7 +44,7 @@
 #include <uv.h>
 
 #include "store/aio.h"
-#include "store/record.h"
+#include "common/record.h"
 
 typedef struct fy_commitlog fy_commitlog;
 typedef struct fy_cl_segment fy_cl_segment;

@@ -40,7 +40,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
-#include "store/record.h"
+#include "common/record.h"
 
 #define MOD "cq"
 #define CQ_MAPPED_MAX 4u          /* clean mappings kept per queue */

@@ -26,7 +26,7 @@
 #include "common/config.h"
 #include "store/aio.h"
 #include "store/commitlog.h"
-#include "store/record.h"
+#include "common/record.h"
 
 enum { FY_ASYNC_FLUSH, FY_SYNC_FLUSH };
 

@@ -11,7 +11,7 @@
 
 #include "common/crc32c.h"
 #include "common/err.h"
-#include "store/record.h"
+#include "common/record.h"
 
 uint32_t fy__crc32c_sw(uint32_t crc, const void *buf, size_t len);
 

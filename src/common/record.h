@@ -36,8 +36,8 @@
  * only placed in a segment when record size + FY_BLANK_SIZE <= bytes left, so
  * there is always room for the marker.
  */
-#ifndef FY_STORE_RECORD_H
-#define FY_STORE_RECORD_H
+#ifndef FY_COMMON_RECORD_H
+#define FY_COMMON_RECORD_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -3,7 +3,7 @@
  * record.h. Validation is the one rule recovery, replication and reads all
  * share: a record that fails it is never served.
  */
-#include "store/record.h"
+#include "common/record.h"
 
 #include <errno.h>
 #include <string.h>
