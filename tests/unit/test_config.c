@@ -11,6 +11,8 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "broker/broker_config.h"
+#include "namesrv/namesrv.h"
 #include "store/store.h"
 #include "testutil.h"
 
@@ -118,12 +120,44 @@ static void test_every_store_key_documented(void **state) {
   check_documented(fy_store_config_keys, FY_SOURCE_DIR "/conf/broker.conf");
 }
 
+static void test_every_broker_key_documented(void **state) {
+  (void)state;
+  check_documented(fy_broker_config_keys, FY_SOURCE_DIR "/conf/broker.conf");
+}
+
+static void test_every_namesrv_key_documented(void **state) {
+  (void)state;
+  check_documented(fy_namesrv_config_keys, FY_SOURCE_DIR "/conf/namesrv.conf");
+}
+
+static void test_broker_cross_checks(void **state) {
+  (void)state;
+  struct fy_broker_settings s;
+  fy_broker_settings_defaults(&s);
+  char err[256];
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), 0);
+  s.broker.role = FY_ROLE_SLAVE;
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "brokerId"));
+  s.broker.broker_id = 1;
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), 0);
+  s.broker.role = FY_ROLE_SYNC_MASTER;
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), -FY_ECONFIG);
+  s.broker.broker_id = 0;
+  s.store.max_message_size = s.store.write_buffer_size;
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "writeBufferSize"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_store_defaults_are_rocketmq),
       cmocka_unit_test(test_set_and_errors),
       cmocka_unit_test(test_load_file),
       cmocka_unit_test(test_every_store_key_documented),
+      cmocka_unit_test(test_every_broker_key_documented),
+      cmocka_unit_test(test_every_namesrv_key_documented),
+      cmocka_unit_test(test_broker_cross_checks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,92 @@
+/* The broker's config keys (see broker_config.h and conf/broker.conf). */
+#include "broker/broker_config.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/err.h"
+
+#define F(field) offsetof(struct fy_broker_config, field)
+#define S(field) sizeof(((struct fy_broker_config *)0)->field)
+
+const struct fy_config_key fy_broker_config_keys[] = {
+    {"brokerClusterName", FY_CFG_STRING, F(cluster), S(cluster), 0, 0, "DefaultCluster", NULL},
+    {"brokerName", FY_CFG_STRING, F(broker_name), S(broker_name), 0, 0, "broker-a", NULL},
+    {"brokerId", FY_CFG_U64, F(broker_id), 0, 0, 1024, "0", NULL},
+    {"namesrvAddr", FY_CFG_STRING, F(namesrv_addr), S(namesrv_addr), 0, 0, "", NULL},
+    {"brokerIP1", FY_CFG_STRING, F(broker_ip), S(broker_ip), 0, 0, "", NULL},
+    {"listenAddress", FY_CFG_STRING, F(listen_address), S(listen_address), 0, 0, "0.0.0.0", NULL},
+    {"listenPort", FY_CFG_U32, F(listen_port), 0, 0, 65535, "10911", NULL},
+    {"haListenPort", FY_CFG_U32, F(ha_listen_port), 0, 0, 65535, "0", NULL},
+    {"haMasterAddress", FY_CFG_STRING, F(ha_master_address), S(ha_master_address), 0, 0, "", NULL},
+    {"brokerRole", FY_CFG_ENUM, F(role), 0, 0, 0, "ASYNC_MASTER",
+     "ASYNC_MASTER|SYNC_MASTER|SLAVE"},
+    {"brokerPermission", FY_CFG_U32, F(broker_permission), 0, 0, 7, "6", NULL},
+    {"autoCreateTopicEnable", FY_CFG_BOOL, F(auto_create_topic), 0, 0, 0, "true", NULL},
+    {"defaultTopicQueueNums", FY_CFG_U32, F(default_topic_queues), 0, 1, 1024, "8", NULL},
+    {"autoCreateSubscriptionGroup", FY_CFG_BOOL, F(auto_create_group), 0, 0, 0, "true", NULL},
+    {"registerNameServerPeriod", FY_CFG_U32, F(register_period_ms), 0, 1000, 60000, "30000", NULL},
+    {"flushConsumerOffsetInterval", FY_CFG_U32, F(flush_offsets_interval_ms), 0, 100, 600000,
+     "5000", NULL},
+    {"clientChannelExpiredTime", FY_CFG_U32, F(client_expiry_ms), 0, 1000, 3600000, "120000",
+     NULL},
+    {"longPollingEnable", FY_CFG_BOOL, F(long_polling), 0, 0, 0, "true", NULL},
+    {"maxHeldPulls", FY_CFG_U32, F(max_held_pulls), 0, 1, 10000000, "100000", NULL},
+    {"maxTransferCountOnMessageInMemory", FY_CFG_U32, F(pull_max_msgs), 0, 1, 4096, "32", NULL},
+    {"maxTransferBytesOnMessageInMemory", FY_CFG_U32, F(pull_max_bytes), 0, 1024, 64u << 20,
+     "262144", NULL},
+    {"slaveReadEnable", FY_CFG_BOOL, F(slave_read_enable), 0, 0, 0, "false", NULL},
+    {"accessMessageInMemoryMaxRatio", FY_CFG_U32, F(memory_max_ratio), 0, 1, 100, "40", NULL},
+    {"slaveReadBehindBytes", FY_CFG_U64, F(slave_read_behind_bytes), 0, 0, UINT64_MAX, "0", NULL},
+    {"syncFlushTimeout", FY_CFG_U32, F(sync_flush_timeout_ms), 0, 10, 600000, "5000", NULL},
+    {"slaveTimeout", FY_CFG_U32, F(slave_timeout_ms), 0, 10, 600000, "3000", NULL},
+    {"maxFrameSize", FY_CFG_U32, F(max_frame_bytes), 0, 65536, 1u << 30, "16777216", NULL},
+    {"maxConnections", FY_CFG_U32, F(max_conns), 0, 1, 1000000, "10000", NULL},
+    {"pidFile", FY_CFG_STRING, F(pid_file), S(pid_file), 0, 0, "", NULL},
+    FY_CFG_END,
+};
+
+_Static_assert(sizeof(enum fy_broker_role) == sizeof(int), "ENUM keys are stored as int");
+
+void fy_broker_settings_sections(struct fy_broker_settings *s, struct fy_config_section out[2]) {
+  out[0].keys = fy_broker_config_keys;
+  out[0].obj = &s->broker;
+  out[1].keys = fy_store_config_keys;
+  out[1].obj = &s->store;
+}
+
+void fy_broker_settings_defaults(struct fy_broker_settings *s) {
+  memset(s, 0, sizeof *s);
+  fy_store_config_defaults(&s->store);
+  struct fy_config_section sec[2];
+  fy_broker_settings_sections(s, sec);
+  fy_config_defaults(sec, 1);
+}
+
+int fy_broker_settings_check(const struct fy_broker_settings *s, char *err, size_t errlen) {
+  const struct fy_broker_config *b = &s->broker;
+  if (!b->broker_name[0] || !b->cluster[0]) {
+    snprintf(err, errlen, "brokerName and brokerClusterName must not be empty");
+    return -FY_ECONFIG;
+  }
+  if (b->role == FY_ROLE_SLAVE && b->broker_id == 0) {
+    snprintf(err, errlen, "brokerRole=SLAVE needs brokerId > 0 (brokerId=0 is the master)");
+    return -FY_ECONFIG;
+  }
+  if (b->role != FY_ROLE_SLAVE && b->broker_id != 0) {
+    snprintf(err, errlen, "brokerRole=%s needs brokerId=0 (slaves have brokerId > 0)",
+             b->role == FY_ROLE_SYNC_MASTER ? "SYNC_MASTER" : "ASYNC_MASTER");
+    return -FY_ECONFIG;
+  }
+  if (b->ha_listen_port && b->ha_listen_port == b->listen_port) {
+    snprintf(err, errlen, "haListenPort must differ from listenPort");
+    return -FY_ECONFIG;
+  }
+  if (s->store.write_buffer_size < s->store.max_message_size + 64 * 1024) {
+    snprintf(err, errlen, "writeBufferSize (%u) must exceed maxMessageSize (%u) by at least 64 KiB",
+             s->store.write_buffer_size, s->store.max_message_size);
+    return -FY_ECONFIG;
+  }
+  return 0;
+}

@@ -1,0 +1,379 @@
+/*
+ * SEND: validate the request, turn each message into a record (properties
+ * TAGS, KEYS, UNIQ_KEY and the user's), put them into the store as one
+ * atomic batch, and answer when the store says they are durable under the
+ * flush rule. The reply waits in a pending_send on the connection; if the
+ * connection closes first the entry is orphaned and dropped when the store
+ * answers.
+ */
+#include "broker/broker_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+#define MOD "send"
+#define SEND_BATCH_MAX 1024
+
+struct send_result {
+  char msg_id[33];
+  char offset_msg_id[33];
+  uint64_t queue_offset;
+};
+
+struct pending_send {
+  struct bconn *bc; /* NULL once the connection has gone */
+  struct pending_send *prev, *next;
+  struct fy_broker *b;
+  uint64_t request_id;
+  uint32_t queue_id;
+  size_t n;
+  struct send_result results[];
+};
+
+static const char hexdig[] = "0123456789ABCDEF";
+
+static void hex(const uint8_t *in, size_t n, char *out) {
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = hexdig[in[i] >> 4];
+    out[2 * i + 1] = hexdig[in[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+/* RocketMQ's offset message id: store IPv4, port and commit-log offset, big-endian, in hex. */
+void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]) {
+  uint8_t raw[16];
+  memcpy(raw, b->ip4, 4);
+  uint32_t port = (uint32_t)fy_server_port(b->server);
+  for (int i = 0; i < 4; i++)
+    raw[4 + i] = (uint8_t)(port >> (24 - 8 * i));
+  for (int i = 0; i < 8; i++)
+    raw[8 + i] = (uint8_t)(phys >> (56 - 8 * i));
+  hex(raw, 16, out);
+}
+
+/* A unique message id for messages sent without one (RocketMQ's shape:
+ * IP, pid, time and a counter, 16 bytes in hex). */
+static void make_uniq_key(struct fy_broker *b, char out[33]) {
+  uint8_t raw[16];
+  memcpy(raw, b->ip4, 4);
+  uint32_t pid = (uint32_t)getpid();
+  raw[4] = (uint8_t)(pid >> 8);
+  raw[5] = (uint8_t)pid;
+  int64_t now = fy__now_ms();
+  for (int i = 0; i < 6; i++)
+    raw[6 + i] = (uint8_t)((uint64_t)now >> (40 - 8 * i));
+  uint32_t c = ++b->uniq_counter;
+  for (int i = 0; i < 4; i++)
+    raw[12 + i] = (uint8_t)(c >> (24 - 8 * i));
+  hex(raw, 16, out);
+}
+
+static void unlink_pending(struct pending_send *p) {
+  if (!p->bc)
+    return;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    p->bc->sends = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  p->bc = NULL;
+}
+
+void fy__sends_conn_closed(struct bconn *bc) {
+  while (bc->sends)
+    unlink_pending(bc->sends);
+}
+
+static uint16_t status_of_store_error(int err) {
+  switch (err) {
+  case -FY_EBUSY: return FERRY__V1__STATUS__SYSTEM_BUSY;
+  case -FY_ETOO_BIG:
+  case -EINVAL: return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
+  default: return FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE;
+  }
+}
+
+static const char *text_of_store_error(int err) {
+  switch (err) {
+  case -FY_EBUSY: return "broker busy: commit-log write buffers or pending sends are full; retry";
+  case -FY_ETOO_BIG: return "message larger than maxMessageSize";
+  case -FY_EDISK_FULL: return "disk full: usage at or above diskSpaceWarningLevelRatio; writes refused";
+  case -FY_ESTORE_FAILED: return "store failed after a disk error; writes refused until restart";
+  case -FY_ESHUTDOWN: return "broker is shutting down";
+  default: return fy_strerror(err);
+  }
+}
+
+static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
+  struct pending_send *p = arg;
+  (void)phys;
+  (void)size;
+  struct bconn *bc = p->bc;
+  struct fy_broker *b = p->b;
+  unlink_pending(p);
+  if (status)
+    b->send_failures++;
+  if (bc) {
+    if (status) {
+      fy_conn_reply_error(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
+                          status_of_store_error(status), "not stored: %s",
+                          text_of_store_error(status));
+    } else {
+      Ferry__V1__SendResult *rs = calloc(p->n, sizeof *rs);
+      Ferry__V1__SendResult **rp = calloc(p->n, sizeof *rp);
+      if (!rs || !rp) {
+        fy_conn_reply_error(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
+                            FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory after storing");
+      } else {
+        for (size_t i = 0; i < p->n; i++) {
+          ferry__v1__send_result__init(&rs[i]);
+          rs[i].msg_id = p->results[i].msg_id;
+          rs[i].offset_msg_id = p->results[i].offset_msg_id;
+          rs[i].queue_offset = p->results[i].queue_offset;
+          rp[i] = &rs[i];
+        }
+        Ferry__V1__SendResponse resp = FERRY__V1__SEND_RESPONSE__INIT;
+        resp.broker_name = (char *)b->cfg->broker_name;
+        resp.queue_id = p->queue_id;
+        resp.results = rp;
+        resp.n_results = p->n;
+        fy_conn_reply(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND, FERRY__V1__STATUS__OK,
+                      &resp.base, NULL, 0, NULL, NULL);
+      }
+      free(rs);
+      free(rp);
+    }
+  }
+  free(p);
+}
+
+static void parse_peer(const char *peer, struct fy_host *h) {
+  memset(h, 0, sizeof *h);
+  char buf[80];
+  snprintf(buf, sizeof buf, "%s", peer);
+  char *colon = strrchr(buf, ':');
+  if (!colon)
+    return;
+  *colon = '\0';
+  h->port = (uint32_t)strtoul(colon + 1, NULL, 10);
+  struct sockaddr_in sa;
+  if (uv_ip4_addr(buf, 0, &sa) == 0)
+    memcpy(h->ip, &sa.sin_addr, 4);
+}
+
+/* Validates the topic and picks the queue; replies and returns false on error. */
+static bool check_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f,
+                        const Ferry__V1__SendRequest *req, uint32_t *queue_id) {
+  const char *why = NULL;
+  if (fy_topic_name_check(req->topic, &why)) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
+                        "topic '%s': %s", req->topic, why ? why : "invalid name");
+    return false;
+  }
+  struct fy_topic_config tc;
+  if (fy_topics_get(b->topics, req->topic, &tc) != 0) {
+    bool created = false;
+    uint32_t q = req->default_topic_queues ? req->default_topic_queues : b->cfg->default_topic_queues;
+    if (q > b->cfg->default_topic_queues)
+      q = b->cfg->default_topic_queues;
+    if (!b->cfg->auto_create_topic ||
+        fy_topics_auto_create(b->topics, req->topic, q, &tc, &created, &why) != 0) {
+      fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
+                          "topic '%s' does not exist on broker %s%s", req->topic,
+                          b->cfg->broker_name,
+                          b->cfg->auto_create_topic ? "" : " (autoCreateTopicEnable=false: create it with mqadmin updateTopic)");
+      return false;
+    }
+    if (created) {
+      fy_info(MOD, "auto-created topic %s with %u queues", tc.name, tc.write_queues);
+      fy__broker_register_all(b);
+    }
+  }
+  if (!(tc.perm & FY_PERM_WRITE) || !(b->cfg->broker_permission & FY_PERM_WRITE)) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__NO_PERMISSION,
+                        "topic '%s' is not writable on broker %s", req->topic, b->cfg->broker_name);
+    return false;
+  }
+  if (req->queue_id < 0) {
+    *queue_id = b->rr++ % tc.write_queues;
+  } else if ((uint32_t)req->queue_id >= tc.write_queues) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
+                        "queue %d of topic '%s' does not exist (write queues: %u)", req->queue_id,
+                        req->topic, tc.write_queues);
+    return false;
+  } else {
+    *queue_id = (uint32_t)req->queue_id;
+  }
+  return true;
+}
+
+/* Upper bound of one message's encoded properties. */
+static size_t props_bound(const Ferry__V1__SendMessage *sm) {
+  size_t n = 16 + strlen(sm->tags) + 16 + strlen(sm->keys) + 16 + 32 + strlen(sm->uniq_key);
+  for (size_t i = 0; i < sm->n_properties; i++)
+    n += strlen(sm->properties[i]->key) + strlen(sm->properties[i]->value) + 2;
+  return n;
+}
+
+/* Builds one message's properties into buf. Returns its length, or -1 with
+ * a reason when a property is invalid or too long. */
+static int build_props(struct fy_broker *b, const Ferry__V1__SendMessage *sm, char *buf,
+                       size_t cap, char uniq[33], const char **why) {
+  size_t len = 0;
+  int rc = 0;
+  if (sm->tags && *sm->tags)
+    rc |= fy_props_add(buf, cap, &len, FY_PROP_TAGS, sm->tags, strlen(sm->tags));
+  if (sm->keys && *sm->keys)
+    rc |= fy_props_add(buf, cap, &len, FY_PROP_KEYS, sm->keys, strlen(sm->keys));
+  if (sm->uniq_key && *sm->uniq_key) {
+    snprintf(uniq, 33, "%.32s", sm->uniq_key);
+    rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, sm->uniq_key, strlen(sm->uniq_key));
+  } else {
+    make_uniq_key(b, uniq);
+    rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, uniq, 32);
+  }
+  for (size_t i = 0; i < sm->n_properties && rc == 0; i++) {
+    const Ferry__V1__KeyValue *kv = sm->properties[i];
+    if (!kv->key || !*kv->key) {
+      *why = "empty property name";
+      return -1;
+    }
+    rc |= fy_props_add(buf, cap, &len, kv->key, kv->value, strlen(kv->value));
+  }
+  if (rc) {
+    *why = rc == -ENOSPC || len > FY_PROPS_MAX ? "properties longer than 32767 bytes"
+                                               : "property names and values must not contain "
+                                                 "the bytes 0x01 or 0x02";
+    return -1;
+  }
+  return (int)len;
+}
+
+void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
+  fy_conn *conn = bc->conn;
+  Ferry__V1__SendRequest *req;
+  if (fy_frame_unpack(f, &ferry__v1__send_request__descriptor, (ProtobufCMessage **)&req)) {
+    fy__reply_decode_error(conn, f);
+    return;
+  }
+  b->sends++;
+  struct pending_send *p = NULL;
+  struct fy_msg *msgs = NULL;
+  char *props = NULL;
+  size_t n = req->n_messages;
+  uint32_t queue_id;
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE,
+                        "broker %s id %" PRIu64 " is a slave and does not accept sends",
+                        b->cfg->broker_name, b->cfg->broker_id);
+    goto out;
+  }
+  if (n == 0 || n > SEND_BATCH_MAX) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
+                        "a send carries 1 to %d messages, not %zu", SEND_BATCH_MAX, n);
+    goto out;
+  }
+  uint64_t body_total = 0;
+  for (size_t i = 0; i < n; i++)
+    body_total += req->messages[i]->body_len;
+  if (body_total != f->raw_len) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
+                        "message body lengths add up to %" PRIu64 " bytes but %u were sent",
+                        body_total, f->raw_len);
+    goto out;
+  }
+  if (!check_topic(b, conn, f, req, &queue_id))
+    goto out;
+
+  size_t props_total = 0;
+  for (size_t i = 0; i < n; i++)
+    props_total += props_bound(req->messages[i]);
+  p = calloc(1, sizeof *p + n * sizeof p->results[0]);
+  msgs = calloc(n, sizeof *msgs);
+  props = malloc(props_total);
+  if (!p || !msgs || !props) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
+    goto out;
+  }
+  struct fy_host born;
+  parse_peer(fy_conn_peer(conn), &born);
+  struct fy_host store_host = {0};
+  memcpy(store_host.ip, b->ip4, 4);
+  store_host.port = (uint32_t)fy_server_port(b->server);
+  const uint8_t *body = f->raw;
+  size_t props_used = 0;
+  for (size_t i = 0; i < n; i++) {
+    const Ferry__V1__SendMessage *sm = req->messages[i];
+    const char *why = NULL;
+    size_t cap = props_bound(sm);
+    char *pb = props + props_used;
+    int plen = build_props(b, sm, pb, cap < FY_PROPS_MAX ? cap : FY_PROPS_MAX,
+                           p->results[i].msg_id, &why);
+    props_used += cap;
+    if (plen < 0) {
+      fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
+                          "message %zu: %s", i, why);
+      goto out;
+    }
+    if ((uint64_t)sm->body_len + (uint64_t)plen > b->settings.store.max_message_size) {
+      fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
+                          "message %zu is %" PRIu64 " bytes (body and properties); maxMessageSize is %u",
+                          i, (uint64_t)sm->body_len + (uint64_t)plen,
+                          b->settings.store.max_message_size);
+      goto out;
+    }
+    struct fy_msg *m = &msgs[i];
+    m->topic = req->topic;
+    m->topic_len = (uint16_t)strlen(req->topic);
+    m->queue_id = queue_id;
+    m->flag = sm->flag;
+    m->sys_flag = sm->sys_flag & FY_SYSFLAG_COMPRESSED;
+    m->born_ts_ms = sm->born_timestamp ? sm->born_timestamp : fy__now_ms();
+    m->born_host = born;
+    m->store_host = store_host;
+    m->reconsume_times = sm->reconsume_times;
+    m->body = body;
+    m->body_len = sm->body_len;
+    m->props = pb;
+    m->props_len = (uint16_t)plen;
+    body += sm->body_len;
+  }
+  p->b = b;
+  p->request_id = f->request_id;
+  p->queue_id = queue_id;
+  p->n = n;
+  int err = fy_store_put(b->store, msgs, n, on_stored, p);
+  if (err) {
+    if (err == -FY_EBUSY)
+      b->send_busy++;
+    b->send_failures++;
+    fy_conn_reply_error(conn, f->request_id, f->op, status_of_store_error(err), "not stored: %s",
+                        text_of_store_error(err));
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    p->results[i].queue_offset = msgs[i].queue_offset;
+    fy__offset_msg_id(b, msgs[i].phys_offset, p->results[i].offset_msg_id);
+  }
+  b->send_msgs += n;
+  p->bc = bc;
+  p->next = bc->sends;
+  if (bc->sends)
+    bc->sends->prev = p;
+  bc->sends = p;
+  p = NULL; /* owned by the store callback now */
+out:
+  free(p);
+  free(msgs);
+  free(props);
+  fy_pb_free(&req->base);
+}

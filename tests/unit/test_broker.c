@@ -1,0 +1,419 @@
+/*
+ * The broker in-process: a name server and a broker on one loop, driven by a
+ * raw protocol client (fy_rpc_call). Covers send, pull, long polling,
+ * consumer offsets, registration, bad input, and a clean stop.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "common/err.h"
+#include "common/record.h"
+#include "ferry.pb-c.h"
+#include "namesrv/namesrv.h"
+#include "net/conn.h"
+#include "net/rpc.h"
+#include "testutil.h"
+
+struct env {
+  uv_loop_t loop;
+  char dir[400];
+  fy_namesrv *ns;
+  fy_broker *broker;
+  fy_conn *client;
+  bool connected;
+  /* last response */
+  bool done;
+  int err;
+  uint16_t status;
+  uint8_t header[65536];
+  size_t header_len;
+  uint8_t raw[1 << 20];
+  size_t raw_len;
+  char text[512];
+};
+
+static void on_connect(fy_conn *c, int status) {
+  struct env *e = fy_conn_data(c);
+  e->connected = status == 0;
+}
+
+static void on_resp(fy_conn *c, int err, const fy_frame *f, void *arg) {
+  (void)c;
+  struct env *e = arg;
+  e->done = true;
+  e->err = err;
+  if (!f)
+    return;
+  e->status = f->status;
+  e->header_len = f->header_len;
+  memcpy(e->header, f->header, f->header_len);
+  e->raw_len = f->raw_len;
+  memcpy(e->raw, f->raw, f->raw_len);
+  e->text[0] = '\0';
+  if (f->status)
+    fy_frame_error_text(f, e->text, sizeof e->text);
+}
+
+static void start_broker(struct env *e, bool auto_create) {
+  struct fy_broker_settings s;
+  fy_broker_settings_defaults(&s);
+  snprintf(s.store.root_dir, sizeof s.store.root_dir, "%s/store", e->dir);
+  s.store.commitlog_segment_size = 1 << 20;
+  s.store.index_slots = 1024;
+  s.store.index_entries = 4096;
+  s.store.write_buffer_size = 5 << 20;
+  s.broker.listen_port = 0;
+  s.broker.auto_create_topic = auto_create;
+  snprintf(s.broker.broker_ip, sizeof s.broker.broker_ip, "127.0.0.1");
+  snprintf(s.broker.listen_address, sizeof s.broker.listen_address, "127.0.0.1");
+  snprintf(s.broker.namesrv_addr, sizeof s.broker.namesrv_addr, "127.0.0.1:%d",
+           fy_namesrv_port(e->ns));
+  assert_int_equal(fy_broker_start(&e->loop, &s, &e->broker), 0);
+}
+
+static int setup(void **state) {
+  struct env *e = calloc(1, sizeof *e);
+  uv_loop_init(&e->loop);
+  snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("broker"));
+  struct fy_namesrv_config nc;
+  struct fy_config_section sec = {fy_namesrv_config_keys, &nc};
+  fy_config_defaults(&sec, 1);
+  nc.listen_port = 0;
+  snprintf(nc.listen_address, sizeof nc.listen_address, "127.0.0.1");
+  assert_int_equal(fy_namesrv_start(&e->loop, &nc, &e->ns), 0);
+  start_broker(e, true);
+  fy_conn_cfg cc = {.data = e};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_broker_port(e->broker), &cc,
+                                   on_connect, &e->client), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->connected, 5000));
+  *state = e;
+  return 0;
+}
+
+static void on_stopped(void *arg, int status) {
+  assert_int_equal(status, 0);
+  *(bool *)arg = true;
+}
+
+static int teardown(void **state) {
+  struct env *e = *state;
+  fy_conn_close(e->client, 0);
+  bool stopped = false;
+  fy_broker_stop(e->broker, on_stopped, &stopped);
+  assert_true(fy_test_run_until(&e->loop, &stopped, 10000));
+  fy_namesrv_stop(e->ns);
+  assert_int_equal(fy_test_loop_finish(&e->loop), 0);
+  fy_test_rmtree(e->dir);
+  free(e);
+  return 0;
+}
+
+/* Sends a request and waits for its answer. */
+static void call(struct env *e, uint16_t op, const ProtobufCMessage *msg, const void *raw,
+                 size_t raw_len, uint32_t timeout_ms) {
+  e->done = false;
+  uv_buf_t b = uv_buf_init((char *)raw, (unsigned)raw_len);
+  assert_int_equal(fy_rpc_call(e->client, op, msg, raw ? &b : NULL, raw ? 1 : 0, timeout_ms,
+                               on_resp, e), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->done, timeout_ms + 2000));
+  assert_int_equal(e->err, 0);
+}
+
+static Ferry__V1__SendResponse *send_one(struct env *e, const char *topic, int queue_id,
+                                         const char *body, const char *tags, const char *keys) {
+  Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
+  m.body_len = (uint32_t)strlen(body);
+  m.tags = (char *)tags;
+  m.keys = (char *)keys;
+  Ferry__V1__SendMessage *mp = &m;
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.producer_group = "PG";
+  req.topic = (char *)topic;
+  req.queue_id = queue_id;
+  req.messages = &mp;
+  req.n_messages = 1;
+  call(e, FERRY__V1__OP__OP_SEND, &req.base, body, strlen(body), 5000);
+  if (e->status != FERRY__V1__STATUS__OK)
+    return NULL;
+  return ferry__v1__send_response__unpack(NULL, e->header_len, e->header);
+}
+
+static Ferry__V1__PullResponse *pull(struct env *e, const char *topic, uint32_t q, uint64_t off,
+                                     uint32_t suspend_ms, const int64_t *tags, size_t ntags) {
+  Ferry__V1__PullRequest req = FERRY__V1__PULL_REQUEST__INIT;
+  req.consumer_group = "CG";
+  req.topic = (char *)topic;
+  req.queue_id = q;
+  req.queue_offset = off;
+  req.max_msgs = 32;
+  req.suspend_timeout_ms = suspend_ms;
+  req.tag_hashes = (int64_t *)tags;
+  req.n_tag_hashes = ntags;
+  call(e, FERRY__V1__OP__OP_PULL, &req.base, NULL, 0, suspend_ms + 5000);
+  if (e->header_len == 0 && e->status != FERRY__V1__STATUS__OK)
+    return NULL;
+  return ferry__v1__pull_response__unpack(NULL, e->header_len, e->header);
+}
+
+static void test_send_then_pull(void **state) {
+  struct env *e = *state;
+  Ferry__V1__SendResponse *r = send_one(e, "TopicA", 2, "hello ferry", "TagA", "k1 k2");
+  assert_non_null(r);
+  assert_string_equal(r->broker_name, "broker-a");
+  assert_int_equal(r->queue_id, 2);
+  assert_int_equal(r->n_results, 1);
+  assert_int_equal(r->results[0]->queue_offset, 0);
+  assert_int_equal(strlen(r->results[0]->msg_id), 32);
+  assert_int_equal(strlen(r->results[0]->offset_msg_id), 32);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+
+  Ferry__V1__PullResponse *p = pull(e, "TopicA", 2, 0, 0, NULL, 0);
+  assert_non_null(p);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  assert_int_equal(p->count, 1);
+  assert_int_equal(p->next_offset, 1);
+  assert_int_equal(p->max_offset, 1);
+  uint64_t phys;
+  memcpy(&phys, e->raw + 28, 8);
+  enum fy_record_kind kind;
+  struct fy_msg m;
+  assert_int_equal(fy_record_decode(e->raw, e->raw_len, phys, &kind, &m), (int64_t)e->raw_len);
+  assert_int_equal(m.body_len, 11);
+  assert_memory_equal(m.body, "hello ferry", 11);
+  const char *v;
+  size_t vlen;
+  assert_true(fy_props_get(m.props, m.props_len, "TAGS", &v, &vlen));
+  assert_int_equal(vlen, 4);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+
+  /* Nothing more: PULL_NOT_FOUND without waiting. */
+  p = pull(e, "TopicA", 2, 1, 0, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__PULL_NOT_FOUND);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+  /* Past the end: offset moved back to max. */
+  p = pull(e, "TopicA", 2, 50, 0, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__PULL_OFFSET_MOVED);
+  assert_int_equal(p->next_offset, 1);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+}
+
+static void test_tag_filter(void **state) {
+  struct env *e = *state;
+  for (int i = 0; i < 6; i++) {
+    Ferry__V1__SendResponse *r = send_one(e, "Tags", 0, "x", i % 2 ? "odd" : "even", "");
+    assert_non_null(r);
+    ferry__v1__send_response__free_unpacked(r, NULL);
+  }
+  int64_t odd = fy_tag_hash("odd", 3);
+  Ferry__V1__PullResponse *p = pull(e, "Tags", 0, 0, 0, &odd, 1);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  assert_int_equal(p->count, 3);
+  assert_int_equal(p->next_offset, 6);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+}
+
+struct delayed_send {
+  struct env *e;
+  uv_timer_t t;
+  fy_conn *conn;
+  bool connected;
+};
+
+static void on_second_connect(fy_conn *c, int status) {
+  struct delayed_send *d = fy_conn_data(c);
+  d->connected = status == 0;
+}
+
+static void on_ignored(fy_conn *c, int err, const fy_frame *f, void *arg) {
+  (void)c; (void)err; (void)f; (void)arg;
+}
+
+static void send_later(uv_timer_t *t) {
+  struct delayed_send *d = t->data;
+  Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
+  m.body_len = 4;
+  Ferry__V1__SendMessage *mp = &m;
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.topic = "LongPoll";
+  req.queue_id = 0;
+  req.messages = &mp;
+  req.n_messages = 1;
+  uv_buf_t b = uv_buf_init("wake", 4);
+  fy_rpc_call(d->conn, FERRY__V1__OP__OP_SEND, &req.base, &b, 1, 5000, on_ignored, NULL);
+}
+
+static void on_timer_closed(uv_handle_t *h) { *(bool *)h->data = true; }
+
+static void test_long_poll_wakes_on_arrival(void **state) {
+  struct env *e = *state;
+  /* Create the topic first (auto-create on send). */
+  Ferry__V1__SendResponse *r = send_one(e, "LongPoll", 0, "first", "", "");
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  struct delayed_send d = {.e = e};
+  fy_conn_cfg cc = {.data = &d};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_broker_port(e->broker), &cc,
+                                   on_second_connect, &d.conn), 0);
+  assert_true(fy_test_run_until(&e->loop, &d.connected, 5000));
+  uv_timer_init(&e->loop, &d.t);
+  d.t.data = &d;
+  uv_timer_start(&d.t, send_later, 200, 0);
+  uint64_t start = uv_now(&e->loop);
+  /* Held for up to 20 s; answered as soon as the message lands. */
+  Ferry__V1__PullResponse *p = pull(e, "LongPoll", 0, 1, 20000, NULL, 0);
+  uint64_t waited = uv_now(&e->loop) - start;
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  assert_int_equal(p->count, 1);
+  assert_true(waited < 15000); /* woken by the arrival, not by the deadline */
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+  bool closed = false;
+  d.t.data = &closed;
+  uv_close((uv_handle_t *)&d.t, on_timer_closed);
+  fy_conn_close(d.conn, 0);
+  assert_true(fy_test_run_until(&e->loop, &closed, 5000));
+}
+
+static void test_long_poll_deadline(void **state) {
+  struct env *e = *state;
+  Ferry__V1__SendResponse *r = send_one(e, "Quiet", 0, "only", "", "");
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  Ferry__V1__PullResponse *p = pull(e, "Quiet", 0, 1, 300, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__PULL_NOT_FOUND);
+  assert_int_equal(p->next_offset, 1);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+}
+
+static void test_consumer_offsets(void **state) {
+  struct env *e = *state;
+  Ferry__V1__SendResponse *r = send_one(e, "Offs", 1, "m", "", "");
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  Ferry__V1__QueueOffsetRequest q = FERRY__V1__QUEUE_OFFSET_REQUEST__INIT;
+  q.group = "G1";
+  q.topic = "Offs";
+  q.queue_id = 1;
+  call(e, FERRY__V1__OP__OP_QUERY_CONSUMER_OFFSET, &q.base, NULL, 0, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__NOT_FOUND);
+  q.offset = 1;
+  call(e, FERRY__V1__OP__OP_UPDATE_CONSUMER_OFFSET, &q.base, NULL, 0, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  call(e, FERRY__V1__OP__OP_QUERY_CONSUMER_OFFSET, &q.base, NULL, 0, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  Ferry__V1__QueueOffsetResponse *o =
+      ferry__v1__queue_offset_response__unpack(NULL, e->header_len, e->header);
+  assert_int_equal(o->offset, 1);
+  ferry__v1__queue_offset_response__free_unpacked(o, NULL);
+  call(e, FERRY__V1__OP__OP_GET_MAX_OFFSET, &q.base, NULL, 0, 3000);
+  o = ferry__v1__queue_offset_response__unpack(NULL, e->header_len, e->header);
+  assert_int_equal(o->offset, 1);
+  ferry__v1__queue_offset_response__free_unpacked(o, NULL);
+}
+
+static void test_bad_requests(void **state) {
+  struct env *e = *state;
+  /* Body lengths that do not add up. */
+  Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
+  m.body_len = 100;
+  Ferry__V1__SendMessage *mp = &m;
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.topic = "Bad";
+  req.queue_id = -1;
+  req.messages = &mp;
+  req.n_messages = 1;
+  call(e, FERRY__V1__OP__OP_SEND, &req.base, "short", 5, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__BAD_REQUEST);
+  assert_non_null(strstr(e->text, "add up"));
+  /* An invalid topic name. */
+  req.topic = "bad topic!";
+  m.body_len = 1;
+  call(e, FERRY__V1__OP__OP_SEND, &req.base, "x", 1, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__MESSAGE_ILLEGAL);
+  /* Oversized: body over maxMessageSize (4 MiB default). */
+  req.topic = "Big";
+  size_t big = (4u << 20) + 1;
+  char *body = calloc(1, big);
+  m.body_len = (uint32_t)big;
+  call(e, FERRY__V1__OP__OP_SEND, &req.base, body, big, 5000);
+  free(body);
+  assert_int_equal(e->status, FERRY__V1__STATUS__MESSAGE_ILLEGAL);
+  assert_non_null(strstr(e->text, "maxMessageSize"));
+  /* Pull on a topic that does not exist. */
+  Ferry__V1__PullResponse *p = pull(e, "NoSuchTopic", 0, 0, 0, NULL, 0);
+  assert_null(p);
+  assert_int_equal(e->status, FERRY__V1__STATUS__TOPIC_NOT_EXIST);
+  /* An op the broker does not serve. */
+  call(e, 999, NULL, NULL, 0, 3000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__UNSUPPORTED_OP);
+  /* The broker still serves. */
+  Ferry__V1__SendResponse *r = send_one(e, "StillOk", -1, "fine", "", "");
+  assert_non_null(r);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+}
+
+struct route_wait {
+  struct env *e;
+  fy_conn *conn;
+  bool connected;
+};
+
+static void on_ns_connect(fy_conn *c, int status) {
+  struct route_wait *w = fy_conn_data(c);
+  w->connected = status == 0;
+}
+
+static void test_registration_gives_route(void **state) {
+  struct env *e = *state;
+  Ferry__V1__SendResponse *r = send_one(e, "Routed", -1, "m", "", "");
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  struct route_wait w = {.e = e};
+  fy_conn_cfg cc = {.data = &w};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_namesrv_port(e->ns), &cc,
+                                   on_ns_connect, &w.conn), 0);
+  assert_true(fy_test_run_until(&e->loop, &w.connected, 5000));
+  /* Auto-creation re-registers at once; poll the route until it shows up. */
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  Ferry__V1__TopicRoute *route = NULL;
+  while (!route && uv_now(&e->loop) < deadline) {
+    Ferry__V1__GetRouteRequest gr = FERRY__V1__GET_ROUTE_REQUEST__INIT;
+    gr.topic = "Routed";
+    e->done = false;
+    assert_int_equal(fy_rpc_call(w.conn, FERRY__V1__OP__OP_GET_ROUTE, &gr.base, NULL, 0, 3000,
+                                 on_resp, e), 0);
+    assert_true(fy_test_run_until(&e->loop, &e->done, 5000));
+    if (e->status == FERRY__V1__STATUS__OK)
+      route = ferry__v1__topic_route__unpack(NULL, e->header_len, e->header);
+    else {
+      bool never = false;
+      fy_test_run_until(&e->loop, &never, 50);
+    }
+  }
+  assert_non_null(route);
+  assert_int_equal(route->n_queues, 1);
+  assert_int_equal(route->queues[0]->write_queues, 8);
+  assert_int_equal(route->n_brokers, 1);
+  assert_int_equal(route->brokers[0]->n_addrs, 1);
+  char want[64];
+  snprintf(want, sizeof want, "127.0.0.1:%d", fy_broker_port(e->broker));
+  assert_string_equal(route->brokers[0]->addrs[0]->addr, want);
+  ferry__v1__topic_route__free_unpacked(route, NULL);
+  fy_conn_close(w.conn, 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_send_then_pull, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tag_filter, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_long_poll_wakes_on_arrival, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_long_poll_deadline, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_consumer_offsets, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_registration_gives_route, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
