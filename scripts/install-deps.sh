@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config python3
-      libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev libjansson-dev
+      libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev libjansson-dev libxxhash-dev
       fio
       clang libclang-rt-14-dev) # clang's libFuzzer runtime, for scripts/fuzz.sh
 

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "common/err.h"
 #include "common/log.h"
 
@@ -455,6 +457,116 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   reply_ok(conn, f, &resp.base);
 }
 
+/* ---------------------------------------------------------------- HA */
+
+static void on_metadata(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  UNPACK(Ferry__V1__MetadataRequest, ferry__v1__metadata_request__descriptor, req);
+  char why[256] = "";
+  struct fy_offsets_merge_stats ms;
+  /* Offsets committed on the slave while the master was away: larger wins. */
+  if (req->consumer_offsets_json && *req->consumer_offsets_json &&
+      fy_offsets_merge_json(b->offsets, req->consumer_offsets_json,
+                            strlen(req->consumer_offsets_json), &ms, why, sizeof why) != 0)
+    fy_warn(MOD, "offsets from slave %s not merged: %s", fy_conn_peer(conn), why);
+  size_t len;
+  char *topics = fy_topics_to_json(b->topics, &len);
+  char *offsets = fy_offsets_to_json(b->offsets, &len);
+  char *groups = fy_groups_to_json(b->groups, &len);
+  Ferry__V1__MetadataResponse resp = FERRY__V1__METADATA_RESPONSE__INIT;
+  resp.topics_json = topics ? topics : "";
+  resp.consumer_offsets_json = offsets ? offsets : "";
+  resp.groups_json = groups ? groups : "";
+  reply_ok(conn, f, &resp.base);
+  free(topics);
+  free(offsets);
+  free(groups);
+  fy_pb_free(&req->base);
+}
+
+static void on_ha_status(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  char vals[64][512];
+  char keys[64][48];
+  size_t n = 0;
+#define HKV(k, ...)                                                                             \
+  do {                                                                                          \
+    if (n < 64) {                                                                               \
+      snprintf(keys[n], sizeof keys[n], "%s", k);                                               \
+      snprintf(vals[n], sizeof vals[n], __VA_ARGS__); \
+      n++;                                                                                      \
+    }                                                                                           \
+  } while (0)
+  fy_commitlog *cl = fy_store_commitlog(b->store);
+  HKV("role", "%s", b->cfg->role == FY_ROLE_SLAVE ? "SLAVE"
+                    : b->cfg->role == FY_ROLE_SYNC_MASTER ? "SYNC_MASTER" : "ASYNC_MASTER");
+  HKV("logEnd", "%" PRIu64, fy_commitlog_written(cl));
+  if (b->ha_master) {
+    struct fy_ha_slave_status st[8];
+    size_t ns = fy_ha_master_status(b->ha_master, st, 8);
+    HKV("haAddr", "%s", b->ha_addr);
+    HKV("slaves", "%zu", ns);
+    HKV("ackedOffset", "%" PRIu64, fy_ha_master_acked(b->ha_master));
+    for (size_t i = 0; i < ns; i++) {
+      char k[48];
+      snprintf(k, sizeof k, "slave.%zu", i);
+      HKV(k, "addr=%.63s brokerId=%" PRIu64 " connectedSinceMs=%" PRId64 " received=%" PRIu64
+             " durable=%" PRIu64 " lagBytes=%" PRIu64 " lagMs=%" PRId64,
+          st[i].peer, st[i].broker_id, st[i].connected_since_ms, st[i].received, st[i].durable,
+          st[i].lag_bytes, st[i].lag_ms);
+    }
+  }
+  if (b->ha_slave) {
+    struct fy_ha_slave_info in;
+    fy_ha_slave_info(b->ha_slave, &in);
+    HKV("state", "%s", in.state);
+    HKV("master", "%s", in.master);
+    HKV("masterLogEnd", "%" PRIu64, in.master_log_end);
+    HKV("lagBytes", "%" PRIu64, in.master_log_end > in.log_end ? in.master_log_end - in.log_end : 0);
+    HKV("connectedSinceMs", "%" PRId64, in.connected_since_ms);
+    HKV("lastError", "%s", in.last_error[0] ? in.last_error : "none");
+  }
+#undef HKV
+  Ferry__V1__KeyValue kv[64], *kvp[64];
+  for (size_t i = 0; i < n; i++) {
+    ferry__v1__key_value__init(&kv[i]);
+    kv[i].key = keys[i];
+    kv[i].value = vals[i];
+    kvp[i] = &kv[i];
+  }
+  Ferry__V1__BrokerStatus resp = FERRY__V1__BROKER_STATUS__INIT;
+  resp.entries = kvp;
+  resp.n_entries = n;
+  reply_ok(conn, f, &resp.base);
+}
+
+/* XXH3-128 over commit-log bytes: replicas are proven equal by comparing it. */
+static void on_log_digest(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  UNPACK(Ferry__V1__LogDigestRequest, ferry__v1__log_digest_request__descriptor, req);
+  fy_commitlog *cl = fy_store_commitlog(b->store);
+  uint64_t from = req->from < fy_commitlog_min(cl) ? fy_commitlog_min(cl) : req->from;
+  uint64_t to = req->to == 0 || req->to > fy_commitlog_written(cl) ? fy_commitlog_written(cl) : req->to;
+  XXH3_state_t *st = XXH3_createState();
+  XXH3_128bits_reset(st);
+  uint64_t off = from;
+  while (off < to) {
+    struct fy_cl_slice sl;
+    if (fy_commitlog_read(cl, off, to - off, &sl) != 0 || sl.len == 0)
+      break;
+    XXH3_128bits_update(st, sl.data, sl.len);
+    off += sl.len;
+    fy_cl_slice_release(&sl);
+  }
+  XXH128_hash_t h = XXH3_128bits_digest(st);
+  XXH3_freeState(st);
+  char hex[33];
+  snprintf(hex, sizeof hex, "%016" PRIx64 "%016" PRIx64, (uint64_t)h.high64, (uint64_t)h.low64);
+  Ferry__V1__LogDigest resp = FERRY__V1__LOG_DIGEST__INIT;
+  resp.from = from;
+  resp.to = off;
+  resp.digest = hex;
+  reply_ok(conn, f, &resp.base);
+  fy_pb_free(&req->base);
+}
+
 void fy__handle_admin(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   fy_conn *conn = bc->conn;
   switch (f->op) {
@@ -474,6 +586,9 @@ void fy__handle_admin(struct fy_broker *b, struct bconn *bc, const fy_frame *f) 
   case FERRY__V1__OP__OP_BROKER_STATUS: on_broker_status(b, conn, f); break;
   case FERRY__V1__OP__OP_QUERY_BY_ID: on_query_by_id(b, conn, f); break;
   case FERRY__V1__OP__OP_QUERY_BY_KEY: on_query_by_key(b, conn, f); break;
+  case FERRY__V1__OP__OP_GET_METADATA: on_metadata(b, conn, f); break;
+  case FERRY__V1__OP__OP_HA_STATUS: on_ha_status(b, conn, f); break;
+  case FERRY__V1__OP__OP_LOG_DIGEST: on_log_digest(b, conn, f); break;
   default:
     if (f->kind == FY_FRAME_REQUEST)
       fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__UNSUPPORTED_OP,

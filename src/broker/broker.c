@@ -53,7 +53,22 @@ static void on_registered(fy_conn *conn, int err, const fy_frame *resp, void *ar
     char text[256];
     fy_frame_error_text(resp, text, sizeof text);
     fy_warn(MOD, "name server %s:%d refused registration: %s", ns->host, ns->port, text);
+    return;
   }
+  struct fy_broker *b = ns->b;
+  if (b->cfg->role != FY_ROLE_SLAVE || b->stopping)
+    return;
+  Ferry__V1__RegisterBrokerResponse *r;
+  if (fy_frame_unpack(resp, &ferry__v1__register_broker_response__descriptor,
+                      (ProtobufCMessage **)&r))
+    return;
+  if (r->master_addr && *r->master_addr && strcmp(r->master_addr, b->master_addr) != 0) {
+    fy_info(MOD, "master of %s is %s", b->cfg->broker_name, r->master_addr);
+    snprintf(b->master_addr, sizeof b->master_addr, "%s", r->master_addr);
+  }
+  if (b->ha_slave && !b->cfg->ha_master_address[0])
+    fy_ha_slave_set_master(b->ha_slave, r->ha_master_addr);
+  fy_pb_free(&r->base);
 }
 
 static int add_topic(void *arg, const struct fy_topic_config *tc) {
@@ -246,6 +261,117 @@ static void on_housekeeping(uv_timer_t *t) {
   fy_consumers_expire(b->consumers, fy__now_ms(), b->cfg->client_expiry_ms);
 }
 
+/* ---------------------------------------------------------------- HA */
+
+bool fy__is_sync_master(const struct fy_broker *b) {
+  return b->cfg->role == FY_ROLE_SYNC_MASTER && b->ha_master;
+}
+
+static void on_acked(void *arg, uint64_t acked) { fy_store_confirm(arg, acked); }
+
+/* Slave: exchange metadata with the master (see MetadataRequest). */
+static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg) {
+  struct fy_broker *b = arg;
+  (void)conn;
+  b->meta_inflight = false;
+  if (err || resp->status != FERRY__V1__STATUS__OK)
+    return;
+  Ferry__V1__MetadataResponse *r;
+  if (fy_frame_unpack(resp, &ferry__v1__metadata_response__descriptor, (ProtobufCMessage **)&r))
+    return;
+  char why[256] = "";
+  bool changed = false;
+  struct fy_offsets_merge_stats ms;
+  if (*r->topics_json &&
+      fy_topics_replace_from_json(b->topics, r->topics_json, strlen(r->topics_json), &changed, why,
+                                  sizeof why) != 0)
+    fy_warn(MOD, "topics from the master not adopted: %s", why);
+  if (*r->groups_json &&
+      fy_groups_replace_from_json(b->groups, r->groups_json, strlen(r->groups_json), &changed, why,
+                                  sizeof why) != 0)
+    fy_warn(MOD, "groups from the master not adopted: %s", why);
+  if (*r->consumer_offsets_json &&
+      fy_offsets_merge_json(b->offsets, r->consumer_offsets_json, strlen(r->consumer_offsets_json),
+                            &ms, why, sizeof why) != 0)
+    fy_warn(MOD, "offsets from the master not merged: %s", why);
+  fy_pb_free(&r->base);
+}
+
+static void on_master_conn_close(fy_conn *conn, int reason) {
+  struct fy_broker *b = fy_conn_data(conn);
+  (void)reason;
+  if (b && b->master_conn == conn) {
+    b->master_conn = NULL;
+    b->meta_inflight = false;
+  }
+}
+
+static void on_master_connected(fy_conn *conn, int status) {
+  (void)conn;
+  (void)status; /* the next tick sends when the connection is open */
+}
+
+static void on_meta_timer(uv_timer_t *t) {
+  struct fy_broker *b = t->data;
+  if (b->stopping || !b->master_addr[0] || b->meta_inflight)
+    return;
+  if (!b->master_conn) {
+    char host[80];
+    snprintf(host, sizeof host, "%s", b->master_addr);
+    char *colon = strrchr(host, ':');
+    if (!colon)
+      return;
+    *colon = '\0';
+    fy_conn_cfg cc = {.frame_max_bytes = b->cfg->max_frame_bytes, .on_close = on_master_conn_close,
+                      .data = b};
+    if (fy_conn_connect(b->loop, host, atoi(colon + 1), &cc, on_master_connected,
+                        &b->master_conn) != 0)
+      b->master_conn = NULL;
+    return;
+  }
+  if (!fy_conn_is_open(b->master_conn))
+    return;
+  size_t len;
+  char *offsets = fy_offsets_to_json(b->offsets, &len);
+  Ferry__V1__MetadataRequest req = FERRY__V1__METADATA_REQUEST__INIT;
+  req.consumer_offsets_json = offsets ? offsets : "";
+  if (fy_rpc_call(b->master_conn, FERRY__V1__OP__OP_GET_METADATA, &req.base, NULL, 0, 10000,
+                  on_metadata, b) == 0)
+    b->meta_inflight = true;
+  free(offsets);
+}
+
+static int start_ha(struct fy_broker *b) {
+  fy_ha_config_defaults(&b->ha_cfg);
+  b->ha_cfg.heartbeat_ms = b->cfg->ha_heartbeat_ms;
+  b->ha_cfg.timeout_ms = b->cfg->ha_timeout_ms;
+  b->ha_cfg.chunk_bytes = b->cfg->ha_batch_bytes;
+  b->ha_cfg.fallbehind_max = b->cfg->ha_fallbehind_max;
+  b->ha_cfg.ack_on_durable = b->cfg->ha_ack_on == 1;
+  uv_timer_init(b->loop, &b->meta_timer);
+  b->meta_timer.data = b;
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    int err = fy_ha_slave_start(b->loop, b->store, &b->ha_cfg, b->cfg->broker_id,
+                                b->cfg->broker_name, b->cfg->ha_master_address, &b->ha_slave);
+    if (!err)
+      uv_timer_start(&b->meta_timer, on_meta_timer, 0, b->cfg->metadata_sync_ms);
+    return err;
+  }
+  int port = b->cfg->ha_listen_port ? (int)b->cfg->ha_listen_port : (int)b->cfg->listen_port + 1;
+  if (b->cfg->listen_port == 0 && !b->cfg->ha_listen_port)
+    port = 0; /* tests: any free port */
+  int err = fy_ha_master_start(b->loop, b->store, &b->ha_cfg, b->cfg->listen_address, port,
+                               &b->ha_master);
+  if (err)
+    return err;
+  if (b->cfg->role == FY_ROLE_SYNC_MASTER) {
+    fy_store_set_confirm_required(b->store, true);
+    fy_store_confirm(b->store, fy_commitlog_end(fy_store_commitlog(b->store)));
+    fy_ha_master_on_ack(b->ha_master, on_acked, b->store);
+  }
+  return 0;
+}
+
 /* ---------------------------------------------------------------- start */
 
 static int detect_ip(struct fy_broker *b) {
@@ -363,8 +489,11 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   fy_server_set_data(b->server, b);
   int port = fy_server_port(b->server);
   snprintf(b->addr, sizeof b->addr, "%s:%d", b->ip, port);
-  snprintf(b->ha_addr, sizeof b->ha_addr, "%s:%u", b->ip,
-           b->cfg->ha_listen_port ? b->cfg->ha_listen_port : (unsigned)port + 1);
+  err = start_ha(b);
+  if (err)
+    goto out_free;
+  if (b->ha_master)
+    snprintf(b->ha_addr, sizeof b->ha_addr, "%s:%d", b->ip, fy_ha_master_port(b->ha_master));
   write_pid_file(b);
 
   uv_timer_init(loop, &b->register_timer);
@@ -387,6 +516,7 @@ out_free:
 }
 
 int fy_broker_port(const fy_broker *b) { return fy_server_port(b->server); }
+int fy_broker_ha_port(const fy_broker *b) { return b->ha_master ? fy_ha_master_port(b->ha_master) : 0; }
 
 /* ---------------------------------------------------------------- stop */
 
@@ -424,18 +554,37 @@ static void on_handle_closed(uv_handle_t *h) {
 
 static void on_store_closed(void *arg) { stop_step(arg); }
 
+static void on_ha_stopped(void *arg) {
+  struct fy_broker *b = arg;
+  b->ha_master = NULL;
+  b->ha_slave = NULL;
+  fy_store_close(b->store, on_store_closed, b);
+}
+
 static void on_meta_saved(void *arg, int status) {
   struct fy_broker *b = arg;
   if (status && !b->stop_status)
     b->stop_status = status;
-  if (--b->stop_waits == 0)
-    fy_store_close(b->store, on_store_closed, b);
+  if (--b->stop_waits != 0)
+    return;
+  if (b->ha_master)
+    fy_ha_master_stop(b->ha_master, on_ha_stopped, b);
+  else if (b->ha_slave)
+    fy_ha_slave_stop(b->ha_slave, on_ha_stopped, b);
+  else
+    on_ha_stopped(b);
 }
 
 static void stop_step(struct fy_broker *b) {
   b->closing_handles = true;
-  b->handles_open = 3;
+  b->handles_open = 4;
   fy__pull_close(b, on_handle_closed);
+  uv_close((uv_handle_t *)&b->meta_timer, on_handle_closed);
+  if (b->master_conn) {
+    fy_conn_set_data(b->master_conn, NULL);
+    fy_conn_close(b->master_conn, 0);
+    b->master_conn = NULL;
+  }
   fy_server_close(b->server);
   for (size_t i = 0; i < b->nns; i++)
     if (b->ns[i].conn) {
@@ -458,6 +607,7 @@ void fy_broker_stop(fy_broker *b, void (*done)(void *arg, int status), void *arg
   unregister_all(b);
   uv_timer_stop(&b->register_timer);
   uv_timer_stop(&b->housekeeping_timer);
+  uv_timer_stop(&b->meta_timer);
   b->stop_waits = 4; /* three saves, plus one held until all are queued */
   if (fy_offsets_flush(b->offsets, on_meta_saved, b))
     b->stop_waits--;

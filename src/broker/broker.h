@@ -19,6 +19,8 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
 
 /* The client port bound (listenPort=0 picks one). */
 int fy_broker_port(const fy_broker *b);
+/* The HA port bound by a master (0 for a slave). */
+int fy_broker_ha_port(const fy_broker *b);
 
 /*
  * Graceful stop: unregisters from the name servers, answers new requests

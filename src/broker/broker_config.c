@@ -44,6 +44,13 @@ const struct fy_config_key fy_broker_config_keys[] = {
     {"maxFrameSize", FY_CFG_U32, F(max_frame_bytes), 0, 65536, 1u << 30, "16777216", NULL},
     {"maxConnections", FY_CFG_U32, F(max_conns), 0, 1, 1000000, "10000", NULL},
     {"pidFile", FY_CFG_STRING, F(pid_file), S(pid_file), 0, 0, "", NULL},
+    {"haSendHeartbeatInterval", FY_CFG_U32, F(ha_heartbeat_ms), 0, 50, 60000, "1000", NULL},
+    {"haHousekeepingInterval", FY_CFG_U32, F(ha_timeout_ms), 0, 200, 600000, "5000", NULL},
+    {"haTransferBatchSize", FY_CFG_U32, F(ha_batch_bytes), 0, 4096, 64u << 20, "262144", NULL},
+    {"haSlaveFallbehindMax", FY_CFG_U64, F(ha_fallbehind_max), 0, 1, UINT64_MAX, "268435456",
+     NULL},
+    {"haSyncAckOn", FY_CFG_ENUM, F(ha_ack_on), 0, 0, 0, "received", "received|durable"},
+    {"slaveSyncMetadataInterval", FY_CFG_U32, F(metadata_sync_ms), 0, 100, 600000, "3000", NULL},
     FY_CFG_END,
 };
 

@@ -44,6 +44,12 @@ struct fy_broker_config {
   uint32_t max_frame_bytes;          /* maxFrameSize: 16777216 */
   uint32_t max_conns;                /* maxConnections: 10000 */
   char pid_file[512];                /* pidFile: "" = <storePathRootDir>/broker.pid */
+  uint32_t ha_heartbeat_ms;          /* haSendHeartbeatInterval: 1000 */
+  uint32_t ha_timeout_ms;            /* haHousekeepingInterval: 5000 */
+  uint32_t ha_batch_bytes;           /* haTransferBatchSize: 262144 */
+  uint64_t ha_fallbehind_max;        /* haSlaveFallbehindMax: 268435456 */
+  int ha_ack_on;                     /* haSyncAckOn: received */
+  uint32_t metadata_sync_ms;         /* slaveSyncMetadataInterval: 3000 */
 };
 
 extern const struct fy_config_key fy_broker_config_keys[];

@@ -16,6 +16,7 @@
 #include "broker/topics.h"
 #include "common/strmap.h"
 #include "ferry.pb-c.h"
+#include "ha/ha.h"
 #include "net/conn.h"
 #include "net/rpc.h"
 #include "store/store.h"
@@ -100,6 +101,15 @@ struct fy_broker {
 
   fy_strmap *resets; /* "group\0topic\0qid" -> uint64_t* offset to hand out */
 
+  /* HA: a master runs ha_master, a slave ha_slave and the metadata sync */
+  struct fy_ha_config ha_cfg;
+  fy_ha_master *ha_master;
+  fy_ha_slave *ha_slave;
+  char master_addr[80];      /* the master's client address, from the name server */
+  fy_conn *master_conn;      /* slave -> master, for metadata */
+  bool meta_inflight;
+  uv_timer_t meta_timer;
+
   /* round-robin queue choice for sends without a queue id */
   uint32_t rr;
   uint32_t uniq_counter;
@@ -138,6 +148,9 @@ void fy__pull_on_arrival(void *arg, const char *topic, size_t topic_len, uint32_
                          uint64_t max_offset);
 int fy__reset_set(struct fy_broker *b, const char *group, const char *topic, uint32_t qid,
                   uint64_t offset);
+
+/* ha glue in broker.c */
+bool fy__is_sync_master(const struct fy_broker *b);
 
 /* admin.c: consumer, offset, topic, query and status requests */
 void fy__handle_admin(struct fy_broker *b, struct bconn *bc, const fy_frame *f);

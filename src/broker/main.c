@@ -123,6 +123,8 @@ int main(int argc, char **argv) {
     return 1;
   /* Scripts and tests read the bound port from this line (listenPort=0 picks one). */
   printf("mqbroker listening on port %d\n", fy_broker_port(broker));
+  if (fy_broker_ha_port(broker))
+    printf("mqbroker HA listening on port %d\n", fy_broker_ha_port(broker));
   fflush(stdout);
   uv_signal_init(loop, &sig_term);
   uv_signal_init(loop, &sig_int);

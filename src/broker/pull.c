@@ -191,7 +191,14 @@ static uint64_t slave_read_threshold(struct fy_broker *b) {
 
 static uint64_t suggest_broker(struct fy_broker *b, const struct pull_req *r,
                                const struct fy_get_result *res) {
-  if (b->cfg->role == FY_ROLE_SLAVE || !b->cfg->slave_read_enable)
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    /* A slave keeps a consumer that is still far behind; once it has
+     * caught up, it sends the consumer back to the master. */
+    if (res->count && res->behind_bytes > slave_read_threshold(b))
+      return b->cfg->broker_id;
+    return 0;
+  }
+  if (!b->cfg->slave_read_enable)
     return 0;
   struct fy_group_config g;
   if (fy_groups_get(b->groups, r->group, &g) != 0)

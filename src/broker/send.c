@@ -33,6 +33,7 @@ struct pending_send {
   struct fy_broker *b;
   uint64_t request_id;
   uint32_t queue_id;
+  uint64_t end; /* commit-log offset after the last record */
   size_t n;
   struct send_result results[];
 };
@@ -113,47 +114,75 @@ static const char *text_of_store_error(int err) {
   }
 }
 
-static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
-  struct pending_send *p = arg;
-  (void)phys;
-  (void)size;
+/* Answers a stored send with frame status `status` (OK, or one of the
+ * "stored on the master only" statuses) and frees it. */
+static void reply_stored(struct pending_send *p, uint16_t status) {
   struct bconn *bc = p->bc;
   struct fy_broker *b = p->b;
   unlink_pending(p);
-  if (status)
-    b->send_failures++;
   if (bc) {
-    if (status) {
+    Ferry__V1__SendResult *rs = calloc(p->n, sizeof *rs);
+    Ferry__V1__SendResult **rp = calloc(p->n, sizeof *rp);
+    if (!rs || !rp) {
       fy_conn_reply_error(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
-                          status_of_store_error(status), "not stored: %s",
-                          text_of_store_error(status));
+                          FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory after storing");
     } else {
-      Ferry__V1__SendResult *rs = calloc(p->n, sizeof *rs);
-      Ferry__V1__SendResult **rp = calloc(p->n, sizeof *rp);
-      if (!rs || !rp) {
-        fy_conn_reply_error(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
-                            FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory after storing");
-      } else {
-        for (size_t i = 0; i < p->n; i++) {
-          ferry__v1__send_result__init(&rs[i]);
-          rs[i].msg_id = p->results[i].msg_id;
-          rs[i].offset_msg_id = p->results[i].offset_msg_id;
-          rs[i].queue_offset = p->results[i].queue_offset;
-          rp[i] = &rs[i];
-        }
-        Ferry__V1__SendResponse resp = FERRY__V1__SEND_RESPONSE__INIT;
-        resp.broker_name = (char *)b->cfg->broker_name;
-        resp.queue_id = p->queue_id;
-        resp.results = rp;
-        resp.n_results = p->n;
-        fy_conn_reply(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND, FERRY__V1__STATUS__OK,
-                      &resp.base, NULL, 0, NULL, NULL);
+      for (size_t i = 0; i < p->n; i++) {
+        ferry__v1__send_result__init(&rs[i]);
+        rs[i].msg_id = p->results[i].msg_id;
+        rs[i].offset_msg_id = p->results[i].offset_msg_id;
+        rs[i].queue_offset = p->results[i].queue_offset;
+        rp[i] = &rs[i];
       }
-      free(rs);
-      free(rp);
+      Ferry__V1__SendResponse resp = FERRY__V1__SEND_RESPONSE__INIT;
+      resp.broker_name = (char *)b->cfg->broker_name;
+      resp.queue_id = p->queue_id;
+      resp.results = rp;
+      resp.n_results = p->n;
+      fy_conn_reply(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND, status, &resp.base, NULL, 0,
+                    NULL, NULL);
     }
+    free(rs);
+    free(rp);
   }
   free(p);
+}
+
+static void on_replicated(void *arg, int status) {
+  reply_stored(arg, status == 0 ? FERRY__V1__STATUS__OK
+                    : status == -FY_ETIMEOUT ? FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT
+                                             : FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+}
+
+static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
+  struct pending_send *p = arg;
+  struct fy_broker *b = p->b;
+  (void)phys;
+  (void)size;
+  if (status) {
+    b->send_failures++;
+    if (p->bc)
+      fy_conn_reply_error(p->bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
+                          status_of_store_error(status), "not stored: %s",
+                          text_of_store_error(status));
+    unlink_pending(p);
+    free(p);
+    return;
+  }
+  if (!fy__is_sync_master(b)) {
+    reply_stored(p, FERRY__V1__STATUS__OK);
+    return;
+  }
+  /* SYNC_MASTER: SEND_OK only once a slave holds the records. */
+  if (!fy_ha_master_slave_ok(b->ha_master, p->end)) {
+    reply_stored(p, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+    return;
+  }
+  int rc = fy_ha_master_wait(b->ha_master, p->end, b->cfg->slave_timeout_ms, on_replicated, p);
+  if (rc == 1)
+    reply_stored(p, FERRY__V1__STATUS__OK);
+  else if (rc != 0)
+    reply_stored(p, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
 }
 
 static void parse_peer(const char *peer, struct fy_host *h) {
@@ -261,7 +290,11 @@ static int build_props(struct fy_broker *b, const Ferry__V1__SendMessage *sm, ch
 void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   fy_conn *conn = bc->conn;
   Ferry__V1__SendRequest *req;
-  if (fy_frame_unpack(f, &ferry__v1__send_request__descriptor, (ProtobufCMessage **)&req)) {
+  /* A batch of tiny messages unpacks to ~40x its wire size (one struct per
+   * message), so the budget allows for SEND_BATCH_MAX of them on top. */
+  if (fy_pb_unpack(&ferry__v1__send_request__descriptor, f->header, f->header_len,
+                   fy_pb_alloc_limit(f->header_len) + SEND_BATCH_MAX * 512,
+                   (ProtobufCMessage **)&req)) {
     fy__reply_decode_error(conn, f);
     return;
   }
@@ -364,6 +397,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
     p->results[i].queue_offset = msgs[i].queue_offset;
     fy__offset_msg_id(b, msgs[i].phys_offset, p->results[i].offset_msg_id);
   }
+  p->end = msgs[n - 1].phys_offset + msgs[n - 1].total_size;
   b->send_msgs += n;
   p->bc = bc;
   p->next = bc->sends;

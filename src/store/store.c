@@ -66,6 +66,8 @@ struct fy_store {
   char path[600];
 
   uint64_t dispatched;
+  bool confirm_required;
+  uint64_t confirmed;
   int error;
 
   /* flush cycle */
@@ -281,6 +283,8 @@ static void on_written(void *arg, uint64_t written) {
   fy_store *s = arg;
   if (s->error)
     return;
+  if (s->confirm_required && s->confirmed < written)
+    written = s->confirmed;
   int err = dispatch_to(s, written, NULL, true);
   if (err)
     fail_store(s, err);
@@ -1089,6 +1093,20 @@ void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
   st->disk_full = s->disk_full;
   st->error = s->error ? s->error : fy_commitlog_error(s->cl);
   st->io_backend = fy_aio_backend_name(fy_aio_backend_of(s->aio));
+}
+
+void fy_store_set_confirm_required(fy_store *s, bool required) {
+  s->confirm_required = required;
+  if (!required)
+    on_written(s, fy_commitlog_written(s->cl));
+}
+
+void fy_store_confirm(fy_store *s, uint64_t offset) {
+  if (offset <= s->confirmed)
+    return;
+  s->confirmed = offset;
+  if (s->confirm_required && s->close_state == OPEN)
+    on_written(s, fy_commitlog_written(s->cl));
 }
 
 fy_commitlog *fy_store_commitlog(fy_store *s) { return s->cl; }

@@ -148,6 +148,15 @@ void fy_store_on_arrival(fy_store *s,
                                     uint32_t queue_id, uint64_t max_offset),
                          void *arg);
 
+/*
+ * SYNC_MASTER visibility: while required, records are dispatched (made
+ * visible to consumers) only up to the offset confirmed with
+ * fy_store_confirm — the offset a slave acknowledged — so nothing a consumer
+ * saw can vanish in a failover. Off by default (dispatch follows `written`).
+ */
+void fy_store_set_confirm_required(fy_store *s, bool required);
+void fy_store_confirm(fy_store *s, uint64_t offset);
+
 /* Deletes the consume queues of topic (its records stay in the log until
  * retention). */
 int fy_store_delete_topic(fy_store *s, const char *topic);

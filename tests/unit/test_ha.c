@@ -1,0 +1,339 @@
+/*
+ * Master/slave replication in-process: a name server, a master and a slave
+ * on one loop. Async replication yields byte-identical logs and identical
+ * consume queues; SYNC_MASTER answers SEND_OK only with a slave, and
+ * SLAVE_NOT_AVAILABLE without one; a slave whose log diverged is refused.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "common/err.h"
+#include "common/record.h"
+#include "ferry.pb-c.h"
+#include "namesrv/namesrv.h"
+#include "net/conn.h"
+#include "net/rpc.h"
+#include "testutil.h"
+
+struct node {
+  fy_broker *b;
+  fy_conn *conn;
+  bool connected;
+};
+
+struct env {
+  uv_loop_t loop;
+  char dir[400];
+  fy_namesrv *ns;
+  struct node master, slave;
+  bool done;
+  int err;
+  uint16_t status;
+  uint8_t header[65536];
+  size_t header_len;
+  size_t raw_len;
+  uint8_t raw[1 << 20];
+};
+
+static void on_connect(fy_conn *c, int status) {
+  struct node *n = fy_conn_data(c);
+  n->connected = status == 0;
+}
+
+static void on_resp(fy_conn *c, int err, const fy_frame *f, void *arg) {
+  (void)c;
+  struct env *e = arg;
+  e->done = true;
+  e->err = err;
+  if (!f)
+    return;
+  e->status = f->status;
+  e->header_len = f->header_len;
+  memcpy(e->header, f->header, f->header_len);
+  e->raw_len = f->raw_len < sizeof e->raw ? f->raw_len : sizeof e->raw;
+  memcpy(e->raw, f->raw, e->raw_len);
+}
+
+static void connect_node(struct env *e, struct node *n) {
+  fy_conn_cfg cc = {.data = n};
+  n->connected = false;
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_broker_port(n->b), &cc, on_connect,
+                                   &n->conn), 0);
+  assert_true(fy_test_run_until(&e->loop, &n->connected, 5000));
+}
+
+static void start_node(struct env *e, struct node *n, const char *name, int role, uint64_t id,
+                       int master_ha_port) {
+  struct fy_broker_settings s;
+  fy_broker_settings_defaults(&s);
+  snprintf(s.store.root_dir, sizeof s.store.root_dir, "%s/%s", e->dir, name);
+  s.store.commitlog_segment_size = 1 << 20;
+  s.store.index_slots = 1024;
+  s.store.index_entries = 65536;
+  s.store.write_buffer_size = 5 << 20;
+  s.broker.listen_port = 0;
+  s.broker.role = role;
+  s.broker.broker_id = id;
+  s.broker.register_period_ms = 1000;
+  s.broker.metadata_sync_ms = 200;
+  s.broker.ha_heartbeat_ms = 200;
+  s.broker.ha_timeout_ms = 2000;
+  snprintf(s.broker.broker_ip, sizeof s.broker.broker_ip, "127.0.0.1");
+  snprintf(s.broker.listen_address, sizeof s.broker.listen_address, "127.0.0.1");
+  snprintf(s.broker.namesrv_addr, sizeof s.broker.namesrv_addr, "127.0.0.1:%d",
+           fy_namesrv_port(e->ns));
+  if (master_ha_port)
+    snprintf(s.broker.ha_master_address, sizeof s.broker.ha_master_address, "127.0.0.1:%d",
+             master_ha_port);
+  assert_int_equal(fy_broker_start(&e->loop, &s, &n->b), 0);
+  connect_node(e, n);
+}
+
+static int setup_role(void **state, int master_role) {
+  struct env *e = calloc(1, sizeof *e);
+  uv_loop_init(&e->loop);
+  snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("ha"));
+  struct fy_namesrv_config nc;
+  struct fy_config_section sec = {fy_namesrv_config_keys, &nc};
+  fy_config_defaults(&sec, 1);
+  nc.listen_port = 0;
+  snprintf(nc.listen_address, sizeof nc.listen_address, "127.0.0.1");
+  assert_int_equal(fy_namesrv_start(&e->loop, &nc, &e->ns), 0);
+  start_node(e, &e->master, "master", master_role, 0, 0);
+  start_node(e, &e->slave, "slave", FY_ROLE_SLAVE, 1, fy_broker_ha_port(e->master.b));
+  *state = e;
+  return 0;
+}
+
+static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER); }
+static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER); }
+
+static void on_stopped(void *arg, int status) {
+  (void)status;
+  *(bool *)arg = true;
+}
+
+static void stop_node(struct env *e, struct node *n) {
+  if (!n->b)
+    return;
+  if (n->conn)
+    fy_conn_close(n->conn, 0);
+  bool stopped = false;
+  fy_broker_stop(n->b, on_stopped, &stopped);
+  assert_true(fy_test_run_until(&e->loop, &stopped, 10000));
+  n->b = NULL;
+  n->conn = NULL;
+}
+
+static int teardown(void **state) {
+  struct env *e = *state;
+  stop_node(e, &e->slave);
+  stop_node(e, &e->master);
+  fy_namesrv_stop(e->ns);
+  assert_int_equal(fy_test_loop_finish(&e->loop), 0);
+  fy_test_rmtree(e->dir);
+  free(e);
+  return 0;
+}
+
+static void call(struct env *e, struct node *n, uint16_t op, const ProtobufCMessage *msg,
+                 const void *raw, size_t raw_len) {
+  e->done = false;
+  uv_buf_t b = uv_buf_init((char *)raw, (unsigned)raw_len);
+  assert_int_equal(fy_rpc_call(n->conn, op, msg, raw ? &b : NULL, raw ? 1 : 0, 8000, on_resp, e), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->done, 10000));
+  assert_int_equal(e->err, 0);
+}
+
+/* Sends a batch of n messages to queue 0; returns the frame status. */
+static uint16_t send_batch(struct env *e, const char *topic, size_t n, size_t first) {
+  Ferry__V1__SendMessage *ms = calloc(n, sizeof *ms);
+  Ferry__V1__SendMessage **mp = calloc(n, sizeof *mp);
+  char *bodies = calloc(n, 32);
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) {
+    ferry__v1__send_message__init(&ms[i]);
+    int l = snprintf(bodies + len, 32, "message-%08zu", first + i);
+    ms[i].body_len = (uint32_t)l;
+    len += (size_t)l;
+    mp[i] = &ms[i];
+  }
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.topic = (char *)topic;
+  req.queue_id = 0;
+  req.messages = mp;
+  req.n_messages = n;
+  call(e, &e->master, FERRY__V1__OP__OP_SEND, &req.base, bodies, len);
+  free(ms);
+  free(mp);
+  free(bodies);
+  return e->status;
+}
+
+static Ferry__V1__LogDigest *digest(struct env *e, struct node *n) {
+  Ferry__V1__LogDigestRequest req = FERRY__V1__LOG_DIGEST_REQUEST__INIT;
+  call(e, n, FERRY__V1__OP__OP_LOG_DIGEST, &req.base, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  return ferry__v1__log_digest__unpack(NULL, e->header_len, e->header);
+}
+
+static void wait_caught_up(struct env *e) {
+  uint64_t deadline = uv_now(&e->loop) + 20000;
+  for (;;) {
+    Ferry__V1__LogDigest *m = digest(e, &e->master), *s = digest(e, &e->slave);
+    bool same = m->to == s->to && strcmp(m->digest, s->digest) == 0 && m->to > 0;
+    ferry__v1__log_digest__free_unpacked(m, NULL);
+    ferry__v1__log_digest__free_unpacked(s, NULL);
+    if (same)
+      return;
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+}
+
+static Ferry__V1__PullResponse *pull(struct env *e, struct node *n, const char *topic,
+                                     uint64_t offset) {
+  Ferry__V1__PullRequest req = FERRY__V1__PULL_REQUEST__INIT;
+  req.consumer_group = "CG";
+  req.topic = (char *)topic;
+  req.queue_offset = offset;
+  req.max_msgs = 32;
+  req.max_bytes = 1 << 20;
+  call(e, n, FERRY__V1__OP__OP_PULL, &req.base, NULL, 0);
+  return e->header_len ? ferry__v1__pull_response__unpack(NULL, e->header_len, e->header) : NULL;
+}
+
+static void test_async_replicas_are_identical(void **state) {
+  struct env *e = *state;
+  for (size_t i = 0; i < 40; i++)
+    assert_int_equal(send_batch(e, "Replicated", 100, i * 100), FERRY__V1__STATUS__OK);
+  wait_caught_up(e);
+  /* The slave's consume queue answers as the master's: same records at the same offsets
+   * (the slave learns the topic from the master's metadata). */
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  Ferry__V1__PullResponse *ps = NULL;
+  while (!ps || e->status != FERRY__V1__STATUS__OK) {
+    if (ps)
+      ferry__v1__pull_response__free_unpacked(ps, NULL);
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+    ps = pull(e, &e->slave, "Replicated", 3900);
+  }
+  uint8_t slave_raw[8192];
+  size_t slave_len = e->raw_len;
+  memcpy(slave_raw, e->raw, slave_len < sizeof slave_raw ? slave_len : sizeof slave_raw);
+  Ferry__V1__PullResponse *pm = pull(e, &e->master, "Replicated", 3900);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  assert_int_equal(pm->count, ps->count);
+  assert_int_equal(pm->next_offset, ps->next_offset);
+  assert_int_equal(pm->max_offset, 4000);
+  assert_int_equal(ps->max_offset, 4000);
+  assert_int_equal(e->raw_len, slave_len);
+  assert_memory_equal(e->raw, slave_raw, slave_len);
+  ferry__v1__pull_response__free_unpacked(pm, NULL);
+  ferry__v1__pull_response__free_unpacked(ps, NULL);
+  /* The slave refuses sends. */
+  Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
+  m.body_len = 1;
+  Ferry__V1__SendMessage *mp = &m;
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.topic = "Replicated";
+  req.queue_id = 0;
+  req.messages = &mp;
+  req.n_messages = 1;
+  call(e, &e->slave, FERRY__V1__OP__OP_SEND, &req.base, "x", 1);
+  assert_int_equal(e->status, FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE);
+}
+
+static void test_slave_restart_resumes(void **state) {
+  struct env *e = *state;
+  assert_int_equal(send_batch(e, "Resume", 500, 0), FERRY__V1__STATUS__OK);
+  wait_caught_up(e);
+  stop_node(e, &e->slave);
+  assert_int_equal(send_batch(e, "Resume", 500, 500), FERRY__V1__STATUS__OK);
+  start_node(e, &e->slave, "slave", FY_ROLE_SLAVE, 1, fy_broker_ha_port(e->master.b));
+  assert_int_equal(send_batch(e, "Resume", 500, 1000), FERRY__V1__STATUS__OK);
+  wait_caught_up(e); /* equal digests: no gap and no duplicate byte */
+}
+
+static void test_sync_master(void **state) {
+  struct env *e = *state;
+  /* Wait until the slave is attached, then SEND_OK means the slave has it. */
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  uint16_t st;
+  while ((st = send_batch(e, "Sync", 10, 0)) != FERRY__V1__STATUS__OK) {
+    assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+  for (int i = 0; i < 20; i++)
+    assert_int_equal(send_batch(e, "Sync", 50, 100 + 50 * (size_t)i), FERRY__V1__STATUS__OK);
+  /* Without a slave: stored on the master only, said so at once. */
+  stop_node(e, &e->slave);
+  deadline = uv_now(&e->loop) + 10000;
+  while ((st = send_batch(e, "Sync", 1, 5000)) != FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE) {
+    assert_true(st == FERRY__V1__STATUS__OK || st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
+    assert_true(uv_now(&e->loop) < deadline);
+  }
+}
+
+static void test_diverged_slave_refused(void **state) {
+  struct env *e = *state;
+  assert_int_equal(send_batch(e, "Div", 100, 0), FERRY__V1__STATUS__OK);
+  wait_caught_up(e);
+  stop_node(e, &e->slave);
+  stop_node(e, &e->master);
+  /* Give the slave a log longer than the master's: start it as a master
+   * of its own for a moment and write to it. */
+  start_node(e, &e->slave, "slave", FY_ROLE_ASYNC_MASTER, 0, 0);
+  Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
+  m.body_len = 5;
+  Ferry__V1__SendMessage *mp = &m;
+  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
+  req.topic = "Div";
+  req.queue_id = 0;
+  req.messages = &mp;
+  req.n_messages = 1;
+  call(e, &e->slave, FERRY__V1__OP__OP_SEND, &req.base, "extra", 5);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  stop_node(e, &e->slave);
+  start_node(e, &e->master, "master", FY_ROLE_ASYNC_MASTER, 0, 0);
+  start_node(e, &e->slave, "slave", FY_ROLE_SLAVE, 1, fy_broker_ha_port(e->master.b));
+  /* The slave's HA status reports FAILED with the reason. */
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  for (;;) {
+    call(e, &e->slave, FERRY__V1__OP__OP_HA_STATUS, NULL, NULL, 0);
+    Ferry__V1__BrokerStatus *bs = ferry__v1__broker_status__unpack(NULL, e->header_len, e->header);
+    bool failed = false;
+    for (size_t i = 0; i < bs->n_entries; i++)
+      if (strcmp(bs->entries[i]->key, "state") == 0 && strcmp(bs->entries[i]->value, "FAILED") == 0)
+        failed = true;
+    ferry__v1__broker_status__free_unpacked(bs, NULL);
+    if (failed)
+      break;
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_async_replicas_are_identical, setup_async, teardown),
+      cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
+      cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
