@@ -424,9 +424,21 @@ static int open_metadata(struct fy_broker *b) {
   go.root_dir = b->settings.store.root_dir;
   go.auto_create = b->cfg->auto_create_group;
   rc = fy_groups_open(b->loop, aio, &go, &b->groups, err, sizeof err);
-  if (rc)
+  if (rc) {
     fy_error(MOD, "subscription groups: %s", err);
-  return rc;
+    return rc;
+  }
+  /* RocketMQ's auto-creation contract: brokers that create topics on first
+   * send advertise the template topic TBW102, so clients know where a send
+   * to a topic no name server knows yet may go. */
+  struct fy_topic_config tbw = {.name = "TBW102", .perm = FY_PERM_READ | FY_PERM_WRITE | FY_PERM_INHERIT};
+  tbw.read_queues = tbw.write_queues = b->cfg->default_topic_queues;
+  const char *why = NULL;
+  if (b->cfg->auto_create_topic && !fy_topics_exists(b->topics, "TBW102"))
+    fy_topics_put(b->topics, &tbw, FY_TOPIC_ALLOW_SYSTEM, &why);
+  else if (!b->cfg->auto_create_topic && fy_topics_exists(b->topics, "TBW102"))
+    fy_topics_delete(b->topics, "TBW102");
+  return 0;
 }
 
 static void write_pid_file(struct fy_broker *b) {

@@ -58,7 +58,7 @@ int fy__data_version_from_json(json_t *root, struct fy_data_version *v, char *er
   int r = fy__json_object(root, "dataVersion", &dv, err, errlen);
   if (r < 0 || !dv)
     return r;
-  uint64_t counter, ts;
+  uint64_t counter = 0, ts = 0;
   r = fy__json_uint(dv, "counter", false, 0, 0, INT64_MAX, &counter, err, errlen);
   if (r == 0)
     r = fy__json_uint(dv, "timestamp", false, 0, 0, INT64_MAX, &ts, err, errlen);

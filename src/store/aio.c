@@ -296,6 +296,11 @@ static void on_prepare(uv_prepare_t *h) {
   update_idle(aio);
 }
 
+void fy_aio_submit(fy_aio *aio) {
+  if (aio->backend == FY_AIO_URING && !aio->closing)
+    on_prepare(&aio->prepare);
+}
+
 static void on_eventfd(uv_poll_t *h, int status, int events) {
   fy_aio *aio = h->data;
   (void)events;

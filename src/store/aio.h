@@ -80,6 +80,12 @@ int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb);
 
+/* Hands queued requests to the kernel now rather than at the next loop
+ * iteration (io_uring; the threads backend starts requests as they are
+ * queued, so there it does nothing). For a request whose latency matters more
+ * than batching, queued from a callback that has more work to do. */
+void fy_aio_submit(fy_aio *aio);
+
 /* Number of requests queued or in flight (accepted, callback not yet run). */
 unsigned fy_aio_pending(const fy_aio *aio);
 /* Number of requests handed to the kernel or the threadpool (<= queue_depth). */

@@ -136,6 +136,8 @@ struct fy_commitlog {
   struct waiter *waiters;
   uint32_t w_head, w_count;
 
+  struct fy_cl_stats stats;
+
   void (*on_written)(void *arg, uint64_t written);
   void *on_written_arg;
   void (*on_flushed)(void *arg, uint64_t flushed);
@@ -531,8 +533,10 @@ static void on_sync_done(fy_aio_req *req, int64_t res) {
   cl->sync_inflight = false;
   if (res < 0)
     fail(cl, (int)res, "fdatasync"); /* never retried: the page cache may have dropped the data */
-  if (!cl->error)
+  if (!cl->error) {
+    cl->stats.syncs++;
     advance_flushed(cl, cl->sync_target);
+  }
   update_ref(cl);
 }
 
@@ -558,8 +562,15 @@ static void advance_written(fy_commitlog *cl, uint64_t to) {
   fy_assert(to >= cl->written);
   fy_assert(to <= cl->end);
   cl->written = to;
-  if (cl->cfg.sync_flush && to > cl->sync_goal)
-    cl->sync_goal = to;
+  if (cl->cfg.sync_flush) {
+    if (to > cl->sync_goal)
+      cl->sync_goal = to;
+    /* The fdatasync that acknowledgements wait for goes to the kernel now,
+     * before on_written's work (dispatching a large group takes
+     * milliseconds), not at the next loop iteration. */
+    submit_sync(cl);
+    fy_aio_submit(cl->aio);
+  }
   if (cl->on_written)
     cl->on_written(cl->on_written_arg, to);
   if (!cl->cfg.sync_flush)
@@ -576,6 +587,8 @@ static void on_write_done(fy_aio_req *req, int64_t res) {
     return;
   }
   fy_assert(res == cl->write_len);
+  cl->stats.writes++;
+  cl->stats.write_bytes += cl->write_len;
   struct cl_buf *b = &cl->bufs[cl->head];
   b->done += cl->write_len;
   fy_assert(b->done == b->sent);
@@ -587,9 +600,7 @@ static void on_write_done(fy_aio_req *req, int64_t res) {
     b->off = b->upto = cl->end;
     b->seg_end = 0;
   }
-  advance_written(cl, to);
-  if (cl->cfg.sync_flush)
-    submit_sync(cl); /* fdatasync as soon as the write is in; prepare submits it */
+  advance_written(cl, to); /* under SYNC_FLUSH, also starts the fdatasync */
   update_ref(cl);
 }
 
@@ -817,6 +828,7 @@ uint64_t fy_commitlog_written(const fy_commitlog *cl) { return cl->written; }
 uint64_t fy_commitlog_flushed(const fy_commitlog *cl) { return cl->flushed; }
 uint64_t fy_commitlog_segment_size(const fy_commitlog *cl) { return seg_size(cl); }
 int fy_commitlog_error(const fy_commitlog *cl) { return cl->error; }
+void fy_commitlog_stats(const fy_commitlog *cl, struct fy_cl_stats *out) { *out = cl->stats; }
 
 void fy_commitlog_on_written(fy_commitlog *cl, void (*cb)(void *arg, uint64_t written), void *arg) {
   cl->on_written = cb;

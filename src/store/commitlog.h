@@ -200,6 +200,16 @@ uint64_t fy_commitlog_segment_size(const fy_commitlog *cl);
 /* 0, or the sticky error that failed the log. */
 int fy_commitlog_error(const fy_commitlog *cl);
 
+/* Counters since open, for benchmarks and stats: log-data writes and
+ * fdatasyncs that completed successfully (preallocation's fallocate and
+ * directory sync, and recovery's synchronous I/O, are not counted). */
+struct fy_cl_stats {
+  uint64_t writes;      /* fy_aio writes of buffered records (one per group commit) */
+  uint64_t write_bytes; /* bytes those writes carried */
+  uint64_t syncs;       /* fdatasyncs of segment data */
+};
+void fy_commitlog_stats(const fy_commitlog *cl, struct fy_cl_stats *out);
+
 /* Called (on the loop thread) whenever `written` advances, e.g. to dispatch;
  * before the append callbacks that the advance releases. */
 void fy_commitlog_on_written(fy_commitlog *cl, void (*cb)(void *arg, uint64_t written), void *arg);

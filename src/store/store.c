@@ -50,6 +50,9 @@ struct queue {
   fy_cq *cq;            /* NULL until the first message is dispatched */
   uint64_t next_offset; /* next queue offset to assign on put */
   bool flushing;
+  /* queue_min's answer, valid while the log's and the queue's mins are these */
+  bool min_cached;
+  uint64_t min, min_for_cl, min_for_cq;
 };
 
 enum close_state { OPEN, CLOSING_LOG, CLOSING_QUEUES, CLOSING_CHECKPOINT, CLOSED };
@@ -160,6 +163,51 @@ static void queue_free(struct queue *q) {
     fy_cq_close(q->cq);
   free(q->topic);
   free(q);
+}
+
+/* Removes a queue that fy_store_put created for a put it then refused. */
+static void queue_forget(fy_store *s, struct queue *q) {
+  fy_assert(q->cq == NULL && q->next_offset == 0);
+  char key[FY_TOPIC_MAX + 8];
+  fy_strmap_del(s->queues, key, queue_key(key, q->topic, q->topic_len, q->queue_id));
+  queue_free(q);
+}
+
+/* A topic the consume queues can hold (fy_cq_open's rule): 1..FY_TOPIC_MAX
+ * bytes, no '/' or NUL, not "." or "..". A record whose topic is not would
+ * be written and then fail dispatch, failing the store now and every
+ * recovery after. */
+static bool topic_ok(const char *t, size_t len) {
+  if (len == 0 || len > FY_TOPIC_MAX || memchr(t, '/', len) || memchr(t, '\0', len))
+    return false;
+  return !(len == 1 && t[0] == '.') && !(len == 2 && t[0] == '.' && t[1] == '.');
+}
+
+/*
+ * The first queue offset whose record is still in the commit log. Retention
+ * deletes consume-queue files only when all their entries are below the log's
+ * min, so the first file left may begin with entries of deleted segments;
+ * entries are in log order, so a binary search finds the first one at or
+ * above the log's min. Cached until either min moves.
+ */
+static uint64_t queue_min(fy_store *s, struct queue *q) {
+  uint64_t lo = fy_cq_min(q->cq), hi = fy_cq_max(q->cq);
+  uint64_t cl_min = fy_commitlog_min(s->cl);
+  if (q->min_cached && q->min_for_cl == cl_min && q->min_for_cq == lo)
+    return q->min < hi ? q->min : hi;
+  q->min_for_cl = cl_min;
+  q->min_for_cq = lo;
+  q->min_cached = true;
+  for (unsigned probes = 0; lo < hi && probes < 64; probes++) { /* bounded: halves each round */
+    uint64_t mid = lo + (hi - lo) / 2;
+    struct fy_cq_entry e;
+    if (fy_cq_get(q->cq, mid, &e) != 0 || e.phys < cl_min)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  q->min = lo;
+  return lo;
 }
 
 /* ---- dispatch ---- */
@@ -815,36 +863,49 @@ int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, vo
   for (size_t i = 0; i < n; i++) {
     if ((uint64_t)msgs[i].body_len + msgs[i].props_len > s->cfg.max_message_size)
       return -FY_ETOO_BIG;
+    if (!topic_ok(msgs[i].topic, msgs[i].topic_len))
+      return -EINVAL;
     bytes += msgs[i].body_len;
   }
-  /* Assign queue offsets; undone if the append is refused. */
+  /* Assign queue offsets; undone (and queues made here forgotten) if the
+   * append is refused. */
   struct queue *qs[n ? n : 1];
-  for (size_t i = 0; i < n; i++) {
+  bool made[n ? n : 1];
+  size_t i;
+  int err = 0;
+  for (i = 0; i < n; i++) {
     uint32_t tx = msgs[i].sys_flag & FY_SYSFLAG_TRANS_MASK;
     qs[i] = NULL;
+    made[i] = false;
     if (tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK) {
       msgs[i].queue_offset = 0;
       continue;
     }
-    qs[i] = queue_get(s, msgs[i].topic, msgs[i].topic_len, msgs[i].queue_id);
+    qs[i] = queue_find(s, msgs[i].topic, msgs[i].topic_len, msgs[i].queue_id);
     if (!qs[i]) {
-      for (size_t j = i; j-- > 0;)
-        if (qs[j])
-          qs[j]->next_offset--;
-      return -ENOMEM;
+      qs[i] = queue_get(s, msgs[i].topic, msgs[i].topic_len, msgs[i].queue_id);
+      made[i] = true;
+    }
+    if (!qs[i]) {
+      err = -ENOMEM;
+      break;
     }
     msgs[i].queue_offset = qs[i]->next_offset++;
   }
   uint64_t phys[n ? n : 1];
-  int err = fy_commitlog_append(s->cl, msgs, n, phys, cb, arg);
+  if (!err)
+    err = fy_commitlog_append(s->cl, msgs, n, phys, cb, arg);
   if (err) {
-    for (size_t j = n; j-- > 0;)
+    for (size_t j = i; j-- > 0;)
       if (qs[j])
         qs[j]->next_offset--;
+    for (size_t j = i; j-- > 0;)
+      if (made[j])
+        queue_forget(s, qs[j]);
     return err;
   }
-  for (size_t i = 0; i < n; i++)
-    msgs[i].phys_offset = phys[i];
+  for (size_t j = 0; j < n; j++)
+    msgs[j].phys_offset = phys[j];
   s->puts += n;
   s->put_bytes += bytes;
   return 0;
@@ -865,7 +926,7 @@ static struct queue *queue_lookup(fy_store *s, const char *topic, uint32_t queue
 
 uint64_t fy_store_min_offset(fy_store *s, const char *topic, uint32_t queue_id) {
   struct queue *q = queue_lookup(s, topic, queue_id);
-  return q ? fy_cq_min(q->cq) : 0;
+  return q ? queue_min(s, q) : 0;
 }
 
 uint64_t fy_store_max_offset(fy_store *s, const char *topic, uint32_t queue_id) {
@@ -905,7 +966,7 @@ int fy_store_get(fy_store *s, const char *topic, uint32_t queue_id, uint64_t off
     res->next_offset = 0;
     return 0;
   }
-  res->min_offset = fy_cq_min(q->cq);
+  res->min_offset = queue_min(s, q);
   res->max_offset = fy_cq_max(q->cq);
   if (offset < res->min_offset) {
     res->status = FY_GET_OFFSET_TOO_SMALL;

@@ -89,7 +89,9 @@ void fy_store_free(fy_store *s);
  * returns) and the store timestamp. cb runs when they are durable under the
  * flush rule (or failed), as for fy_commitlog_append. Errors as
  * fy_commitlog_append, plus -FY_ETOO_BIG when body + properties exceed
- * max_message_size. Nothing is assigned when an error is returned.
+ * max_message_size and -EINVAL for a topic no consume queue can hold (empty,
+ * longer than FY_TOPIC_MAX, "." or "..", or containing '/' or NUL). Nothing
+ * is assigned when an error is returned.
  */
 int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, void *arg);
 
@@ -129,7 +131,8 @@ int fy_store_get(fy_store *s, const char *topic, uint32_t queue_id, uint64_t off
                  struct fy_get_msg *out, struct fy_get_result *res);
 void fy_store_get_release(struct fy_get_msg *msgs, size_t count);
 
-/* Queue bounds; both 0 for an unknown queue. */
+/* Queue bounds; both 0 for an unknown queue. min is the first message whose
+ * record is still in the commit log (retention moves it). */
 uint64_t fy_store_min_offset(fy_store *s, const char *topic, uint32_t queue_id);
 uint64_t fy_store_max_offset(fy_store *s, const char *topic, uint32_t queue_id);
 /* First queue offset stored at or after ts_ms. */

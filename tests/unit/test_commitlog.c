@@ -448,6 +448,83 @@ static void test_sync_flush_acks_after_flush(void **state) {
   free(phys);
 }
 
+/* Counters: one group commit is one write and one fdatasync; failures are
+ * not counted. */
+static void test_stats(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.sync_flush = true;
+  assert_int_equal(open_log(fx, 0), 0);
+  struct fy_cl_stats st;
+  fy_commitlog_stats(fx->cl, &st);
+  assert_int_equal(st.writes, 0);
+  assert_int_equal(st.write_bytes, 0);
+  assert_int_equal(st.syncs, 0);
+  enum { N = 10 };
+  struct ack acks[N] = {0};
+  for (uint32_t i = 0; i < N; i++) { /* one loop iteration: one buffer, one write */
+    struct fy_msg m = make_msg(100, i);
+    acks[i].cl = fx->cl;
+    assert_int_equal(fy_commitlog_append(fx->cl, &m, 1, NULL, on_ack, &acks[i]), 0);
+  }
+  assert_true(fy_test_run_until(&fx->loop, &acks[N - 1].called, DEADLINE_MS));
+  fy_commitlog_stats(fx->cl, &st);
+  assert_int_equal(st.writes, 1);
+  assert_int_equal(st.write_bytes, fy_commitlog_end(fx->cl));
+  assert_int_equal(st.syncs, 1);
+  struct ack a = {.cl = fx->cl};
+  struct fy_msg m = make_msg(100, N);
+  assert_int_equal(fy_commitlog_append(fx->cl, &m, 1, NULL, on_ack, &a), 0);
+  assert_true(fy_test_run_until(&fx->loop, &a.called, DEADLINE_MS));
+  fy_commitlog_stats(fx->cl, &st);
+  assert_int_equal(st.writes, 2);
+  assert_int_equal(st.write_bytes, fy_commitlog_end(fx->cl));
+  assert_int_equal(st.syncs, 2);
+  fy_aio_inject_fault(fx->aio, FY_AIO_WRITE, 0, 1, -EIO);
+  struct ack b = {.cl = fx->cl};
+  assert_int_equal(fy_commitlog_append(fx->cl, &m, 1, NULL, on_ack, &b), 0);
+  assert_true(fy_test_run_until(&fx->loop, &b.called, DEADLINE_MS));
+  assert_int_equal(b.status, -EIO);
+  struct fy_cl_stats after;
+  fy_commitlog_stats(fx->cl, &after);
+  assert_int_equal(after.writes, st.writes);
+  assert_int_equal(after.write_bytes, st.write_bytes);
+  assert_int_equal(after.syncs, st.syncs);
+}
+
+struct written_probe {
+  fy_aio *aio;
+  unsigned calls;
+  unsigned pending_min;
+};
+
+static void on_written_probe(void *arg, uint64_t written) {
+  struct written_probe *p = arg;
+  (void)written;
+  p->calls++;
+  if (fy_aio_pending(p->aio) < p->pending_min)
+    p->pending_min = fy_aio_pending(p->aio);
+}
+
+/* Under SYNC_FLUSH the fdatasync is already queued (and, on io_uring, handed
+ * to the kernel) when on_written runs, so the store's dispatch overlaps it
+ * instead of delaying it. */
+static void test_sync_queued_before_on_written(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.sync_flush = true;
+  assert_int_equal(open_log(fx, 0), 0);
+  struct written_probe p = {.aio = fx->aio, .pending_min = UINT32_MAX};
+  fy_commitlog_on_written(fx->cl, on_written_probe, &p);
+  for (uint32_t round = 0; round < 3; round++) {
+    struct ack a = {.cl = fx->cl};
+    struct fy_msg m = make_msg(300, round);
+    assert_int_equal(fy_commitlog_append(fx->cl, &m, 1, NULL, on_ack, &a), 0);
+    assert_true(fy_test_run_until(&fx->loop, &a.called, DEADLINE_MS));
+    assert_int_equal(a.status, 0);
+  }
+  assert_int_equal(p.calls, 3);
+  assert_true(p.pending_min >= 1);
+}
+
 struct flush_watch {
   uint64_t target;
   bool reached;
@@ -1191,6 +1268,8 @@ static const struct CMUnitTest tests[] = {
     T(test_many_rollovers),
     T(test_buffers_larger_than_segments),
     T(test_sync_flush_acks_after_flush),
+    T(test_stats),
+    T(test_sync_queued_before_on_written),
     T(test_async_flush_timer),
     T(test_close_flushes),
     T(test_busy_when_full),
