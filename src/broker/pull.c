@@ -296,7 +296,16 @@ static bool decode(struct fy_broker *b, fy_conn *conn, const fy_frame *f, struct
   const char *why = NULL;
   struct fy_topic_config tc;
   memset(r, 0, sizeof *r);
-  if (fy_topic_name_check(req->topic, &why) || fy_topics_get(b->topics, req->topic, &tc) != 0) {
+  bool known = fy_topic_name_check(req->topic, &why) == 0 && fy_topics_get(b->topics, req->topic, &tc) == 0;
+  if (!known && !why && b->cfg->role == FY_ROLE_SLAVE) {
+    /* A slave serves what it holds, even before the topic's config has
+     * arrived from the master (the master may be gone for good). */
+    memset(&tc, 0, sizeof tc);
+    tc.read_queues = tc.write_queues = FY_TOPIC_QUEUES_LIMIT;
+    tc.perm = FY_PERM_READ;
+    known = true;
+  }
+  if (!known) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
                         "topic '%s' does not exist on broker %s", req->topic, b->cfg->broker_name);
   } else if (fy_group_name_check(req->consumer_group, &why)) {

@@ -31,7 +31,18 @@
   X(FRAME_HEADER, "frame header section longer than its payload")                    \
   X(DECODE,       "protobuf header section malformed or over its allocation limit")  \
   X(TIMEOUT,      "no response within the call's timeout")                           \
-  X(CLOSED,       "connection closed")
+  X(CLOSED,       "connection closed")                                               \
+  X(TOPIC_NOT_EXIST, "topic does not exist on the name servers or the broker")      \
+  X(MSG_ILLEGAL,  "message refused as illegal (size, topic or properties)")          \
+  X(REMOTE_BUSY,  "broker busy (flow control); try again later")                     \
+  X(UNAVAILABLE,  "service not available (disk full, store failed, slave or stopping)") \
+  X(NO_PERMISSION,"no permission for this operation on this broker or topic")        \
+  X(BAD_REQUEST,  "request refused as malformed")                                    \
+  X(REMOTE_ERROR, "remote system error")                                             \
+  X(UNSUPPORTED,  "operation not supported by the peer")                             \
+  X(NO_SUBSCRIPTION, "subscription does not exist")                                  \
+  X(NO_GROUP,     "consumer group does not exist")                                   \
+  X(NO_BROKER,    "no broker available for the topic or queue in its route")
 
 enum {
   FY__ERR_FIRST = FY_ERR_BASE - 1,

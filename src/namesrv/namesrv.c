@@ -37,6 +37,9 @@ struct fy_namesrv {
   fy_server *server;
   fy_routes *routes;
   uv_timer_t scan_timer;
+  bool stopping;
+  bool timer_closed;
+  size_t nconns;
 };
 
 static int64_t now_ms(uv_loop_t *loop) {
@@ -218,8 +221,17 @@ static void on_topic_list(fy_namesrv *ns, fy_conn *conn, const fy_frame *f) {
   free(names);
 }
 
+static void on_accept(fy_server *srv, fy_conn *conn) {
+  fy_namesrv *ns = fy_server_data(srv);
+  fy_conn_set_data(conn, ns);
+  if (ns)
+    ns->nconns++;
+}
+
+static void maybe_free(fy_namesrv *ns);
+
 static void on_frame(fy_conn *conn, const fy_frame *f) {
-  fy_namesrv *ns = fy_server_data(fy_conn_server(conn));
+  fy_namesrv *ns = fy_conn_data(conn);
   if (f->kind == FY_FRAME_RESPONSE || !ns)
     return;
   switch (f->op) {
@@ -235,11 +247,17 @@ static void on_frame(fy_conn *conn, const fy_frame *f) {
   }
 }
 
+/* Connections keep the name server in their data (the server link is
+ * already gone when on_close runs); fy_namesrv_stop clears it first. */
 static void on_close(fy_conn *conn, int reason) {
   (void)reason;
-  fy_server *srv = fy_conn_server(conn);
-  fy_namesrv *ns = srv ? fy_server_data(srv) : NULL;
-  if (ns)
+  fy_namesrv *ns = fy_conn_data(conn);
+  if (!ns)
+    return;
+  ns->nconns--;
+  if (ns->stopping)
+    maybe_free(ns);
+  else
     fy_routes_conn_closed(ns->routes, conn);
 }
 
@@ -261,7 +279,7 @@ int fy_namesrv_start(uv_loop_t *loop, const struct fy_namesrv_config *cfg, fy_na
   }
   fy_conn_cfg cc = {.frame_max_bytes = cfg->max_frame_bytes, .on_frame = on_frame,
                     .on_close = on_close};
-  int err = fy_server_listen(loop, cfg->listen_address, (int)cfg->listen_port, &cc, NULL,
+  int err = fy_server_listen(loop, cfg->listen_address, (int)cfg->listen_port, &cc, on_accept,
                              &ns->server);
   if (err) {
     fy_error(MOD, "cannot listen on %s:%u: %s", cfg->listen_address, cfg->listen_port,
@@ -281,13 +299,22 @@ int fy_namesrv_start(uv_loop_t *loop, const struct fy_namesrv_config *cfg, fy_na
 
 int fy_namesrv_port(const fy_namesrv *ns) { return fy_server_port(ns->server); }
 
-static void on_timer_closed(uv_handle_t *h) {
-  fy_namesrv *ns = h->data;
+/* Freed once the timer is closed and every connection's on_close has run. */
+static void maybe_free(fy_namesrv *ns) {
+  if (!ns->timer_closed || ns->nconns)
+    return;
   fy_routes_free(ns->routes);
   free(ns);
 }
 
+static void on_timer_closed(uv_handle_t *h) {
+  fy_namesrv *ns = h->data;
+  ns->timer_closed = true;
+  maybe_free(ns);
+}
+
 void fy_namesrv_stop(fy_namesrv *ns) {
+  ns->stopping = true;
   fy_server_set_data(ns->server, NULL);
   fy_server_close(ns->server);
   uv_timer_stop(&ns->scan_timer);

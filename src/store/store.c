@@ -469,10 +469,13 @@ static int clean_pass(fy_store *s, bool force) {
   return deleted;
 }
 
-static void set_disk_usage(fy_store *s, uint64_t blocks, uint64_t bavail) {
-  if (blocks == 0)
+/* Used percent as df(1) shows it: used / (used + available to users), so
+ * blocks reserved for root (or held back by the host) do not count. */
+static void set_disk_usage(fy_store *s, uint64_t blocks, uint64_t bfree, uint64_t bavail) {
+  uint64_t used = blocks > bfree ? blocks - bfree : 0;
+  if (used + bavail == 0)
     return;
-  s->disk_used_pct = (int)((blocks - bavail) * 100 / blocks);
+  s->disk_used_pct = (int)((used * 100 + used + bavail - 1) / (used + bavail));
   bool full = s->disk_used_pct >= (int)s->cfg.disk_full_ratio;
   if (full != s->disk_full) {
     if (full)
@@ -490,7 +493,7 @@ static void on_statfs(uv_fs_t *req) {
   s->statfs_inflight = false;
   if (req->result == 0) {
     const uv_statfs_t *st = req->ptr;
-    set_disk_usage(s, st->f_blocks, st->f_bavail);
+    set_disk_usage(s, st->f_blocks, st->f_bfree, st->f_bavail);
   }
   uv_fs_req_cleanup(req);
   if (s->close_state != OPEN)

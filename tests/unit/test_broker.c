@@ -405,6 +405,53 @@ static void test_registration_gives_route(void **state) {
   fy_conn_close(w.conn, 0);
 }
 
+/* A broker whose connection to the name server closes (killed) leaves the routes at once. */
+static void test_namesrv_drops_broker_on_close(void **state) {
+  struct env *e = *state;
+  struct route_wait w = {.e = e};
+  fy_conn_cfg cc = {.data = &w};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_namesrv_port(e->ns), &cc,
+                                   on_ns_connect, &w.conn), 0);
+  assert_true(fy_test_run_until(&e->loop, &w.connected, 5000));
+  Ferry__V1__TopicConfig tc = FERRY__V1__TOPIC_CONFIG__INIT, *tcp = &tc;
+  tc.topic = "Ghost";
+  tc.read_queues = tc.write_queues = 2;
+  tc.perm = 6;
+  Ferry__V1__RegisterBrokerRequest reg = FERRY__V1__REGISTER_BROKER_REQUEST__INIT;
+  reg.cluster = "C";
+  reg.broker_name = "ghost";
+  reg.broker_addr = "127.0.0.1:1";
+  reg.topics = &tcp;
+  reg.n_topics = 1;
+  e->done = false;
+  assert_int_equal(fy_rpc_call(w.conn, FERRY__V1__OP__OP_REGISTER_BROKER, &reg.base, NULL, 0, 3000,
+                               on_resp, e), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->done, 5000));
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  fy_conn_close(w.conn, 0);
+  /* Ask through another connection until the route is gone. */
+  struct route_wait w2 = {.e = e};
+  fy_conn_cfg cc2 = {.data = &w2};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_namesrv_port(e->ns), &cc2,
+                                   on_ns_connect, &w2.conn), 0);
+  assert_true(fy_test_run_until(&e->loop, &w2.connected, 5000));
+  uint64_t deadline = uv_now(&e->loop) + 5000;
+  for (;;) {
+    Ferry__V1__GetRouteRequest gr = FERRY__V1__GET_ROUTE_REQUEST__INIT;
+    gr.topic = "Ghost";
+    e->done = false;
+    assert_int_equal(fy_rpc_call(w2.conn, FERRY__V1__OP__OP_GET_ROUTE, &gr.base, NULL, 0, 3000,
+                                 on_resp, e), 0);
+    assert_true(fy_test_run_until(&e->loop, &e->done, 5000));
+    if (e->status == FERRY__V1__STATUS__TOPIC_NOT_EXIST)
+      break;
+    assert_true(uv_now(&e->loop) < deadline); /* far below the 120 s expiry */
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 20);
+  }
+  fy_conn_close(w2.conn, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_send_then_pull, setup, teardown),
@@ -414,6 +461,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_consumer_offsets, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
       cmocka_unit_test_setup_teardown(test_registration_gives_route, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_namesrv_drops_broker_on_close, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
