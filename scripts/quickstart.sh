@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quickstart: installs dependencies, builds Ferry, and shows messages going
-# through the store with embedded defaults; all data under ./data/quickstart.
-# (Once the broker lands, this starts a name server, a master and a slave.)
+# Quickstart: installs dependencies, builds Ferry, starts a local cluster
+# (a name server, broker-a as SYNC_MASTER and its slave broker-a-s, all on
+# loopback, all data and logs under ./data/quickstart), and shows a message
+# going through. The cluster keeps running: scripts/cluster.sh stop stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,17 +10,25 @@ scripts/install-deps.sh
 cmake -S . -B build >/dev/null
 cmake --build build -j "$(nproc)" >/dev/null
 
-data=data/quickstart
-rm -rf "$data"
-mkdir -p "$data"
-echo "== writing 10000 messages to $data/store (SYNC_FLUSH, group commit)"
-start=$(date +%s.%N)
-build/bin/ferry-store write -d "$data/store" --sync --count 10000 --size 128 --inflight 256 \
-  > "$data/acked.txt"
-end=$(date +%s.%N)
-echo "   acknowledged: $(wc -l < "$data/acked.txt") in $(awk "BEGIN{printf \"%.2f\", $end - $start}") s"
-echo "   first ack:    $(head -1 "$data/acked.txt")"
-echo "== recovering and verifying every acknowledged message"
-build/bin/ferry-store verify -d "$data/store" --acked "$data/acked.txt"
-echo "== store layout"
-find "$data/store" -maxdepth 3 | sort | head -20
+scripts/cluster.sh start data/quickstart
+ns=127.0.0.1:9876
+echo
+echo "== mqadmin clusterList -n $ns"
+for _ in $(seq 1 50); do   # brokers register within a few seconds
+  out=$(build/bin/mqadmin clusterList -n "$ns" 2>/dev/null || true)
+  [ "$(echo "$out" | grep -c broker-a)" -ge 2 ] && break
+  sleep 0.2
+done
+echo "$out"
+echo
+msg="Hello Ferry, $(date -u +%H:%M:%S)"
+echo "== echo '$msg' | mqproduce -n $ns -t QuickStart --tag demo"
+echo "$msg" | build/bin/mqproduce -n "$ns" -t QuickStart --tag demo
+echo
+echo "== mqconsume -n $ns -t QuickStart -g QuickStartGroup --from first --max 1 --format json"
+build/bin/mqconsume -n "$ns" -t QuickStart -g QuickStartGroup --from first --max 1 \
+  --idle-exit-ms 20000 --format json 2>/dev/null
+echo
+echo "The cluster is still running (logs and data in data/quickstart)."
+echo "Try:  build/bin/mqadmin topicStatus -n $ns -t QuickStart"
+echo "Stop: scripts/cluster.sh stop"

@@ -510,6 +510,11 @@ int fy_admin_cluster_list(fy_client *cl, uint32_t timeout_ms, fy_cluster_info **
 /* A broker's status entries. */
 int fy_admin_broker_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_kv_list **out);
+/* A broker's replication status: its role and log end; for a master, per
+ * slave: address, connected since, received and durable offsets, lag in
+ * bytes and ms; for a slave: state, master, lag, last error. */
+int fy_admin_ha_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
+                       fy_kv_list **out);
 /* A broker's topic configurations. */
 int fy_admin_topic_configs(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_topic_config_list **out);

@@ -30,6 +30,7 @@ enum kind {
   K_TOPIC_STATUS,
   K_CLUSTER_LIST,
   K_BROKER_STATUS,
+  K_HA_STATUS,
   K_TOPIC_CONFIGS,
   K_PROGRESS,
   K_RESET_OFFSET,
@@ -238,7 +239,8 @@ static void on_single(struct fy__op *base, int err, const fy_frame *resp, void *
   }
   struct fy__arena *a;
   switch (op->kind) {
-  case K_BROKER_STATUS: {
+  case K_BROKER_STATUS:
+  case K_HA_STATUS: {
     Ferry__V1__BrokerStatus *bs;
     if (fy_frame_unpack(resp, &ferry__v1__broker_status__descriptor, (ProtobufCMessage **)&bs))
       goto decode;
@@ -357,7 +359,8 @@ static void fan_done(struct admin_op *op) {
       fy__op_complete(base, -ENOMEM);
       return;
     }
-    memcpy(qs, op->qs, op->nqs * sizeof *qs);
+    if (op->nqs)
+      memcpy(qs, op->qs, op->nqs * sizeof *qs);
     r->queues = qs;
     r->n = op->nqs;
     fy__op_complete(base, op->answered || !op->nqs ? 0 : op->first_err);
@@ -370,7 +373,8 @@ static void fan_done(struct admin_op *op) {
       fy__op_complete(base, -ENOMEM);
       return;
     }
-    memcpy(qp, op->prog, op->nprog * sizeof *qp);
+    if (op->nprog)
+      memcpy(qp, op->prog, op->nprog * sizeof *qp);
     r->queues = qp;
     r->n = op->nprog;
     r->brokers_failed = op->failed;
@@ -806,10 +810,13 @@ static void admin_start(struct fy__op *base) {
     err = fy__op_ns_call(base, FERRY__V1__OP__OP_GET_CLUSTER_INFO, &req.base, on_ns_answer, NULL);
     break;
   }
-  case K_BROKER_STATUS: {
+  case K_BROKER_STATUS:
+  case K_HA_STATUS: {
     Ferry__V1__BrokerStatusRequest req = FERRY__V1__BROKER_STATUS_REQUEST__INIT;
-    err = fy__op_call(base, op->addr, FERRY__V1__OP__OP_BROKER_STATUS, &req.base, NULL, 0, 0,
-                      on_single, NULL);
+    err = fy__op_call(base, op->addr,
+                      op->kind == K_HA_STATUS ? FERRY__V1__OP__OP_HA_STATUS
+                                              : FERRY__V1__OP__OP_BROKER_STATUS,
+                      &req.base, NULL, 0, 0, on_single, NULL);
     break;
   }
   case K_TOPIC_CONFIGS:
@@ -954,6 +961,13 @@ int fy_admin_cluster_list(fy_client *cl, uint32_t timeout_ms, fy_cluster_info **
 int fy_admin_broker_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_kv_list **out) {
   NEW_OP(K_BROKER_STATUS);
+  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
+  return admin_run(op, (void **)out);
+}
+
+int fy_admin_ha_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
+                       fy_kv_list **out) {
+  NEW_OP(K_HA_STATUS);
   REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
   return admin_run(op, (void **)out);
 }

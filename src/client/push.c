@@ -1025,7 +1025,8 @@ static void on_cids(fy_conn *conn, int err, const fy_frame *resp, void *arg) {
     c->rb[sub].cid_rot++;
     goto out;
   }
-  qsort(cl->client_ids, cl->n_client_ids, sizeof *cl->client_ids, cmp_str);
+  if (cl->n_client_ids)
+    qsort(cl->client_ids, cl->n_client_ids, sizeof *cl->client_ids, cmp_str);
   size_t self = SIZE_MAX;
   for (size_t i = 0; i < cl->n_client_ids; i++)
     if (!strcmp(cl->client_ids[i], c->cl->client_id))

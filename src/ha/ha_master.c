@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/crc32c.h"
 #include "common/err.h"
@@ -23,6 +24,13 @@
 
 #define MOD "ha"
 #define TICK_MS 100
+
+/* Wall-clock milliseconds, for "connected since" in status output. */
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 enum session_state { HELLO_WAIT, STREAMING, REFUSED };
 
@@ -251,7 +259,7 @@ static void on_hello(struct session *s, const fy_frame *f) {
   } else {
     s->state = STREAMING;
     s->send_pos = s->received = s->durable = h->log_end;
-    s->connected_ms = (int64_t)uv_now(m->loop);
+    s->connected_ms = wall_ms();
     s->behind_since = uv_now(m->loop);
     Ferry__V1__HaHelloResponse r = FERRY__V1__HA_HELLO_RESPONSE__INIT;
     r.master_log_min = min;

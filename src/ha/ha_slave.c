@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/crc32c.h"
 #include "common/err.h"
@@ -23,6 +24,13 @@
 
 #define MOD "ha-slave"
 #define TICK_MS 100
+
+/* Wall-clock milliseconds, for "connected since" in status output. */
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 #define RETRY_MS 1000
 
 enum slave_state { S_IDLE, S_CONNECTING, S_HELLO_SENT, S_STREAMING, S_FAILED };
@@ -181,7 +189,7 @@ static void on_hello_answer(fy_conn *conn, int err, const fy_frame *resp, void *
   s->master_log_end = r->master_log_end;
   fy_pb_free(&r->base);
   set_state(s, S_STREAMING);
-  s->connected_ms = (int64_t)uv_now(s->loop);
+  s->connected_ms = wall_ms();
   s->last_error[0] = '\0';
   fy_info(MOD, "replicating from master %s at offset %" PRIu64 " (master end %" PRIu64 ")",
           s->master, fy_commitlog_end(s->cl), s->master_log_end);

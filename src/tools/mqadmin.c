@@ -1,0 +1,1031 @@
+/*
+ * mqadmin: RocketMQ's admin command on Ferry's client library.
+ *
+ *   mqadmin SUBCOMMAND -n NAMESRV_ADDR [options]
+ *
+ * Subcommands and flags are RocketMQ's (updateTopic, deleteTopic,
+ * topicList, topicRoute, topicStatus, clusterList, brokerStatus,
+ * consumerProgress, resetOffsetByTime, queryMsgById, queryMsgByKey). -n
+ * names the name servers ("host:port;host:port"); without it NAMESRV_ADDR
+ * from the environment is used, as RocketMQ does.
+ *
+ * Output is what scripts and the end-to-end tests parse: tables with a
+ * header line whose column names start with '#', values separated by
+ * spaces (no value contains one, except the last column of
+ * consumerProgress and queryMsgById's "Key: value" lines), in a stable
+ * order. Keep formats stable; tests/integration/test_broker_e2e.py reads
+ * them. Errors go to stderr as "mqadmin SUBCOMMAND: what went wrong" with
+ * exit status 1; usage errors exit 2.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "ferry/client.h"
+
+#define EXIT_USAGE 2
+#define CLUSTER_MASTERS_MAX 256
+
+struct cmd {
+  const char *name;
+  const char *summary;
+  const char *usage; /* the flags, after "mqadmin NAME " */
+  const char *optstring;
+  int (*run)(struct cmd *c, int argc, char **argv);
+};
+
+/* The subcommand being run, for messages. */
+static const struct cmd *cur;
+
+static void usage_of(const struct cmd *c, FILE *out) {
+  fprintf(out, "usage: mqadmin %s %s\n", c->name, c->usage);
+}
+
+__attribute__((format(printf, 1, 2))) static int fail(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "mqadmin %s: ", cur->name);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return 1;
+}
+
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "mqadmin %s: ", cur->name);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  usage_of(cur, stderr);
+  return EXIT_USAGE;
+}
+
+/* The library's detail for the last failure, or its text for err. */
+static const char *why(int err) {
+  const char *d = fy_client_last_error();
+  return d && *d ? d : fy_client_strerror(err);
+}
+
+/* ------------------------------------------------------------------ options */
+
+struct opts {
+  const char *namesrv;
+  const char *topic, *cluster, *broker, *group, *key, *msgid;
+  const char *timestamp; /* -s */
+  const char *begin, *end, *max; /* queryMsgByKey -b -e -c */
+  uint32_t read_queues, write_queues, perm;
+  bool order;
+  bool list; /* topicRoute -l */
+};
+
+static int parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
+    return -1;
+  *out = (uint32_t)v;
+  return 0;
+}
+
+static int parse_i64(const char *s, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || end == s || *end)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A time: milliseconds since the epoch, "now", or RocketMQ's
+ * yyyy-MM-dd#HH:mm:ss:SSS (local time). */
+static int parse_time(const char *s, int64_t *out) {
+  if (strcmp(s, "now") == 0) {
+    *out = now_ms();
+    return 0;
+  }
+  if (parse_i64(s, out) == 0)
+    return *out >= 0 ? 0 : -1;
+  struct tm tm;
+  memset(&tm, 0, sizeof tm);
+  const char *rest = strptime(s, "%Y-%m-%d#%H:%M:%S", &tm);
+  if (!rest)
+    return -1;
+  int ms = 0;
+  if (*rest == ':' || *rest == '.') {
+    char *end;
+    ms = (int)strtol(rest + 1, &end, 10);
+    if (*end || ms < 0 || ms > 999)
+      return -1;
+  } else if (*rest) {
+    return -1;
+  }
+  tm.tm_isdst = -1;
+  time_t t = mktime(&tm);
+  if (t == (time_t)-1)
+    return -1;
+  *out = (int64_t)t * 1000 + ms;
+  return 0;
+}
+
+/* "yyyy-MM-dd HH:mm:ss,SSS" local time (RocketMQ's timeMillisToHumanString2). */
+static const char *human_time(int64_t ms, char *buf, size_t size) {
+  if (ms <= 0) {
+    snprintf(buf, size, "N/A");
+    return buf;
+  }
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  size_t n = strftime(buf, size, "%Y-%m-%d %H:%M:%S", &tm);
+  snprintf(buf + n, size - n, ",%03d", (int)(ms % 1000));
+  return buf;
+}
+
+/* Parses the subcommand's flags into o. Returns -1 to go on, or an exit status. */
+static int parse_opts(const struct cmd *c, int argc, char **argv, struct opts *o) {
+  memset(o, 0, sizeof *o);
+  o->read_queues = 8;
+  o->write_queues = 8;
+  o->perm = 6;
+  optind = 1;
+  opterr = 0;
+  int ch;
+  while ((ch = getopt(argc, argv, c->optstring)) != -1) {
+    switch (ch) {
+    case 'h':
+      usage_of(c, stdout);
+      return 0;
+    case 'n': o->namesrv = optarg; break;
+    case 't': o->topic = optarg; break;
+    case 'g': o->group = optarg; break;
+    case 'k': o->key = optarg; break;
+    case 'i': o->msgid = optarg; break;
+    case 's': o->timestamp = optarg; break;
+    case 'e': o->end = optarg; break;
+    case 'l': o->list = true; break;
+    case 'f': break; /* resetOffsetByTime's force: Ferry always forces */
+    case 'b':
+      /* queryMsgByKey's -b is the begin timestamp (RocketMQ's flag). */
+      if (strcmp(c->name, "queryMsgByKey") == 0)
+        o->begin = optarg;
+      else
+        o->broker = optarg;
+      break;
+    case 'c':
+      if (strcmp(c->name, "queryMsgByKey") == 0)
+        o->max = optarg;
+      else
+        o->cluster = optarg;
+      break;
+    case 'r':
+      if (parse_u32(optarg, 1, 1024, &o->read_queues))
+        return usage_error("-r must be a number of queues from 1 to 1024, got '%s'", optarg);
+      break;
+    case 'w':
+      if (parse_u32(optarg, 1, 1024, &o->write_queues))
+        return usage_error("-w must be a number of queues from 1 to 1024, got '%s'", optarg);
+      break;
+    case 'p':
+      if (parse_u32(optarg, 0, 7, &o->perm) || !(o->perm == 2 || o->perm == 4 || o->perm == 6))
+        return usage_error("-p must be 2 (write), 4 (read) or 6 (read and write), got '%s'",
+                           optarg);
+      break;
+    case 'o':
+      if (strcmp(optarg, "true") == 0)
+        o->order = true;
+      else if (strcmp(optarg, "false") == 0)
+        o->order = false;
+      else
+        return usage_error("-o must be true or false, got '%s'", optarg);
+      break;
+    case '?':
+    default:
+      if (optopt && strchr(c->optstring, optopt))
+        return usage_error("option -%c needs a value", optopt);
+      return usage_error("unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+  if (!o->namesrv || !*o->namesrv)
+    o->namesrv = getenv("NAMESRV_ADDR");
+  if (!o->namesrv || !*o->namesrv)
+    return usage_error("no name server address: give -n host:port[;host:port] "
+                       "or set NAMESRV_ADDR");
+  return -1;
+}
+
+static int client_open(const struct opts *o, fy_client **out) {
+  fy_client_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.namesrv_addr = o->namesrv;
+  int err = fy_client_new(&cfg, out);
+  if (err) {
+    if (err == -EINVAL)
+      return fail("bad name server address '%s': expected host:port[;host:port]", o->namesrv);
+    return fail("cannot start the client: %s", fy_client_strerror(err));
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- clusters */
+
+/* The master addresses of cluster (or of every cluster when NULL). */
+static int cluster_masters(fy_client *cl, const char *cluster, char addrs[][FY_CLIENT_ADDR_MAX],
+                           char names[][FY_CLIENT_NAME_MAX], size_t *n) {
+  fy_cluster_info *ci;
+  int err = fy_admin_cluster_list(cl, 0, &ci);
+  if (err)
+    return fail("cannot list the clusters: %s", why(err));
+  bool known = false;
+  *n = 0;
+  for (size_t i = 0; i < ci->nbrokers; i++) {
+    const fy_broker_info *b = &ci->brokers[i];
+    if (cluster && strcmp(b->cluster, cluster) != 0)
+      continue;
+    known = true;
+    for (size_t j = 0; j < b->naddrs && *n < CLUSTER_MASTERS_MAX; j++) {
+      if (b->addrs[j].broker_id != 0)
+        continue;
+      snprintf(addrs[*n], FY_CLIENT_ADDR_MAX, "%s", b->addrs[j].addr);
+      snprintf(names[*n], FY_CLIENT_NAME_MAX, "%s", b->broker_name);
+      (*n)++;
+    }
+  }
+  fy_result_free(ci);
+  if (!known)
+    return fail("cluster '%s' does not exist (mqadmin clusterList shows the clusters)", cluster);
+  if (*n == 0)
+    return fail("cluster '%s' has no master broker", cluster);
+  return 0;
+}
+
+static const char *perm_text(uint32_t perm) {
+  static const char *t[8] = {"---", "--X", "-W-", "-WX", "R--", "R-X", "RW-", "RWX"};
+  return t[perm & 7];
+}
+
+/* ------------------------------------------------------------- updateTopic */
+
+static int run_update_topic(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  if (!o.broker == !o.cluster)
+    return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_topic_config tc = {.topic = o.topic, .read_queues = o.read_queues,
+                        .write_queues = o.write_queues, .perm = o.perm, .order = o.order};
+  static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
+  static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
+  size_t n = 1;
+  if (o.broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o.broker);
+  else if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)))
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    int err = fy_admin_update_topic(cl, addrs[i], NULL, &tc, 0);
+    if (err) {
+      rc = fail("create topic to %s failed: %s", addrs[i], why(err));
+      continue;
+    }
+    printf("create topic to %s success.\n", addrs[i]);
+  }
+  if (rc == 0)
+    printf("TopicConfig [topicName=%s, readQueueNums=%u, writeQueueNums=%u, perm=%s, order=%s]\n",
+           o.topic, o.read_queues, o.write_queues, perm_text(o.perm), o.order ? "true" : "false");
+out:
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------- deleteTopic */
+
+static int run_delete_topic(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  if (!o.broker == !o.cluster)
+    return usage_error("give exactly one of -c CLUSTER and -b BROKERADDR");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
+  static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
+  size_t n = 1, deleted = 0;
+  if (o.broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o.broker);
+  else if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)))
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    int err = fy_admin_delete_topic(cl, addrs[i], NULL, o.topic, 0);
+    if (err == -FY_ETOPIC_NOT_EXIST)
+      continue; /* not on this broker: fine while it is on another */
+    if (err)
+      rc = fail("delete topic [%s] from broker %s failed: %s", o.topic, addrs[i], why(err));
+    else
+      deleted++;
+  }
+  if (rc == 0 && deleted == 0)
+    rc = fail("topic %s does not exist %s %s", o.topic, o.broker ? "on broker" : "in cluster",
+              o.broker ? o.broker : o.cluster);
+  else if (rc == 0 && o.cluster)
+    printf("delete topic [%s] from cluster [%s] success.\n", o.topic, o.cluster);
+  else if (rc == 0)
+    printf("delete topic [%s] from broker [%s] success.\n", o.topic, o.broker);
+out:
+  fy_client_close(cl);
+  return rc;
+}
+
+/* --------------------------------------------------------------- topicList */
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int run_topic_list(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_string_list *l;
+  int err = fy_admin_topic_list(cl, 0, &l);
+  if (err) {
+    rc = fail("cannot list topics: %s", why(err));
+  } else {
+    const char **v = malloc((l->n ? l->n : 1) * sizeof *v);
+    if (!v) {
+      rc = fail("out of memory");
+    } else {
+      for (size_t i = 0; i < l->n; i++)
+        v[i] = l->items[i];
+      qsort(v, l->n, sizeof *v, cmp_str);
+      for (size_t i = 0; i < l->n; i++)
+        printf("%s\n", v[i]);
+      free(v);
+    }
+    fy_result_free(l);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* -------------------------------------------------------------- topicRoute */
+
+static int route_fail(const char *topic, int err) {
+  if (err == -FY_ETOPIC_NOT_EXIST)
+    return fail("topic %s does not exist (the name servers have no route for it)", topic);
+  return fail("cannot get the route of topic %s: %s", topic, why(err));
+}
+
+/* RocketMQ's TopicRouteData as JSON. */
+static int print_route_json(const fy_topic_route *r) {
+  json_t *root = json_object(), *bds = json_array(), *qds = json_array();
+  if (!root || !bds || !qds)
+    goto oom;
+  for (size_t i = 0; i < r->nbrokers; i++) {
+    const fy_broker_info *b = &r->brokers[i];
+    json_t *bd = json_object(), *addrs = json_object();
+    if (!bd || !addrs)
+      goto oom;
+    for (size_t j = 0; j < b->naddrs; j++) {
+      char id[24];
+      snprintf(id, sizeof id, "%" PRIu64, b->addrs[j].broker_id);
+      json_object_set_new(addrs, id, json_string(b->addrs[j].addr));
+    }
+    json_object_set_new(bd, "brokerAddrs", addrs);
+    json_object_set_new(bd, "brokerName", json_string(b->broker_name));
+    json_object_set_new(bd, "cluster", json_string(b->cluster));
+    json_array_append_new(bds, bd);
+  }
+  for (size_t i = 0; i < r->nqueues; i++) {
+    const fy_queue_data *q = &r->queues[i];
+    json_t *qd = json_object();
+    if (!qd)
+      goto oom;
+    json_object_set_new(qd, "brokerName", json_string(q->broker_name));
+    json_object_set_new(qd, "perm", json_integer(q->perm));
+    json_object_set_new(qd, "readQueueNums", json_integer(q->read_queues));
+    json_object_set_new(qd, "topicSysFlag", json_integer(0));
+    json_object_set_new(qd, "writeQueueNums", json_integer(q->write_queues));
+    json_array_append_new(qds, qd);
+  }
+  json_object_set_new(root, "brokerDatas", bds);
+  json_object_set_new(root, "queueDatas", qds);
+  char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(root);
+  if (!s)
+    return fail("out of memory");
+  printf("%s\n", s);
+  free(s);
+  return 0;
+oom:
+  json_decref(root);
+  json_decref(bds);
+  json_decref(qds);
+  return fail("out of memory");
+}
+
+static const fy_broker_info *route_broker(const fy_topic_route *r, const char *name) {
+  for (size_t i = 0; i < r->nbrokers; i++)
+    if (strcmp(r->brokers[i].broker_name, name) == 0)
+      return &r->brokers[i];
+  return NULL;
+}
+
+/* RocketMQ's topicRoute -l table. */
+static int print_route_list(const fy_topic_route *r) {
+  printf("%-24s  %-24s  %-48s  %-10s  %-11s  %-5s\n", "#ClusterName", "#BrokerName",
+         "#BrokerAddrs", "#ReadQueue", "#WriteQueue", "#Perm");
+  uint32_t rq = 0, wq = 0;
+  for (size_t i = 0; i < r->nqueues; i++) {
+    const fy_queue_data *q = &r->queues[i];
+    const fy_broker_info *b = route_broker(r, q->broker_name);
+    char addrs[512] = "-";
+    size_t len = 0;
+    for (size_t j = 0; b && j < b->naddrs && len < sizeof addrs - 1; j++) {
+      int w = snprintf(addrs + len, sizeof addrs - len, "%s%" PRIu64 "=%s", j ? "," : "",
+                       b->addrs[j].broker_id, b->addrs[j].addr);
+      if (w < 0)
+        break;
+      len += (size_t)w;
+    }
+    printf("%-24s  %-24s  %-48s  %-10u  %-11u  %-5u\n", b ? b->cluster : "-", q->broker_name,
+           addrs, q->read_queues, q->write_queues, q->perm);
+    rq += q->read_queues;
+    wq += q->write_queues;
+  }
+  printf("\nTotal: %zu brokers, %u read queues, %u write queues\n", r->nqueues, rq, wq);
+  return 0;
+}
+
+static int run_topic_route(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_topic_route *r;
+  int err = fy_admin_topic_route(cl, o.topic, 0, &r);
+  if (err) {
+    rc = route_fail(o.topic, err);
+  } else {
+    rc = o.list ? print_route_list(r) : print_route_json(r);
+    fy_result_free(r);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------- topicStatus */
+
+static int run_topic_status(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_topic_status *st;
+  int err = fy_admin_topic_status(cl, o.topic, 0, &st);
+  if (err) {
+    rc = route_fail(o.topic, err);
+  } else {
+    printf("%-32s  %-4s  %-20s  %-20s\n", "#Broker Name", "#QID", "#Min Offset", "#Max Offset");
+    for (size_t i = 0; i < st->n; i++) {
+      const fy_queue_status *q = &st->queues[i];
+      if (q->err) {
+        printf("%-32s  %-4u  %-20s  %-20s\n", q->broker_name, q->queue_id, "-", "-");
+        rc = fail("offsets of %s queue %u unavailable: %s", q->broker_name, q->queue_id,
+                  fy_client_strerror(q->err));
+      } else {
+        printf("%-32s  %-4u  %-20" PRIu64 "  %-20" PRIu64 "\n", q->broker_name, q->queue_id,
+               q->min_offset, q->max_offset);
+      }
+    }
+    fy_result_free(st);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------- clusterList */
+
+static int run_cluster_list(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_cluster_info *ci;
+  int err = fy_admin_cluster_list(cl, 0, &ci);
+  if (err) {
+    rc = fail("cannot list the clusters: %s", why(err));
+  } else {
+    printf("%-16s  %-22s  %-4s  %-22s\n", "#Cluster Name", "#Broker Name", "#BID", "#Addr");
+    for (size_t i = 0; i < ci->nbrokers; i++) {
+      const fy_broker_info *b = &ci->brokers[i];
+      if (o.cluster && strcmp(o.cluster, b->cluster) != 0)
+        continue;
+      for (size_t j = 0; j < b->naddrs; j++)
+        printf("%-16s  %-22s  %-4" PRIu64 "  %-22s\n", b->cluster, b->broker_name,
+               b->addrs[j].broker_id, b->addrs[j].addr);
+    }
+    fy_result_free(ci);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------ brokerStatus */
+
+static int cmp_kv(const void *a, const void *b) {
+  return strcmp(((const fy_kv *)a)->key, ((const fy_kv *)b)->key);
+}
+
+static int print_broker_status(fy_client *cl, const char *addr, bool prefix) {
+  fy_kv_list *kv;
+  int err = fy_admin_broker_status(cl, addr, 0, &kv);
+  if (err)
+    return fail("cannot get the status of broker %s: %s", addr, why(err));
+  fy_kv *v = malloc((kv->n ? kv->n : 1) * sizeof *v);
+  if (!v) {
+    fy_result_free(kv);
+    return fail("out of memory");
+  }
+  memcpy(v, kv->items, kv->n * sizeof *v);
+  qsort(v, kv->n, sizeof *v, cmp_kv);
+  for (size_t i = 0; i < kv->n; i++) {
+    if (prefix)
+      printf("%-24s ", addr);
+    printf("%-32s: %s\n", v[i].key, v[i].value);
+  }
+  free(v);
+  fy_result_free(kv);
+  return 0;
+}
+
+/* haStatus: replication status of one broker, in the broker's order. */
+static int run_ha_status(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.broker)
+    return usage_error("haStatus needs -b BROKERADDR");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_kv_list *kv;
+  int err = fy_admin_ha_status(cl, o.broker, 0, &kv);
+  if (err) {
+    rc = fail("cannot get the HA status of broker %s: %s", o.broker, why(err));
+  } else {
+    for (size_t i = 0; i < kv->n; i++)
+      printf("%-20s: %s\n", kv->items[i].key, kv->items[i].value);
+    fy_result_free(kv);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+static int run_broker_status(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.broker == !o.cluster)
+    return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  if (o.broker) {
+    rc = print_broker_status(cl, o.broker, false);
+  } else {
+    static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
+    static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
+    size_t n;
+    if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)) == 0)
+      for (size_t i = 0; i < n; i++)
+        if (print_broker_status(cl, addrs[i], true))
+          rc = 1;
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* -------------------------------------------------------- consumerProgress */
+
+static int run_consumer_progress(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.group || !*o.group)
+    return usage_error("-g GROUP is required");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_consumer_progress *p;
+  int err = fy_admin_consumer_progress(cl, o.group, o.topic, 0, &p);
+  if (err == -FY_ETOPIC_NOT_EXIST && o.topic) {
+    rc = route_fail(o.topic, err);
+  } else if (err) {
+    rc = fail("cannot get the progress of consumer group %s: %s", o.group, why(err));
+  } else if (p->n == 0 && p->brokers_failed == 0) {
+    rc = fail("consumer group %s has no committed offsets%s%s (no such group, or it never "
+              "committed)", o.group, o.topic ? " on topic " : "", o.topic ? o.topic : "");
+    fy_result_free(p);
+  } else {
+    printf("%-32s  %-24s  %-4s  %-20s  %-20s  %-20s  %s\n", "#Topic", "#Broker Name", "#QID",
+           "#Broker Offset", "#Consumer Offset", "#Diff", "#LastTime");
+    for (size_t i = 0; i < p->n; i++) {
+      const fy_queue_progress *q = &p->queues[i];
+      char t[64];
+      printf("%-32s  %-24s  %-4u  %-20" PRIu64 "  %-20" PRIu64 "  %-20" PRIu64 "  %s\n", q->topic,
+             q->broker_name, q->queue_id, q->broker_offset, q->consumer_offset, q->lag,
+             human_time(q->last_timestamp, t, sizeof t));
+    }
+    printf("\nDiff Total: %" PRIu64 "\n", p->total_lag);
+    if (p->brokers_failed)
+      rc = fail("%zu broker(s) did not answer: their queues are missing above", p->brokers_failed);
+    fy_result_free(p);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------- resetOffsetByTime */
+
+static int run_reset_offset(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.group || !*o.group)
+    return usage_error("-g GROUP is required");
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  if (!o.timestamp)
+    return usage_error("-s TIMESTAMP is required (milliseconds, 'now' or "
+                       "yyyy-MM-dd#HH:mm:ss:SSS)");
+  int64_t ts;
+  if (parse_time(o.timestamp, &ts))
+    return usage_error("-s: '%s' is not a time (milliseconds since the epoch, 'now' or "
+                       "yyyy-MM-dd#HH:mm:ss:SSS)", o.timestamp);
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  int err = fy_admin_reset_offset_by_time(cl, o.group, o.topic, ts, 0);
+  if (err == -FY_ETOPIC_NOT_EXIST) {
+    rc = route_fail(o.topic, err);
+    goto out;
+  }
+  if (err) {
+    rc = fail("reset of group %s on topic %s failed: %s", o.group, o.topic, why(err));
+    goto out;
+  }
+  printf("rollback consumer offset by specified group[%s], topic[%s], force[true], "
+         "timestamp(string)[%s], timestamp(long)[%" PRId64 "]\n",
+         o.group, o.topic, o.timestamp, ts);
+  /* The offsets the reset chose: the broker's own search at the same time. */
+  fy_queue_list *ql;
+  err = fy_client_topic_queues(cl, o.topic, false, 0, &ql);
+  if (err) {
+    rc = fail("offsets were reset, but the topic's queues cannot be listed: %s", why(err));
+    goto out;
+  }
+  printf("%-32s  %-8s  %s\n", "#brokerName", "#queueId", "#offset");
+  for (size_t i = 0; i < ql->n; i++) {
+    uint64_t off;
+    err = fy_client_search_offset(cl, &ql->queues[i], ts, 0, &off);
+    if (err) {
+      printf("%-32s  %-8u  %s\n", ql->queues[i].broker_name, ql->queues[i].queue_id, "-");
+      rc = fail("offset of %s queue %u unknown: %s", ql->queues[i].broker_name,
+                ql->queues[i].queue_id, why(err));
+    } else {
+      printf("%-32s  %-8u  %" PRIu64 "\n", ql->queues[i].broker_name, ql->queues[i].queue_id,
+             off);
+    }
+  }
+  fy_result_free(ql);
+out:
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------ queryMsgById */
+
+/* Writes s with control characters shown as '.', so one value stays one line. */
+static void put_text(const void *p, size_t n) {
+  const unsigned char *s = p;
+  for (size_t i = 0; i < n; i++)
+    putchar(s[i] < 0x20 || s[i] == 0x7f ? '.' : s[i]);
+}
+
+/* The brokerName serving addr ("host:port"), from the cluster list; "" if unknown. */
+static void broker_name_of(fy_client *cl, const char *addr, char *out, size_t size) {
+  fy_cluster_info *ci;
+  out[0] = '\0';
+  if (fy_admin_cluster_list(cl, 0, &ci) != 0)
+    return;
+  for (size_t i = 0; i < ci->nbrokers; i++)
+    for (size_t j = 0; j < ci->brokers[i].naddrs; j++)
+      if (strcmp(ci->brokers[i].addrs[j].addr, addr) == 0)
+        snprintf(out, size, "%s", ci->brokers[i].broker_name);
+  fy_result_free(ci);
+}
+
+static void print_message(fy_client *cl, const fy_message_view *m) {
+  char t[64], name[FY_CLIENT_NAME_MAX];
+  /* A query by id names the broker by address only: find its name. */
+  if (m->broker_name && *m->broker_name)
+    snprintf(name, sizeof name, "%s", m->broker_name);
+  else
+    broker_name_of(cl, m->store_host, name, sizeof name);
+  printf("%-20s %s\n", "OffsetID:", m->offset_msg_id);
+  printf("%-20s %s\n", "Msg ID:", m->msg_id);
+  printf("%-20s %s\n", "Topic:", m->topic);
+  printf("%-20s [%s]\n", "Tags:", m->tags);
+  printf("%-20s [%s]\n", "Keys:", m->keys);
+  printf("%-20s %s\n", "Broker Name:", name[0] ? name : "-");
+  printf("%-20s %u\n", "Queue ID:", m->queue_id);
+  printf("%-20s %" PRIu64 "\n", "Queue Offset:", m->queue_offset);
+  printf("%-20s %" PRIu64 "\n", "CommitLog Offset:", m->commitlog_offset);
+  printf("%-20s %u\n", "Reconsume Times:", m->reconsume_times);
+  printf("%-20s %s (%" PRId64 ")\n", "Born Timestamp:", human_time(m->born_ts_ms, t, sizeof t),
+         m->born_ts_ms);
+  printf("%-20s %s (%" PRId64 ")\n", "Store Timestamp:", human_time(m->store_ts_ms, t, sizeof t),
+         m->store_ts_ms);
+  printf("%-20s %s\n", "Born Host:", m->born_host);
+  printf("%-20s %s\n", "Store Host:", m->store_host);
+  printf("%-20s %u\n", "System Flag:", m->sys_flag);
+  printf("%-20s %u\n", "Flag:", m->flag);
+  printf("%-20s {", "Properties:");
+  for (size_t i = 0; i < m->nprops; i++) {
+    printf("%s%s=", i ? ", " : "", m->props[i].key);
+    put_text(m->props[i].value, strlen(m->props[i].value));
+  }
+  printf("}\n");
+  printf("%-20s %zu\n", "Body Length:", m->body_len);
+  printf("%-20s ", "Message Body:");
+  put_text(m->body, m->body_len);
+  printf("\n");
+}
+
+static int run_query_by_id(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.msgid || !*o.msgid)
+    return usage_error("-i OFFSETMSGID is required");
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  /* Several ids may be given separated by commas, as RocketMQ allows. */
+  char *ids = strdup(o.msgid), *save = NULL;
+  if (!ids) {
+    rc = fail("out of memory");
+    goto out;
+  }
+  int nth = 0;
+  for (char *id = strtok_r(ids, ",", &save); id; id = strtok_r(NULL, ",", &save)) {
+    fy_message_list *l;
+    int err = fy_admin_query_by_id(cl, id, o.broker, 0, &l);
+    if (err == -FY_ENOT_FOUND || (!err && l->n == 0)) {
+      if (!err)
+        fy_result_free(l);
+      rc = fail("message %s not found", id);
+      continue;
+    }
+    if (err == -EINVAL) {
+      rc = fail("'%s' is not an offset message id (32 hex digits: store host, port and "
+                "commit-log offset)", id);
+      continue;
+    }
+    if (err) {
+      rc = fail("query of message %s failed: %s", id, why(err));
+      continue;
+    }
+    for (size_t i = 0; i < l->n; i++) {
+      if (nth++)
+        printf("\n");
+      print_message(cl, &l->msgs[i]);
+    }
+    fy_result_free(l);
+  }
+  free(ids);
+out:
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ----------------------------------------------------------- queryMsgByKey */
+
+static int run_query_by_key(struct cmd *c, int argc, char **argv) {
+  struct opts o;
+  int rc = parse_opts(c, argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+  if (!o.topic || !*o.topic)
+    return usage_error("-t TOPIC is required");
+  if (!o.key || !*o.key)
+    return usage_error("-k KEY is required");
+  int64_t begin = 0, end = 0;
+  uint32_t max = 64;
+  if (o.begin && parse_time(o.begin, &begin))
+    return usage_error("-b: '%s' is not a time", o.begin);
+  if (o.end && parse_time(o.end, &end))
+    return usage_error("-e: '%s' is not a time", o.end);
+  if (o.max && parse_u32(o.max, 1, 64, &max))
+    return usage_error("-c: '%s' is not a count from 1 to 64", o.max);
+  if (o.begin && !o.end)
+    end = INT64_MAX;
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  fy_message_list *l;
+  int err = fy_admin_query_by_key(cl, o.topic, o.key, max, begin, end, 0, &l);
+  if (err == -FY_ETOPIC_NOT_EXIST) {
+    rc = route_fail(o.topic, err);
+  } else if (err) {
+    rc = fail("query by key %s on topic %s failed: %s", o.key, o.topic, why(err));
+  } else {
+    printf("%-32s  %-4s  %-20s  %-24s  %s\n", "#Message ID", "#QID", "#Offset", "#Broker Name",
+           "#Offset Message ID");
+    for (size_t i = 0; i < l->n; i++) {
+      const fy_message_view *m = &l->msgs[i];
+      printf("%-32s  %-4u  %-20" PRIu64 "  %-24s  %s\n", m->msg_id, m->queue_id, m->queue_offset,
+             m->broker_name, m->offset_msg_id);
+    }
+    fy_result_free(l);
+  }
+  fy_client_close(cl);
+  return rc;
+}
+
+/* ------------------------------------------------------------------- table */
+
+static struct cmd cmds[] = {
+    {"updateTopic", "Update or create a topic",
+     "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -t TOPIC [-r READQUEUES] [-w WRITEQUEUES] "
+     "[-p PERM] [-o ORDER]\n"
+     "  -b BROKERADDR   create the topic on this broker (host:port)\n"
+     "  -c CLUSTER      create the topic on every master of the cluster\n"
+     "  -t TOPIC        topic name\n"
+     "  -r N            read queues (default 8)\n"
+     "  -w N            write queues (default 8)\n"
+     "  -p PERM         2 write, 4 read, 6 read and write (default 6)\n"
+     "  -o true|false   ordered topic (default false)",
+     "hn:b:c:t:r:w:p:o:", run_update_topic},
+    {"deleteTopic", "Delete a topic from the brokers of a cluster",
+     "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -t TOPIC\n"
+     "  -c CLUSTER      delete from every master of the cluster\n"
+     "  -b BROKERADDR   delete from this broker only\n"
+     "  -t TOPIC        topic name",
+     "hn:c:b:t:", run_delete_topic},
+    {"topicList", "List every topic the name servers know", "-n NAMESRV_ADDR", "hn:",
+     run_topic_list},
+    {"topicRoute", "Show a topic's route",
+     "-n NAMESRV_ADDR -t TOPIC [-l]\n"
+     "  -t TOPIC        topic name\n"
+     "  -l              a table instead of JSON",
+     "hn:t:l", run_topic_route},
+    {"topicStatus", "Show the min and max offset of every queue of a topic",
+     "-n NAMESRV_ADDR -t TOPIC", "hn:t:", run_topic_status},
+    {"clusterList", "List the brokers of every cluster",
+     "-n NAMESRV_ADDR [-c CLUSTER]\n"
+     "  -c CLUSTER      only this cluster",
+     "hn:c:", run_cluster_list},
+    {"brokerStatus", "Show a broker's status entries",
+     "-n NAMESRV_ADDR (-b BROKERADDR | -c CLUSTER)\n"
+     "  -b BROKERADDR   this broker (host:port)\n"
+     "  -c CLUSTER      every master of the cluster (lines prefixed with the address)",
+     "hn:b:c:", run_broker_status},
+    {"haStatus", "Show a broker's replication status (per slave: offsets and lag)",
+     "-n NAMESRV_ADDR -b BROKERADDR\n"
+     "  -b BROKERADDR   the broker (host:port): a master lists its slaves, a slave its master",
+     "hn:b:", run_ha_status},
+    {"consumerProgress", "Show a consumer group's offsets and lag per queue",
+     "-n NAMESRV_ADDR -g GROUP [-t TOPIC]\n"
+     "  -g GROUP        consumer group\n"
+     "  -t TOPIC        only this topic",
+     "hn:g:t:", run_consumer_progress},
+    {"resetOffsetByTime", "Move a consumer group's offsets on a topic to a point in time",
+     "-n NAMESRV_ADDR -g GROUP -t TOPIC -s TIMESTAMP\n"
+     "  -g GROUP        consumer group\n"
+     "  -t TOPIC        topic\n"
+     "  -s TIMESTAMP    milliseconds since the epoch, 'now', or yyyy-MM-dd#HH:mm:ss:SSS",
+     "hn:g:t:s:f:", run_reset_offset},
+    {"queryMsgById", "Show a message by its offset message id",
+     "-n NAMESRV_ADDR -i OFFSETMSGID[,OFFSETMSGID...] [-b BROKERADDR]\n"
+     "  -i ID           offset message id (as mqproduce and mqconsume print it)\n"
+     "  -b BROKERADDR   ask this broker instead of the one the id names",
+     "hn:i:b:", run_query_by_id},
+    {"queryMsgByKey", "Find messages of a topic by key",
+     "-n NAMESRV_ADDR -t TOPIC -k KEY [-b BEGIN] [-e END] [-c MAX]\n"
+     "  -t TOPIC        topic\n"
+     "  -k KEY          message key (or message id)\n"
+     "  -b BEGIN        stored at or after this time (ms, 'now', or yyyy-MM-dd#HH:mm:ss:SSS)\n"
+     "  -e END          stored at or before this time\n"
+     "  -c MAX          at most this many per broker (default 64)",
+     "hn:t:k:b:e:c:", run_query_by_key},
+};
+
+#define NCMDS (sizeof cmds / sizeof cmds[0])
+
+static void list_commands(FILE *out) {
+  fprintf(out, "usage: mqadmin SUBCOMMAND [options]   (-h after a subcommand shows its options)\n"
+               "\nThe mqadmin subcommands are:\n");
+  for (size_t i = 0; i < NCMDS; i++)
+    fprintf(out, "   %-20s %s\n", cmds[i].name, cmds[i].summary);
+  fprintf(out, "\nSee 'mqadmin help SUBCOMMAND' for the options of a subcommand.\n"
+               "-n (or NAMESRV_ADDR) names the name servers: host:port[;host:port...]\n");
+}
+
+static struct cmd *find_cmd(const char *name) {
+  for (size_t i = 0; i < NCMDS; i++)
+    if (strcmp(cmds[i].name, name) == 0)
+      return &cmds[i];
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    list_commands(stderr);
+    return EXIT_USAGE;
+  }
+  const char *name = argv[1];
+  if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0) {
+    list_commands(stdout);
+    return 0;
+  }
+  if (strcmp(name, "help") == 0) {
+    if (argc < 3) {
+      list_commands(stdout);
+      return 0;
+    }
+    struct cmd *c = find_cmd(argv[2]);
+    if (!c) {
+      fprintf(stderr, "mqadmin: unknown subcommand '%s'\n", argv[2]);
+      list_commands(stderr);
+      return EXIT_USAGE;
+    }
+    usage_of(c, stdout);
+    return 0;
+  }
+  struct cmd *c = find_cmd(name);
+  if (!c) {
+    fprintf(stderr, "mqadmin: unknown subcommand '%s'\n", name);
+    list_commands(stderr);
+    return EXIT_USAGE;
+  }
+  cur = c;
+  fy_log_set_level(FY_LOG_WARN); /* our own messages say what failed */
+  int rc = c->run(c, argc - 1, argv + 1);
+  if (fflush(stdout) != 0 && rc == 0) {
+    fprintf(stderr, "mqadmin %s: cannot write the output: %s\n", c->name, strerror(errno));
+    rc = 1;
+  }
+  return rc;
+}

@@ -1,0 +1,159 @@
+"""HA with real processes (issue: HA, acceptance 3, 4 and 5).
+
+- Redirect: a consumer far behind on the master (slaveReadBehindBytes set
+  low) is sent to the slave (brokerId 1 in mqconsume --format json), and
+  back to the master (brokerId 0) once it has caught up.
+- Link cut: the slave is frozen with SIGSTOP; the SYNC_MASTER answers
+  SLAVE_NOT_AVAILABLE or FLUSH_SLAVE_TIMEOUT within its timeouts (no send
+  hangs) and SEND_OK again by itself after SIGCONT; nothing acknowledged is
+  lost and the slave ends byte-identical (log digests).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from harness import fresh_dir, main, wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Pair:
+    def __init__(self, args, name, base, extra_master=()):
+        self.args = args
+        self.dir = fresh_dir(args.tmp, name)
+        self.ns_port, self.m_port, self.ha_port, self.s_port = base, base + 1, base + 2, base + 3
+        self.ns = f"127.0.0.1:{self.ns_port}"
+        self.procs = {}
+        self._start("namesrv", ["mqnamesrv", "-o", f"listenPort={self.ns_port}",
+                                "-o", "listenAddress=127.0.0.1"], self.ns_port)
+        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
+        self._start("slave", self._broker("slave", False), self.s_port)
+
+    def _broker(self, name, master):
+        conf = os.path.join(ROOT, "conf", "broker-a.conf" if master else "broker-a-s.conf")
+        argv = ["mqbroker", "-c", conf, "-o", f"namesrvAddr={self.ns}",
+                "-o", f"listenPort={self.m_port if master else self.s_port}",
+                "-o", "listenAddress=127.0.0.1", "-o", "brokerIP1=127.0.0.1",
+                "-o", f"storePathRootDir={self.dir}/{name}", "-o", f"pidFile={self.dir}/{name}.pid",
+                "-o", "registerNameServerPeriod=1000", "-o", "slaveSyncMetadataInterval=300",
+                "-o", "haSendHeartbeatInterval=200", "-o", "haHousekeepingInterval=2000",
+                "-o", "slaveTimeout=1000", "-o", "mappedFileSizeCommitLog=67108864",
+                "-o", "maxHashSlotNum=10007", "-o", "maxIndexNum=400000",
+                "-o", "autoCreateTopicEnable=false"]
+        if master:
+            argv += ["-o", f"haListenPort={self.ha_port}"]
+        return argv
+
+    def _start(self, name, argv, port):
+        argv = [os.path.join(self.args.bin, argv[0])] + argv[1:]
+        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=log)
+        self.procs[name] = p
+
+        def up():
+            assert p.poll() is None, f"{name} exited; see {self.dir}/{name}.log"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, 30, f"{name} listening on {port}")
+
+    def tool(self, *argv, input=None, timeout=60, check=True):
+        r = subprocess.run([os.path.join(self.args.bin, argv[0])] + list(argv[1:]), input=input,
+                           capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert r.returncode == 0, f"{argv} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def create_topic(self, topic):
+        self.tool("mqadmin", "updateTopic", "-n", self.ns, "-b", f"127.0.0.1:{self.m_port}",
+                  "-t", topic, "-r", "2", "-w", "2")
+
+        def slave_knows():  # the slave adopts topics from the master's metadata
+            r = self.tool("mqadmin", "brokerStatus", "-n", self.ns, "-b",
+                          f"127.0.0.1:{self.s_port}", check=False)
+            return r.returncode == 0 and any(
+                l.split(":")[0].strip() == "topics" and int(l.split(":")[1]) >= 1
+                for l in r.stdout.splitlines() if ":" in l)
+        wait_for(slave_knows, 30, "the slave to adopt the topic from the master")
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def produce(pair, topic, lines, timeout_ms=3000):
+    r = pair.tool("mqproduce", "-n", pair.ns, "-t", topic, "--timeout-ms", str(timeout_ms),
+                  input="".join(f"{l}\n" for l in lines), check=False, timeout=120)
+    return [l.split()[0] for l in r.stdout.splitlines()]
+
+
+def test_redirect_to_slave_and_back(args):
+    pair = Pair(args, "ha-redirect", 31876,
+                extra_master=["-o", "slaveReadEnable=true", "-o", "slaveReadBehindBytes=20000"])
+    try:
+        pair.create_topic("Redirect")
+        wait_for(lambda: produce(pair, "Redirect", ["r-first"])[0] == "SEND_OK", 30,
+                 "SEND_OK with the slave attached")
+        statuses = produce(pair, "Redirect", [f"r-{i}" for i in range(2999)])
+        assert statuses.count("SEND_OK") == 2999, statuses[:5]
+        r = pair.tool("mqconsume", "-n", pair.ns, "-t", "Redirect", "-g", "RedirectGroup",
+                      "--from", "first", "--format", "json", "--max", "3000",
+                      "--idle-exit-ms", "15000", timeout=120)
+        msgs = [json.loads(l) for l in r.stdout.splitlines()]
+        assert len({m["body"] for m in msgs}) == 3000, \
+            f"{len(msgs)} lines, {len({m['body'] for m in msgs})} distinct; ids {set(m['brokerId'] for m in msgs)}\n{r.stderr[-3000:]}"
+        ids = [m["brokerId"] for m in msgs]
+        assert 1 in ids, "the consumer was never redirected to the slave"
+        # After catching up the slave sends it back: new messages come from the master.
+        statuses = produce(pair, "Redirect", [f"late-{i}" for i in range(20)])
+        r = pair.tool("mqconsume", "-n", pair.ns, "-t", "Redirect", "-g", "RedirectGroup",
+                      "--format", "json", "--max", "20", "--idle-exit-ms", "15000", timeout=120)
+        late = [json.loads(l) for l in r.stdout.splitlines()]
+        assert {m["body"] for m in late} == {f"late-{i}" for i in range(20)}
+        assert 0 in [m["brokerId"] for m in late], "the consumer did not come back to the master"
+    finally:
+        pair.stop()
+
+
+def test_link_cut_and_heal(args):
+    pair = Pair(args, "ha-linkcut", 24876)
+    try:
+        pair.create_topic("LinkCut")
+        acked = []
+        wait_for(lambda: produce(pair, "LinkCut", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
+        pair.procs["slave"].send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        statuses = produce(pair, "LinkCut", [f"cut-{i}" for i in range(20)], timeout_ms=5000)
+        took = time.monotonic() - start
+        assert len(statuses) == 20
+        assert set(statuses) <= {"SLAVE_NOT_AVAILABLE", "FLUSH_SLAVE_TIMEOUT", "SEND_OK"}, statuses
+        assert "SEND_OK" not in statuses[5:], statuses  # a frozen slave acknowledges nothing
+        assert took < 30, f"sends took {took:.1f}s with the slave frozen"
+        pair.procs["slave"].send_signal(signal.SIGCONT)
+        wait_for(lambda: produce(pair, "LinkCut", ["healed"])[0] == "SEND_OK", 30,
+                 "SEND_OK again after SIGCONT")
+        acked = [f"after-{i}" for i in range(50)]
+        assert produce(pair, "LinkCut", acked).count("SEND_OK") == 50
+        r = pair.tool("mqconsume", "-n", pair.ns, "-t", "LinkCut", "-g", "LinkCutGroup",
+                      "--from", "first", "--format", "body", "--idle-exit-ms", "5000", timeout=120)
+        got = set(r.stdout.split())
+        assert set(acked) <= got and "warmup" in got and "healed" in got
+    finally:
+        pair.stop()
+
+
+if __name__ == "__main__":
+    main([test_redirect_to_slave_and_back, test_link_cut_and_heal])
