@@ -1010,7 +1010,7 @@ def test_mqadmin_subcommands(args):
 
     # -h everywhere
     subs = ["updateTopic", "deleteTopic", "topicList", "topicRoute", "topicStatus",
-            "clusterList", "brokerStatus", "consumerProgress", "resetOffsetByTime",
+            "clusterList", "brokerStatus", "haStatus", "consumerProgress", "resetOffsetByTime",
             "queryMsgById", "queryMsgByKey"]
     r = subprocess.run([binary(args, "mqadmin"), "-h"], capture_output=True, text=True,
                        timeout=30)

@@ -19,9 +19,11 @@ def test_drill_ten_kills_lose_nothing(args):
     out_dir = os.path.join(args.tmp, "drill")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "failover_drill.py"),
                         "--bin", args.bin, "--dir", out_dir, "--base-port", "29876",
-                        "--kills", "10", "--down-seconds", "1.5", "--up-seconds", "1.5",
-                        "--rate", "150", "--seconds", "5", "--drain-seconds", "60"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=400)
+                        # up-seconds exceeds the client's 5 s down-marking of a
+                        # broker it failed to reach, so every cycle has sends
+                        "--kills", "10", "--down-seconds", "1.5", "--up-seconds", "6",
+                        "--rate", "100", "--seconds", "5", "--drain-seconds", "60"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, f"drill failed:\n{r.stdout}\n{r.stderr[-4000:]}"
     report = json.loads(r.stdout)
     assert report["lost"] == 0, report
