@@ -151,10 +151,12 @@ struct chunk {
 
 static void on_chunk_sent(void *arg, int status) {
   struct chunk *c = arg;
+  size_t len = c->slice.len; /* release clears the slice */
   fy_cl_slice_release(&c->slice);
   struct session *s = fy_conn_data(c->conn);
   if (s) {
-    s->inflight -= c->slice.len;
+    fy_assert(s->inflight >= len);
+    s->inflight -= len;
     if (status == 0)
       pump(s);
   }

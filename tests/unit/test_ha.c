@@ -190,10 +190,14 @@ static void wait_caught_up(struct env *e) {
   for (;;) {
     Ferry__V1__LogDigest *m = digest(e, &e->master), *s = digest(e, &e->slave);
     bool same = m->to == s->to && strcmp(m->digest, s->digest) == 0 && m->to > 0;
+    uint64_t mt = m->to, st = s->to;
     ferry__v1__log_digest__free_unpacked(m, NULL);
     ferry__v1__log_digest__free_unpacked(s, NULL);
     if (same)
       return;
+    if (uv_now(&e->loop) >= deadline)
+      fprintf(stderr, "not caught up: master %llu slave %llu\n", (unsigned long long)mt,
+              (unsigned long long)st);
     assert_true(uv_now(&e->loop) < deadline);
     bool never = false;
     fy_test_run_until(&e->loop, &never, 50);
@@ -214,8 +218,9 @@ static Ferry__V1__PullResponse *pull(struct env *e, struct node *n, const char *
 
 static void test_async_replicas_are_identical(void **state) {
   struct env *e = *state;
-  for (size_t i = 0; i < 40; i++)
-    assert_int_equal(send_batch(e, "Replicated", 100, i * 100), FERRY__V1__STATUS__OK);
+  /* 200,000 messages, the figure, in batches of 500. */
+  for (size_t i = 0; i < 400; i++)
+    assert_int_equal(send_batch(e, "Replicated", 500, i * 500), FERRY__V1__STATUS__OK);
   wait_caught_up(e);
   /* The slave's consume queue answers as the master's: same records at the same offsets
    * (the slave learns the topic from the master's metadata). */
@@ -227,17 +232,17 @@ static void test_async_replicas_are_identical(void **state) {
     assert_true(uv_now(&e->loop) < deadline);
     bool never = false;
     fy_test_run_until(&e->loop, &never, 50);
-    ps = pull(e, &e->slave, "Replicated", 3900);
+    ps = pull(e, &e->slave, "Replicated", 199900);
   }
   uint8_t slave_raw[8192];
   size_t slave_len = e->raw_len;
   memcpy(slave_raw, e->raw, slave_len < sizeof slave_raw ? slave_len : sizeof slave_raw);
-  Ferry__V1__PullResponse *pm = pull(e, &e->master, "Replicated", 3900);
+  Ferry__V1__PullResponse *pm = pull(e, &e->master, "Replicated", 199900);
   assert_int_equal(e->status, FERRY__V1__STATUS__OK);
   assert_int_equal(pm->count, ps->count);
   assert_int_equal(pm->next_offset, ps->next_offset);
-  assert_int_equal(pm->max_offset, 4000);
-  assert_int_equal(ps->max_offset, 4000);
+  assert_int_equal(pm->max_offset, 200000);
+  assert_int_equal(ps->max_offset, 200000);
   assert_int_equal(e->raw_len, slave_len);
   assert_memory_equal(e->raw, slave_raw, slave_len);
   ferry__v1__pull_response__free_unpacked(pm, NULL);
