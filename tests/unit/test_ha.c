@@ -333,12 +333,55 @@ static void test_diverged_slave_refused(void **state) {
   }
 }
 
+static int64_t query_offset(struct env *e, struct node *n, const char *topic) {
+  Ferry__V1__QueueOffsetRequest q = FERRY__V1__QUEUE_OFFSET_REQUEST__INIT;
+  q.group = "G";
+  q.topic = (char *)topic;
+  call(e, n, FERRY__V1__OP__OP_QUERY_CONSUMER_OFFSET, &q.base, NULL, 0);
+  if (e->status != FERRY__V1__STATUS__OK)
+    return -1;
+  Ferry__V1__QueueOffsetResponse *o =
+      ferry__v1__queue_offset_response__unpack(NULL, e->header_len, e->header);
+  int64_t v = (int64_t)o->offset;
+  ferry__v1__queue_offset_response__free_unpacked(o, NULL);
+  return v;
+}
+
+/* Offsets committed on the slave while the master was down reach the master
+ * when it returns: merged (larger wins), not reset. */
+static void test_offsets_committed_on_slave_merge_into_master(void **state) {
+  struct env *e = *state;
+  assert_int_equal(send_batch(e, "Offs", 100, 0), FERRY__V1__STATUS__OK);
+  wait_caught_up(e);
+  Ferry__V1__QueueOffsetRequest q = FERRY__V1__QUEUE_OFFSET_REQUEST__INIT;
+  q.group = "G";
+  q.topic = "Offs";
+  q.offset = 20;
+  call(e, &e->master, FERRY__V1__OP__OP_UPDATE_CONSUMER_OFFSET, &q.base, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  stop_node(e, &e->master);
+  q.offset = 60; /* the consumer moved on, reading from the slave */
+  call(e, &e->slave, FERRY__V1__OP__OP_UPDATE_CONSUMER_OFFSET, &q.base, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  start_node(e, &e->master, "master", FY_ROLE_ASYNC_MASTER, 0, 0);
+  uint64_t deadline = uv_now(&e->loop) + 15000;
+  while (query_offset(e, &e->master, "Offs") != 60) {
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+  /* And the slave never goes back to the master's older value. */
+  assert_int_equal(query_offset(e, &e->slave, "Offs"), 60);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_async_replicas_are_identical, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
       cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
+      cmocka_unit_test_setup_teardown(test_offsets_committed_on_slave_merge_into_master,
+                                      setup_async, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
