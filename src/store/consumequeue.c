@@ -26,6 +26,7 @@
  * flight; the dup is closed when its request completes.
  */
 #include "store/consumequeue.h"
+#include "store/syncset.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -59,21 +60,6 @@ struct cq_file {
   bool dirty;        /* stored into since its last flush was queued */
 };
 
-struct cq_sync {
-  fy_aio_req req;
-  int fd; /* a dup (or a directory fd) owned by this request */
-};
-
-struct cq_flush {
-  fy_cq *cq; /* NULL once the queue was closed while this flush ran */
-  void (*cb)(void *arg, int status);
-  void *arg;
-  unsigned pending;
-  unsigned n;
-  int status; /* first error */
-  struct cq_sync ops[];
-};
-
 struct fy_cq {
   char *dir; /* <root>/consumequeue/<topic>/<queueId> */
   char *topic;
@@ -90,7 +76,7 @@ struct fy_cq {
   uint64_t max_phys;
   bool dir_dirty;     /* a file was created since the last flush */
   bool parents_dirty; /* the directory itself was created and not yet synced */
-  struct cq_flush *flush;
+  fy_syncset *flush; /* the flush in flight */
 };
 
 size_t fy__cq_mapped_count(const fy_cq *cq);
@@ -527,7 +513,7 @@ static void cq_free(fy_cq *cq) {
   for (size_t i = 0; i < cq->nfiles; i++)
     file_unmap(cq, &cq->files[i]);
   if (cq->flush)
-    cq->flush->cq = NULL; /* it completes on its own and still calls back */
+    fy_syncset_orphan(cq->flush); /* it completes on its own and still calls back */
   free(cq->files);
   free(cq->dir);
   free(cq->topic);
@@ -844,47 +830,9 @@ bool fy_cq_dirty(const fy_cq *cq) {
   return false;
 }
 
-static void on_synced(fy_aio_req *req, int64_t res) {
-  struct cq_flush *fl = req->data;
-  struct cq_sync *op = (struct cq_sync *)((char *)req - offsetof(struct cq_sync, req));
-  close(op->fd);
-  if (res < 0 && fl->status == 0)
-    fl->status = (int)res;
-  fy_assert(fl->pending > 0);
-  if (--fl->pending > 0)
-    return;
-  if (fl->cq)
-    fl->cq->flush = NULL;
-  void (*cb)(void *, int) = fl->cb;
-  void *arg = fl->arg;
-  int status = fl->status;
-  if (status)
-    fy_error(MOD, "consume-queue fdatasync failed: %s", fy_strerror(status));
-  free(fl);
-  cb(arg, status);
-}
-
-/* Queues an fdatasync of fd (which the flush then owns). */
-static int sync_fd(struct cq_flush *fl, fy_aio *aio, int fd) {
-  if (fd < 0)
-    return -errno;
-  struct cq_sync *op = &fl->ops[fl->n];
-  op->fd = fd;
-  op->req.data = fl;
-  int err = fy_aio_fdatasync(aio, &op->req, fd, on_synced);
-  if (err) {
-    close(fd);
-    return err;
-  }
-  fl->n++;
-  fl->pending++;
-  return 0;
-}
-
-static int open_dir(const char *path) { return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC); }
 
 /* Syncs <topic>, consumequeue and the root: the entries mkdir_p made. */
-static int sync_parents(fy_cq *cq, struct cq_flush *fl, fy_aio *aio) {
+static int sync_parents(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
   char path[4200];
   snprintf(path, sizeof path, "%s", cq->dir);
   for (unsigned i = 0; i < CQ_PARENT_SYNCS; i++) {
@@ -892,26 +840,27 @@ static int sync_parents(fy_cq *cq, struct cq_flush *fl, fy_aio *aio) {
     if (!slash || slash == path)
       break;
     *slash = '\0';
-    int err = sync_fd(fl, aio, open_dir(path));
+    int err = fy_syncset_add(fl, aio, fy_syncset_open_dir(path));
     if (err)
       return err;
   }
   return 0;
 }
 
-static int queue_syncs(fy_cq *cq, struct cq_flush *fl, fy_aio *aio) {
+static int queue_syncs(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
   int err = 0;
   for (size_t i = 0; i < cq->nfiles && !err; i++) {
     struct cq_file *f = &cq->files[i];
     if (!f->dirty)
       continue;
     fy_assert(f->map != NULL); /* dirty files stay mapped */
-    err = sync_fd(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
+    err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;
   }
-  if (!err && (cq->dir_dirty || fl->n == 0)) { /* nothing dirty: sync the directory anyway */
-    err = sync_fd(fl, aio, open_dir(cq->dir));
+  if (!err && (cq->dir_dirty || fy_syncset_count(fl) == 0)) {
+    /* nothing dirty: sync the directory anyway, so cb comes from aio */
+    err = fy_syncset_add(fl, aio, fy_syncset_open_dir(cq->dir));
     if (!err)
       cq->dir_dirty = false;
   }
@@ -929,18 +878,8 @@ int fy_cq_flush(fy_cq *cq, fy_aio *aio, void (*cb)(void *arg, int status), void 
   size_t nops = 1 + CQ_PARENT_SYNCS;
   for (size_t i = 0; i < cq->nfiles; i++)
     nops += cq->files[i].dirty;
-  struct cq_flush *fl = calloc(1, sizeof *fl + nops * sizeof fl->ops[0]);
+  fy_syncset *fl = fy_syncset_new((unsigned)nops, "consume-queue", cb, arg, &cq->flush);
   if (!fl)
     return -ENOMEM;
-  fl->cq = cq;
-  fl->cb = cb;
-  fl->arg = arg;
-  int err = queue_syncs(cq, fl, aio);
-  if (err && fl->n == 0) {
-    free(fl);
-    return err;
-  }
-  fl->status = err; /* a partial start reports the error through cb */
-  cq->flush = fl;
-  return 0;
+  return fy_syncset_start(fl, queue_syncs(cq, fl, aio));
 }

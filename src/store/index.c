@@ -41,6 +41,7 @@
  * flush is in flight.
  */
 #include "store/index.h"
+#include "store/syncset.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -108,21 +109,6 @@ struct ix_entry {
   uint32_t prev;
 };
 
-struct ix_sync {
-  fy_aio_req req;
-  int fd; /* a dup (or a directory fd) owned by this request */
-};
-
-struct ix_flush {
-  fy_index *ix; /* NULL once the index was closed while this flush ran */
-  void (*cb)(void *arg, int status);
-  void *arg;
-  unsigned pending;
-  unsigned n;
-  int status; /* first error */
-  struct ix_sync ops[];
-};
-
 struct fy_index {
   char *dir;
   uint32_t slot_count;  /* for new files */
@@ -133,7 +119,7 @@ struct fy_index {
   uint64_t max_phys;
   bool dir_dirty;     /* a file was created since the last flush */
   bool parent_dirty;  /* the directory itself was created and not yet synced */
-  struct ix_flush *flush;
+  fy_syncset *flush; /* the flush in flight */
 };
 
 /* ---- layout ---- */
@@ -458,7 +444,7 @@ static void ix_free(fy_index *ix) {
   for (size_t i = 0; i < ix->nfiles; i++)
     file_unmap(&ix->files[i]);
   if (ix->flush)
-    ix->flush->ix = NULL; /* it completes on its own and still calls back */
+    fy_syncset_orphan(ix->flush); /* it completes on its own and still calls back */
   free(ix->files);
   free(ix->dir);
   free(ix);
@@ -663,46 +649,8 @@ bool fy_index_dirty(const fy_index *ix) {
   return false;
 }
 
-static void on_synced(fy_aio_req *req, int64_t res) {
-  struct ix_flush *fl = req->data;
-  struct ix_sync *op = (struct ix_sync *)((char *)req - offsetof(struct ix_sync, req));
-  close(op->fd);
-  if (res < 0 && fl->status == 0)
-    fl->status = (int)res;
-  fy_assert(fl->pending > 0);
-  if (--fl->pending > 0)
-    return;
-  if (fl->ix)
-    fl->ix->flush = NULL;
-  void (*cb)(void *, int) = fl->cb;
-  void *arg = fl->arg;
-  int status = fl->status;
-  if (status)
-    fy_error(MOD, "index fdatasync failed: %s", fy_strerror(status));
-  free(fl);
-  cb(arg, status);
-}
 
-/* Queues an fdatasync of fd (which the flush then owns). */
-static int sync_fd(struct ix_flush *fl, fy_aio *aio, int fd) {
-  if (fd < 0)
-    return -errno;
-  struct ix_sync *op = &fl->ops[fl->n];
-  op->fd = fd;
-  op->req.data = fl;
-  int err = fy_aio_fdatasync(aio, &op->req, fd, on_synced);
-  if (err) {
-    close(fd);
-    return err;
-  }
-  fl->n++;
-  fl->pending++;
-  return 0;
-}
-
-static int open_dir(const char *path) { return open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC); }
-
-static int sync_parent(fy_index *ix, struct ix_flush *fl, fy_aio *aio) {
+static int sync_parent(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
   char path[4200];
   snprintf(path, sizeof path, "%s", ix->dir);
   char *slash = strrchr(path, '/');
@@ -712,21 +660,22 @@ static int sync_parent(fy_index *ix, struct ix_flush *fl, fy_aio *aio) {
     path[1] = '\0';
   else
     *slash = '\0';
-  return sync_fd(fl, aio, open_dir(path));
+  return fy_syncset_add(fl, aio, fy_syncset_open_dir(path));
 }
 
-static int queue_syncs(fy_index *ix, struct ix_flush *fl, fy_aio *aio) {
+static int queue_syncs(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
   int err = 0;
   for (size_t i = 0; i < ix->nfiles && !err; i++) {
     struct ix_file *f = &ix->files[i];
     if (!f->dirty)
       continue;
-    err = sync_fd(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
+    err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;
   }
-  if (!err && (ix->dir_dirty || fl->n == 0)) { /* nothing dirty: sync the directory anyway */
-    err = sync_fd(fl, aio, open_dir(ix->dir));
+  if (!err && (ix->dir_dirty || fy_syncset_count(fl) == 0)) {
+    /* nothing dirty: sync the directory anyway, so cb comes from aio */
+    err = fy_syncset_add(fl, aio, fy_syncset_open_dir(ix->dir));
     if (!err)
       ix->dir_dirty = false;
   }
@@ -744,18 +693,8 @@ int fy_index_flush(fy_index *ix, fy_aio *aio, void (*cb)(void *arg, int status),
   size_t nops = 2;
   for (size_t i = 0; i < ix->nfiles; i++)
     nops += ix->files[i].dirty;
-  struct ix_flush *fl = calloc(1, sizeof *fl + nops * sizeof fl->ops[0]);
+  fy_syncset *fl = fy_syncset_new((unsigned)nops, "index", cb, arg, &ix->flush);
   if (!fl)
     return -ENOMEM;
-  fl->ix = ix;
-  fl->cb = cb;
-  fl->arg = arg;
-  int err = queue_syncs(ix, fl, aio);
-  if (err && fl->n == 0) {
-    free(fl);
-    return err;
-  }
-  fl->status = err; /* a partial start reports the error through cb */
-  ix->flush = fl;
-  return 0;
+  return fy_syncset_start(fl, queue_syncs(ix, fl, aio));
 }

@@ -1,0 +1,41 @@
+/*
+ * A batch of fdatasyncs through fy_aio with one completion: the durability
+ * step shared by the consume queues and the index, which flush several
+ * files (and the directories that gained entries) together.
+ *
+ * Use: fy_syncset_new, then fy_syncset_add for each fd (the set owns and
+ * closes it), then fy_syncset_start. The owner keeps the set in *slot while
+ * it runs; the slot is cleared when the last sync completes, before cb runs.
+ * An owner that goes away first calls fy_syncset_orphan: the syncs still
+ * complete and cb still runs.
+ */
+#ifndef FY_STORE_SYNCSET_H
+#define FY_STORE_SYNCSET_H
+
+#include "store/aio.h"
+
+typedef struct fy_syncset fy_syncset;
+
+/* Room for up to max fds. what names the owner in the error log line. */
+fy_syncset *fy_syncset_new(unsigned max, const char *what, void (*cb)(void *arg, int status),
+                           void *arg, fy_syncset **slot);
+
+/* Queues fdatasync(fd). fd < 0 (a failed open or dup) returns -errno. The set
+ * owns fd from here on, also on error. */
+int fy_syncset_add(fy_syncset *s, fy_aio *aio, int fd);
+
+/* fds queued so far. */
+unsigned fy_syncset_count(const fy_syncset *s);
+
+/* Finishes queueing; err is the first error met while adding. Returns 0 and
+ * cb runs once (with err if nonzero, or the first sync error), or, when
+ * nothing was queued, frees the set and returns err (cb never runs). */
+int fy_syncset_start(fy_syncset *s, int err);
+
+/* The owner is gone: do not touch its slot. */
+void fy_syncset_orphan(fy_syncset *s);
+
+/* Opens path as a directory for syncing (-1 with errno on failure). */
+int fy_syncset_open_dir(const char *path);
+
+#endif
