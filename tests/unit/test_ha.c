@@ -333,6 +333,64 @@ static void test_diverged_slave_refused(void **state) {
   }
 }
 
+struct raw_ha {
+  bool connected, closed;
+};
+
+static void on_raw_connect(fy_conn *c, int status) {
+  struct raw_ha *r = fy_conn_data(c);
+  r->connected = status == 0;
+}
+
+static void on_raw_close(fy_conn *c, int reason) {
+  (void)reason;
+  struct raw_ha *r = fy_conn_data(c);
+  if (r)
+    r->closed = true;
+}
+
+static fy_conn *raw_ha_connect(struct env *e, struct raw_ha *r) {
+  fy_conn *c;
+  fy_conn_cfg cc = {.data = r, .on_close = on_raw_close};
+  assert_int_equal(fy_conn_connect(&e->loop, "127.0.0.1", fy_broker_ha_port(e->master.b), &cc,
+                                   on_raw_connect, &c), 0);
+  assert_true(fy_test_run_until(&e->loop, &r->connected, 5000));
+  return c;
+}
+
+/* Bad input on the HA port: a hello claiming more log than the master has is
+ * refused with a reason, and an acknowledgement beyond the master's log end
+ * (RocketMQ #3015) drops the connection instead of counting as replicated. */
+static void test_ha_bad_input(void **state) {
+  struct env *e = *state;
+  assert_int_equal(send_batch(e, "Bad", 10, 0), FERRY__V1__STATUS__OK);
+  struct raw_ha r1 = {0};
+  fy_conn *c1 = raw_ha_connect(e, &r1);
+  Ferry__V1__HaHello h = FERRY__V1__HA_HELLO__INIT;
+  h.broker_name = "broker-a";
+  h.broker_id = 9;
+  h.log_end = 1ull << 40;
+  e->done = false;
+  assert_int_equal(fy_rpc_call(c1, FERRY__V1__OP__OP_HA_HELLO, &h.base, NULL, 0, 3000, on_resp, e), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->done, 5000));
+  assert_int_equal(e->status, FERRY__V1__STATUS__BAD_REQUEST);
+  assert_true(fy_test_run_until(&e->loop, &r1.closed, 5000)); /* and the master hangs up */
+
+  struct raw_ha r2 = {0};
+  fy_conn *c2 = raw_ha_connect(e, &r2);
+  h.log_end = 0;
+  e->done = false;
+  assert_int_equal(fy_rpc_call(c2, FERRY__V1__OP__OP_HA_HELLO, &h.base, NULL, 0, 3000, on_resp, e), 0);
+  assert_true(fy_test_run_until(&e->loop, &e->done, 5000));
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  Ferry__V1__HaAck a = FERRY__V1__HA_ACK__INIT;
+  a.received = a.durable = 1ull << 40;
+  assert_int_equal(fy_rpc_oneway(c2, FERRY__V1__OP__OP_HA_ACK, &a.base, NULL, 0), 0);
+  assert_true(fy_test_run_until(&e->loop, &r2.closed, 5000));
+  /* The real slave is unaffected. */
+  wait_caught_up(e);
+}
+
 static int64_t query_offset(struct env *e, struct node *n, const char *topic) {
   Ferry__V1__QueueOffsetRequest q = FERRY__V1__QUEUE_OFFSET_REQUEST__INIT;
   q.group = "G";
@@ -380,6 +438,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
       cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
+      cmocka_unit_test_setup_teardown(test_ha_bad_input, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_offsets_committed_on_slave_merge_into_master,
                                       setup_async, teardown),
   };
