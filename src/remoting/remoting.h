@@ -128,6 +128,11 @@ void fy_rmq_out_free(fy_rmq_out *o);
  */
 uint32_t fy_rmq_msg_size(const struct fy_msg *m); /* 0 if it would not fit in 32 bits */
 uint32_t fy_rmq_msg_encode(const struct fy_msg *m, uint8_t *out); /* writes fy_rmq_msg_size(m) bytes */
+/* The inverse, for tests and tools: parses the message at p (avail bytes).
+ * Returns its size (> 0) and fills *out (pointers into p; total_size set),
+ * -EAGAIN when avail holds only a prefix, -FY_EDECODE when it is not a
+ * message (magic, lengths that do not add up, a body CRC that does not match). */
+int64_t fy_rmq_msg_decode(const uint8_t *p, size_t avail, struct fy_msg *out);
 /* zlib's CRC32 (fy_rmq_crc32(0, "123456789", 9) == 0xCBF43926), chainable. */
 uint32_t fy_rmq_crc32(uint32_t crc, const void *buf, size_t len);
 /* RocketMQ's offsetMsgId: upper-case hex of ip(4) port(4 BE) offset(8 BE). */

@@ -134,6 +134,73 @@ uint32_t fy_rmq_msg_encode(const struct fy_msg *m, uint8_t *out) {
   return size;
 }
 
+static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+
+/* Reads a host (IPv4 or IPv6 + port) at *off. */
+static void get_host(const uint8_t *p, size_t *off, bool v6, struct fy_host *h) {
+  size_t n = v6 ? 16 : 4;
+  memset(h->ip, 0, sizeof h->ip);
+  memcpy(h->ip, p + *off, n);
+  h->port = get32(p + *off + n);
+  h->v6 = v6;
+  *off += n + 4;
+}
+
+int64_t fy_rmq_msg_decode(const uint8_t *p, size_t avail, struct fy_msg *out) {
+  if (avail < 8)
+    return -EAGAIN;
+  uint32_t size = get32(p), magic = get32(p + 4);
+  if (magic != FY_RMQ_MSG_MAGIC_V1 && magic != FY_RMQ_MSG_MAGIC_V2)
+    return -FY_EDECODE;
+  if (size < 91 || size > INT32_MAX) /* the smallest message: IPv4 hosts, nothing else */
+    return -FY_EDECODE;
+  if (avail < size)
+    return -EAGAIN;
+  struct fy_msg m = {0};
+  m.total_size = size;
+  uint32_t crc = get32(p + 8);
+  m.queue_id = get32(p + 12);
+  m.flag = get32(p + 16);
+  m.queue_offset = get64(p + 20);
+  m.phys_offset = get64(p + 28);
+  m.sys_flag = get32(p + 36);
+  m.born_ts_ms = (int64_t)get64(p + 40);
+  size_t off = 48;
+  bool born_v6 = m.sys_flag & FY_SYSFLAG_BORNHOST_V6, store_v6 = m.sys_flag & FY_SYSFLAG_STOREHOST_V6;
+  /* Fixed part: through BODYLEN, plus the topic and props length fields. */
+  size_t fixed = off + (born_v6 ? 20 : 8) + 8 + (store_v6 ? 20 : 8) + 4 + 8 + 4;
+  size_t tl_len = magic == FY_RMQ_MSG_MAGIC_V2 ? 2 : 1;
+  if (size < fixed + tl_len + 2)
+    return -FY_EDECODE;
+  get_host(p, &off, born_v6, &m.born_host);
+  m.store_ts_ms = (int64_t)get64(p + off);
+  off += 8;
+  get_host(p, &off, store_v6, &m.store_host);
+  m.reconsume_times = get32(p + off);
+  m.prepared_tx_offset = get64(p + off + 4);
+  m.body_len = get32(p + off + 12);
+  off += 16;
+  if (m.body_len > size - fixed - tl_len - 2)
+    return -FY_EDECODE;
+  m.body = p + off;
+  off += m.body_len;
+  m.topic_len = tl_len == 2 ? (uint16_t)(p[off] << 8 | p[off + 1]) : p[off];
+  off += tl_len;
+  if (m.topic_len > size - off - 2)
+    return -FY_EDECODE;
+  m.topic = (const char *)p + off;
+  off += m.topic_len;
+  m.props_len = (uint16_t)(p[off] << 8 | p[off + 1]);
+  off += 2;
+  if (off + m.props_len != size)
+    return -FY_EDECODE;
+  m.props = (const char *)p + off;
+  if ((fy_rmq_crc32(0, m.body, m.body_len) & 0x7FFFFFFFu) != crc)
+    return -FY_EDECODE;
+  *out = m;
+  return size;
+}
+
 void fy_rmq_offset_msg_id(const uint8_t ip4[4], uint32_t port, uint64_t phys, char out[33]) {
   uint8_t raw[16];
   memcpy(raw, ip4, 4);

@@ -33,6 +33,19 @@ def batch_entry(body, props, flag=0):
             + struct.pack(">H", len(props)) + props)
 
 
+def stored_msg(body, topic, props, v6=False, magic=0xDAA320A7):
+    """One message in RocketMQ's stored layout (what pull bodies carry)."""
+    import zlib
+    host = (b"\x00" * 15 + b"\x01" if v6 else b"\x7f\x00\x00\x01") + struct.pack(">I", 10911)
+    sys_flag = 0x30 if v6 else 0
+    tlen = struct.pack(">H" if magic == 0xDAA320AB else ">B", len(topic))
+    rest = (struct.pack(">iiqqiq", 1, 0, 5, 4096, sys_flag, 1700000000000) + host
+            + struct.pack(">q", 1700000000001) + host + struct.pack(">iqI", 0, 0, len(body))
+            + body + tlen + topic + struct.pack(">H", len(props)) + props)
+    crc = zlib.crc32(body) & 0x7FFFFFFF
+    return struct.pack(">III", 12 + len(rest), magic, crc) + rest
+
+
 def seeds():
     s = {}
     v2 = {"a": "PG", "b": "TopicTest", "c": "TBW102", "d": "4", "e": "2", "f": "0",
@@ -65,6 +78,13 @@ def seeds():
                                b"{}", ser=1)
     s["binary_response"] = frame(bin_header(0, 10, 1, [(b"msgId", b"0A00000100002A9F0000000000001000"),
                                                        (b"queueOffset", b"7")]), ser=1)
+    s["pull_body"] = (stored_msg(b"hello", b"TopicTest", b"TAGS\x01TagA\x02")
+                      + stored_msg(b"", b"T", b"", v6=True)
+                      + stored_msg(b"x" * 30, b"t" * 200, b"", magic=0xDAA320AB))
+    s["pull_response"] = jframe({"code": 0, "flag": 1, "opaque": 4,
+                                 "extFields": {"suggestWhichBrokerId": "0", "nextBeginOffset": "3",
+                                               "minOffset": "0", "maxOffset": "3"}},
+                                s["pull_body"])
     s["two_frames"] = s["pull"] + s["binary_request"]
     s["batch_alone"] = batch
     s["tags"] = b"TagA || TagB || *"

@@ -669,6 +669,44 @@ static void check_msg(const struct fy_msg *m, bool v6) {
   assert_int_equal(be16(b + off), 10);
   assert_memory_equal(b + off + 2, "TAGS\001TagA\002", 10);
   assert_int_equal(off + 12, want_size);
+
+  /* Decodes back to the same fields; prefixes ask for more; damage is refused. */
+  struct fy_msg d;
+  assert_int_equal(fy_rmq_msg_decode(b, want_size, &d), want_size);
+  assert_int_equal(d.total_size, want_size);
+  assert_int_equal(d.queue_id, m->queue_id);
+  assert_int_equal(d.flag, m->flag);
+  assert_true(d.queue_offset == m->queue_offset);
+  assert_int_equal(d.phys_offset, m->phys_offset);
+  assert_int_equal(d.sys_flag, 0x81u | (v6 ? 0x30u : 0));
+  assert_int_equal(d.born_ts_ms, m->born_ts_ms);
+  assert_int_equal(d.store_ts_ms, m->store_ts_ms);
+  assert_int_equal(d.born_host.v6, v6);
+  assert_memory_equal(d.born_host.ip, m->born_host.ip, v6 ? 16 : 4);
+  assert_int_equal(d.born_host.port, 40000);
+  assert_memory_equal(d.store_host.ip, m->store_host.ip, v6 ? 16 : 4);
+  assert_int_equal(d.store_host.port, 10911);
+  assert_int_equal(d.reconsume_times, 2);
+  assert_int_equal(d.prepared_tx_offset, 99);
+  assert_int_equal(d.body_len, 9);
+  assert_memory_equal(d.body, "123456789", 9);
+  assert_int_equal(d.topic_len, m->topic_len);
+  assert_memory_equal(d.topic, m->topic, m->topic_len);
+  assert_int_equal(d.props_len, 10);
+  assert_memory_equal(d.props, m->props, 10);
+  for (size_t n = 0; n < want_size; n += 5)
+    assert_int_equal(fy_rmq_msg_decode(b, n, &d), -EAGAIN);
+  size_t body_off = 48 + host + 8 + host + 4 + 8 + 4;
+  b[body_off + 4] ^= 1; /* a body byte: the CRC no longer matches */
+  assert_int_equal(fy_rmq_msg_decode(b, want_size, &d), -FY_EDECODE);
+  b[body_off + 4] ^= 1;
+  b[7] ^= 0x10; /* magic */
+  assert_int_equal(fy_rmq_msg_decode(b, want_size, &d), -FY_EDECODE);
+  b[7] ^= 0x10;
+  put_be32(b, want_size + 1); /* sizes that do not add up */
+  assert_int_equal(fy_rmq_msg_decode(b, want_size + 1, &d), -FY_EDECODE);
+  put_be32(b, want_size);
+  assert_int_equal(fy_rmq_msg_decode(b, want_size, &d), want_size);
   free(b);
 }
 
@@ -699,6 +737,39 @@ static void test_msg_layout(void **state) {
   /* A body too large for a Java int total. */
   m.body_len = 0x7FFFFFF0u;
   assert_int_equal(fy_rmq_msg_size(&m), 0);
+}
+
+/* tests/fuzz/corpus/remoting/pull_body was laid out by
+ * tests/fuzz/make_corpus_remoting.py from the protocol with Python's zlib
+ * CRC32: an encoder-independent check of the layout, both ways. */
+static void test_msg_python_layout(void **state) {
+  (void)state;
+  FILE *f = fopen(FY_SOURCE_DIR "/tests/fuzz/corpus/remoting/pull_body", "rb");
+  assert_non_null(f);
+  static uint8_t buf[4096];
+  size_t len = fread(buf, 1, sizeof buf, f);
+  fclose(f);
+  assert_int_equal(len, 115 + 116 + 322);
+  static const struct { uint16_t topic_len; uint32_t body_len; bool v6; } want[] = {
+      {9, 5, false}, {1, 0, true}, {200, 30, false}};
+  size_t off = 0;
+  for (size_t i = 0; i < 3; i++) {
+    struct fy_msg m;
+    int64_t n = fy_rmq_msg_decode(buf + off, len - off, &m);
+    assert_true(n > 0);
+    assert_int_equal(m.topic_len, want[i].topic_len);
+    assert_int_equal(m.body_len, want[i].body_len);
+    assert_int_equal(m.born_host.v6, want[i].v6);
+    assert_int_equal(m.store_host.port, 10911);
+    assert_int_equal(m.queue_offset, 5);
+    assert_int_equal(m.phys_offset, 4096);
+    uint8_t again[512];
+    assert_int_equal(fy_rmq_msg_size(&m), n);
+    assert_int_equal(fy_rmq_msg_encode(&m, again), n);
+    assert_memory_equal(again, buf + off, (size_t)n);
+    off += (size_t)n;
+  }
+  assert_int_equal(off, len);
 }
 
 static void test_crc32(void **state) {
@@ -904,6 +975,7 @@ int main(void) {
       cmocka_unit_test(test_round_trip),
       cmocka_unit_test(test_out_limits),
       cmocka_unit_test(test_msg_layout),
+      cmocka_unit_test(test_msg_python_layout),
       cmocka_unit_test(test_crc32),
       cmocka_unit_test(test_offset_msg_id),
       cmocka_unit_test(test_batch),
