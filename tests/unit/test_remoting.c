@@ -353,37 +353,25 @@ static void test_malformed_binary(void **state) {
     expect_parse(f, len, -FY_EDECODE);
     free(f);
   }
+  /* One byte changed each (offsets in BIN_HEADER's comment layout). */
+  static const struct { size_t off; uint8_t v; } bad[] = {
+      {13, 0x80}, /* remark length negative */
+      {16, 0x30}, /* remark length past the header */
+      {22, 0x15}, /* ext length one past the header */
+      {19, 0xFF}, /* ext length negative */
+      {23, 0x80}, /* key length negative */
+      {24, 0x20}, /* key length past the ext region */
+      {29, 0x0E}, /* value length past the ext region */
+      {26, 0x80}, /* value length negative */
+      {31, '\0'}, /* NUL inside a value */
+      {18, '\0'}, /* NUL inside the remark */
+  };
   uint8_t h[sizeof BIN_HEADER];
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[13] = 0x80; /* remark length negative */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[16] = 0x30; /* remark length past the header */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[22] = 0x15; /* ext length one past the header */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[19] = 0xFF; /* ext length negative */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[23] = 0x80; /* key length negative */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[24] = 0x20; /* key length past the ext region */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[29] = 0x0E; /* value length past the ext region */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[26] = 0x80; /* value length negative */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[31] = '\0'; /* NUL inside a value */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
-  memcpy(h, BIN_HEADER, sizeof h);
-  h[18] = '\0'; /* NUL inside the remark */
-  expect_bin_error(h, sizeof h, -FY_EDECODE);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memcpy(h, BIN_HEADER, sizeof h);
+    h[bad[i].off] = bad[i].v;
+    expect_bin_error(h, sizeof h, -FY_EDECODE);
+  }
   /* An ext region cut inside the second entry (length 12 of 20). */
   memcpy(h, BIN_HEADER, sizeof h);
   h[22] = 12;
