@@ -26,6 +26,9 @@
 
 struct pending_send;
 struct held_pull;
+struct fy__sched;
+
+#define FY_SCHEDULE_TOPIC "SCHEDULE_TOPIC_XXXX"
 
 /* The protocols a client port speaks, told apart by a connection's first
  * byte (net/conn.h): Ferry's own frames, or RocketMQ 4.x remoting. */
@@ -118,6 +121,7 @@ struct fy_broker {
 
   fy_strmap *resets; /* "group\0topic\0qid" -> uint64_t* offset to hand out */
   fy_strmap *rmq_locks; /* RocketMQ queue locks (rmq.c), created on first use */
+  struct fy__sched *sched; /* delayed messages (schedule.c) */
 
   /* HA: a master runs ha_master, a slave ha_slave and the metadata sync */
   struct fy_ha_config ha_cfg;
@@ -213,6 +217,23 @@ void fy__pull_run(struct fy_broker *b, struct bconn *bc, const struct pull_req *
 /* The broker id a consumer of r should pull from next (slave reads). */
 uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
                           const struct fy_get_result *res);
+
+/* schedule.c: delayed messages (delay levels) */
+int fy__schedule_start(struct fy_broker *b);
+void fy__schedule_close(struct fy_broker *b, uv_close_cb close_cb);
+void fy__schedule_free(struct fy_broker *b);
+/* An entry arrived in the schedule topic's queue_id (its level - 1). */
+void fy__schedule_wake(struct fy_broker *b, uint32_t queue_id);
+/* Rewrites each message with a DELAY level into the schedule topic (real
+ * topic and queue kept in REAL_TOPIC / REAL_QID); the new properties live
+ * in *scratch, which the caller frees after the put. Returns 0, or -EINVAL
+ * with why (a delayed message in a batch, properties too long). */
+int fy__schedule_rewrite(struct fy_broker *b, struct fy_msg *msgs, size_t n, char **scratch,
+                         const char **why);
+
+/* Sets the DELAY level of the properties props[0..*len) (capacity cap).
+ * 0, -ENOSPC or -ENOMEM. */
+int fy__schedule_set_level(char *props, size_t cap, size_t *len, int level);
 
 /* rmq.c: RocketMQ remoting on the client port */
 size_t fy__rmq_on_bytes(fy_conn *conn, const uint8_t *bytes, size_t len);

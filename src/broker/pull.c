@@ -426,6 +426,8 @@ void fy__handle_pull(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
 void fy__pull_on_arrival(void *arg, const char *topic, size_t topic_len, uint32_t queue_id,
                          uint64_t max_offset) {
   struct fy_broker *b = arg;
+  if (topic_len == sizeof FY_SCHEDULE_TOPIC - 1 && memcmp(topic, FY_SCHEDULE_TOPIC, topic_len) == 0)
+    fy__schedule_wake(b, queue_id);
   if (b->nheld == 0)
     return;
   char key[FY_TOPIC_NAME_MAX + 8];

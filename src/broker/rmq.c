@@ -507,6 +507,13 @@ static void on_send_back(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd
     }
     rc |= fy_props_add(props, FY_PROPS_MAX, &plen, "ORIGIN_MESSAGE_ID", origin, strlen(origin));
   }
+  /* RocketMQ's back-off: level 3 + reconsume count (10 s, 30 s, 1 m, ...),
+   * or the level the client asked for. */
+  if (!dead)
+    rc |= fy__schedule_set_level(props, FY_PROPS_MAX, &plen,
+                                 delay_level > 0 ? (int)(delay_level > 1000 ? 1000 : delay_level)
+                                                 : 3 + (int)(old.reconsume_times > 1000
+                                                                 ? 1000 : old.reconsume_times));
   if (fy_props_get(props, plen, FY_PROP_UNIQ_KEY, &v, &vlen))
     snprintf(uniq, sizeof uniq, "%.*s", (int)(vlen < 32 ? vlen : 32), v);
   else

@@ -12,7 +12,9 @@ slaveReadBehindBytes so redirects happen on small backlogs), all on port 0:
   two consumers subscribed to "TagA || TagB" receives every TagA/TagB message
   and no TagC one, split across both, with keys intact;
 - a message whose handler fails once comes back through %RETRY%<group> with
-  reconsumeTimes 1 and its original topic;
+  reconsumeTimes 1 and its original topic, after RocketMQ's back-off (delay
+  level 3, 10 s);
+- a message sent with a delay level arrives no sooner than that delay;
 - a consumer far behind is redirected to the slave (its pulls go to the
   slave's address) and comes back to the master once caught up;
 - with the master killed (SIGKILL) mid-consumption, the consumer keeps
@@ -109,9 +111,10 @@ class Pair:
                 p.kill9()
 
 
-def produce(pair, topic, count, prefix, tags="TagA"):
+def produce(pair, topic, count, prefix, tags="TagA", *extra):
     r = subprocess.run(["node", CLIENT, "produce", "--ns", pair.ns, "--topic", topic, "--count",
-                        str(count), "--prefix", prefix, "--tags", tags, "--inflight", "64"],
+                        str(count), "--prefix", prefix, "--tags", tags, "--inflight", "64"] +
+                       list(extra),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"producer exited {r.returncode}: {r.stderr[-3000:]}"
     lines = [json.loads(l) for l in r.stdout.splitlines()]
@@ -198,6 +201,25 @@ def test_failed_message_comes_back_through_retry(args, pair):
     assert back[0]["reconsumeTimes"] == 1, back
     assert back[0]["retryTopic"] == "RmqRetry", back
     assert back[0]["originMsgId"] == failed[0]["msgId"], (back, failed)
+    # RocketMQ's back-off: the first retry waits delay level 3 (10 s).
+    assert back[0]["t"] - failed[0]["t"] >= 9000, f"retried after {back[0]['t'] - failed[0]['t']} ms"
+
+
+def test_delayed_message(args, pair):
+    """A message sent with delay level 2 (5 s) arrives no sooner, on its own topic."""
+    pair.create_topic("RmqDelay", 2)
+    c = Consumer(pair, "delay", "RmqDelay", "RmqDelayGroup")
+    try:
+        sent = produce(pair, "RmqDelay", 3, "later", "TagD", "--delay-level", "2")
+        assert all(s["status"] == "SEND_OK" for s in sent), sent
+        wait_for(lambda: len(c.received()) >= 3, 60, "the delayed messages")
+    finally:
+        c.stop()
+    got = {m["body"]: m for m in c.received()}
+    for s in sent:
+        m = got[s["body"]]
+        assert m["t"] - s["t"] >= 4500, f"{s['body']} arrived {m['t'] - s['t']} ms after SEND_OK"
+        assert m["tags"] == "TagD" and m["keys"] == s["key"], m
 
 
 def test_redirect_to_slave_and_back(args, pair):
@@ -256,6 +278,7 @@ if __name__ == "__main__":
     try:
         main([with_pair(t) for t in (test_group_of_two_with_tags_and_keys,
                                      test_failed_message_comes_back_through_retry,
+                                     test_delayed_message,
                                      test_redirect_to_slave_and_back,
                                      test_master_killed_consumer_keeps_reading_from_slave)])
     finally:
