@@ -502,6 +502,7 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   if (err)
     goto out_free;
   fy_store_on_arrival(b->store, fy__pull_on_arrival, b);
+  fy_consumers_on_change(b->consumers, fy__rmq_group_changed, b);
   err = fy__schedule_start(b);
   if (err)
     goto out_free;

@@ -55,6 +55,7 @@ struct bconn {
   struct pending_send *sends;
   struct held_pull *held;
   uint8_t proto;           /* enum fy_proto, from the first bytes */
+  uint8_t rmq_serialize;   /* RocketMQ: the header encoding the client last used */
 };
 
 struct ns_link {
@@ -135,6 +136,7 @@ struct fy_broker {
   /* round-robin queue choice for sends without a queue id */
   uint32_t rr;
   uint32_t uniq_counter;
+  int32_t rmq_opaque; /* opaque of the requests the broker sends RocketMQ clients */
 
   bool stopping;
   int stop_status;
@@ -238,6 +240,9 @@ int fy__schedule_set_level(char *props, size_t cap, size_t *len, int level);
 /* rmq.c: RocketMQ remoting on the client port */
 size_t fy__rmq_on_bytes(fy_conn *conn, const uint8_t *bytes, size_t len);
 void fy__rmq_free(struct fy_broker *b);
+/* A consumer joined or left group: RocketMQ clients in it are told
+ * (NOTIFY_CONSUMER_IDS_CHANGED) so they rebalance at once. */
+void fy__rmq_group_changed(void *arg, const char *group);
 void fy__rmq_reply_err(fy_conn *conn, const struct fy_reqref *ref, uint16_t status,
                        const char *text);
 void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqref *ref,

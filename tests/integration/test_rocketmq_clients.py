@@ -26,8 +26,11 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 
 from harness import Proc, fresh_dir, main, wait_for
 
@@ -241,6 +244,75 @@ def test_redirect_to_slave_and_back(args, pair):
         c.stop()
 
 
+def rmq_frame(code, opaque, ext, body=b""):
+    header = json.dumps({"code": code, "language": "JAVA", "version": 401, "opaque": opaque,
+                         "flag": 0, "extFields": ext}).encode()
+    return struct.pack(">II", 4 + len(header) + len(body), len(header)) + header + body
+
+
+_pending = {}
+
+
+def rmq_read(sock, deadline_s):
+    """One remoting frame: (header dict, body). Bytes past it stay for the next call."""
+    sock.settimeout(deadline_s)
+    buf = _pending.pop(sock, b"")
+    while len(buf) < 8 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+        chunk = sock.recv(65536)
+        assert chunk, "the broker closed the connection"
+        buf += chunk
+    total, hlen = struct.unpack(">II", buf[:8])
+    _pending[sock] = buf[4 + total:]
+    assert hlen >> 24 == 0, "answered in another header encoding than the request's"
+    return json.loads(buf[8:8 + hlen]), buf[8 + hlen:4 + total]
+
+
+def test_group_change_is_notified(args, pair):
+    """A RocketMQ consumer is told (NOTIFY_CONSUMER_IDS_CHANGED, one-way) when
+    another joins its group, so it rebalances at once instead of at its next
+    periodic rebalance."""
+    host, port = pair.m_addr.split(":")
+
+    def heartbeat(sock, client_id, opaque):
+        body = json.dumps({"clientID": client_id, "producerDataSet": [], "consumerDataSet": [{
+            "groupName": "RmqNotifyGroup", "consumeType": "CONSUME_PASSIVELY",
+            "messageModel": "CLUSTERING", "consumeFromWhere": "CONSUME_FROM_LAST_OFFSET",
+            "unitMode": False, "subscriptionDataSet": [{"topic": "RmqOrders", "subString": "*",
+                                                         "tagsSet": [], "codeSet": []}]}]}).encode()
+        sock.sendall(rmq_frame(34, opaque, {}, body))
+
+    def answer(sock, opaque):
+        """Reads up to the response to opaque; returns it and the notifications before it."""
+        notes = []
+        while True:
+            h, _ = rmq_read(sock, 10)
+            if h["flag"] & 1 and h["opaque"] == opaque:
+                return h, notes
+            notes.append(h)
+
+    def notified(sock):
+        h, _ = rmq_read(sock, 10)
+        assert h["code"] == 40 and h["flag"] == 2, h  # NOTIFY_CONSUMER_IDS_CHANGED, one-way
+        assert h["extFields"]["consumerGroup"] == "RmqNotifyGroup", h
+
+    a = socket.create_connection((host, int(port)), timeout=10)
+    b = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        heartbeat(a, "10.0.0.1@notify-a", 1)
+        h, notes = answer(a, 1)
+        assert h["code"] == 0, h
+        if not notes:  # a's own joining is announced too (RocketMQ notifies every member)
+            notified(a)
+        heartbeat(b, "10.0.0.1@notify-b", 1)
+        h, _ = answer(b, 1)
+        assert h["code"] == 0, h
+        notified(a)  # b joined
+    finally:
+        b.close()
+    notified(a)  # b's connection closed
+    a.close()
+
+
 def test_master_killed_consumer_keeps_reading_from_slave(args, pair):
     pair.create_topic("RmqFailover", 4)
     sent = produce(pair, "RmqFailover", 2000, "f")
@@ -280,6 +352,7 @@ if __name__ == "__main__":
                                      test_failed_message_comes_back_through_retry,
                                      test_delayed_message,
                                      test_redirect_to_slave_and_back,
+                                     test_group_change_is_notified,
                                      test_master_killed_consumer_keeps_reading_from_slave)])
     finally:
         for p in _pair:
