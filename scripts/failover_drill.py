@@ -289,10 +289,10 @@ class Cluster:
             raise RuntimeError(f"{argv[0]} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
         return r
 
-    def broker_status(self, addr, host="b"):
-        """brokerStatus of one broker as a dict ({} when it does not answer)."""
-        r = self.tool("mqadmin", "brokerStatus", "-n", self.ns, "-b", addr, host=host, check=False,
-                      timeout=30)
+    def broker_status(self, addr, host="b", what="brokerStatus"):
+        """mqadmin brokerStatus (or haStatus) of one broker as a dict ({}
+        when it does not answer)."""
+        r = self.tool("mqadmin", what, "-n", self.ns, "-b", addr, host=host, check=False, timeout=30)
         if r.returncode != 0:
             return {}
         return {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in r.stdout.splitlines())}

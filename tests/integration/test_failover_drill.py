@@ -57,8 +57,9 @@ def check_report(report, out_dir, kills):
     assert report["consumed"] == len(consumed), report
     assert report["duplicates"] == len(bodies) - len(consumed), report
     assert report["master_kills"] == kills, report
-    # Sends succeed most of the time (the master is up ~2/3 of it) ...
-    assert len(acked) > report["sent"] // 2, report
+    # The master is up about 2/3 of the time and a restarted master waits
+    # for its slave (SLAVE_NOT_AVAILABLE meanwhile): a floor well below that ...
+    assert len(acked) > report["sent"] // 4, report
     # ... and the restarted master took sends again after every restart.
     each = report["master_serving_again_each_s"]
     assert len(each) == kills and all(t is not None for t in each), report
