@@ -272,6 +272,7 @@ class Cluster:
 
     def start(self, extra_master=(), extra_slave=()):
         self.extra = {"broker-a": list(extra_master), "broker-a-s": list(extra_slave)}
+        os.makedirs(self.dir, exist_ok=True)
         self._start("namesrv", "a", [os.path.join(self.bin, "mqnamesrv"), "-o", f"listenPort={self.ns_port}",
                                      "-o", f"listenAddress={self.hosts.addr('a')}"], self.ns_port)
         self.start_broker("broker-a")
