@@ -39,6 +39,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import wait_for  # noqa: E402  (deadline waits, shared with the tests)
 
 
 def log(msg):
@@ -56,17 +58,6 @@ def _die_with_parent():
     dies, so a SIGKILLed drill or test leaves no broker behind."""
     if _prctl:
         _prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-
-def wait_until(cond, timeout_s, what, interval_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def listening(pid, port):
@@ -132,13 +123,18 @@ class Hosts:
             m = cls.NAME_RE.match(name)
             if not m or os.path.exists(f"/proc/{m.group(1)}"):
                 continue
-            for pid in _ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-            _ip("netns", "del", name, check=False)
+            cls._remove(name)
             log(f"deleted stale namespace {name}")
+
+    @staticmethod
+    def _remove(name):
+        """Kills what runs in namespace name, then deletes it."""
+        for pid in _ip("netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        _ip("netns", "del", name, check=False)
 
     def setup(self):
         if self.mode != "netns":
@@ -162,12 +158,7 @@ class Hosts:
 
     def cleanup(self):
         for name in self.created:
-            for pid in _ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-            _ip("netns", "del", name, check=False)
+            self._remove(name)
         self.created = []
 
     def addr(self, host):
@@ -247,7 +238,7 @@ class Cluster:
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see {self.dir}/{name}.log")
             return listening(p.pid, ready_port)
-        wait_until(up, 30, f"{name} listening on port {ready_port}", 0.02)
+        wait_for(up, 30, f"{name} listening on port {ready_port}", 0.02)
         return p
 
     def broker_args(self, name, master, extra=()):
@@ -306,7 +297,7 @@ class Cluster:
 
         def slave_knows():
             return int(self.broker_status(self.slave_addr, host).get("topics", "0") or 0) >= 1
-        wait_until(slave_knows, 30, "the slave to adopt the topic from the master", 0.1)
+        wait_for(slave_knows, 30, "the slave to adopt the topic from the master", 0.1)
 
     def stop(self):
         for p in self.procs.values():
@@ -367,7 +358,11 @@ def drill(args, hosts):
         start = time.monotonic()
         lead = 2.0
         cycle = args.down_seconds + args.up_seconds
-        end_at = start + max(args.seconds, lead + args.kills * cycle + args.up_seconds)
+        # Runs at least --seconds, and until every kill is done and the last
+        # restart had --up-seconds of traffic (restarts take their own time,
+        # so the end moves); the hard limit only stops a drill gone wrong.
+        end_at = start + args.seconds
+        hard_end = start + 4 * (args.seconds + lead + args.kills * cycle + args.up_seconds) + 60
         kills_done = 0
         kill_at = start + lead
         restart_at = kill_at + args.down_seconds
@@ -376,8 +371,14 @@ def drill(args, hosts):
         down_total = 0.0
         interval = 1.0 / args.rate
         next_send = start
-        while time.monotonic() < end_at:
+        while True:
             now = time.monotonic()
+            if now >= hard_end:
+                raise RuntimeError(f"drill still running after {now - start:.0f} s: "
+                                   f"{kills_done} of {args.kills} kills done")
+            if now >= end_at and kills_done == args.kills and \
+                    (restarted_t is None or now >= restarted_t + args.up_seconds):
+                break
             if kills_done < args.kills and killed_t is None and now >= kill_at:
                 r = subprocess.run([os.path.join(ROOT, "scripts", "kill-master.sh"),
                                     "-c", os.path.join(ROOT, "conf", "broker-a.conf"),
