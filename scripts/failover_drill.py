@@ -324,14 +324,21 @@ def drill(args, hosts):
         cons_out = open(os.path.join(args.dir, "consumer.out"), "w")
         cons = subprocess.Popen(hosts.wrap("b", [os.path.join(args.bin, "mqconsume"), "-n", c.ns,
                                                  "-t", "Drill", "-g", "DrillGroup", "--from", "first",
-                                                 "--format", "body"]),
+                                                 "--format", "json"]),
                                 stdout=subprocess.PIPE, stderr=open(os.path.join(args.dir, "consumer.log"), "wb"),
                                 preexec_fn=_die_with_parent)
 
+        from_slave = [0]       # deliveries the slave served
+
         def read_consumer():
             for line in cons.stdout:
-                body = line.decode(errors="replace").strip()
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                body = str(m.get("body"))
                 consumed.append((time.monotonic(), body))
+                from_slave[0] += m.get("brokerId", 0) != 0
                 cons_out.write(body + "\n")
             cons_out.close()
         tc = threading.Thread(target=read_consumer, daemon=True)
@@ -458,6 +465,7 @@ def drill(args, hosts):
             "lost": len(lost),
             "lost_examples": lost[:10],
             "duplicates": len(bodies) - len(unique),
+            "consumed_from_slave": from_slave[0],
             "consumer_max_stall_s": round(stall, 3),
             "consumer_max_delay_s": round(max(delays, default=0.0), 3),
             "master_kills": kills_done,
