@@ -7,6 +7,8 @@
   SLAVE_NOT_AVAILABLE or FLUSH_SLAVE_TIMEOUT within its timeouts (no send
   hangs) and SEND_OK again by itself after SIGCONT; nothing acknowledged is
   lost and the slave ends where the master does.
+- Brokers and the name server ignore SIGPIPE (a peer's reset is an error
+  on that connection, not the end of the process).
 - Known gap (documented in docs/OPERATIONS.md, "What consumers see"):
   records the master stored without a slave (SLAVE_NOT_AVAILABLE) are
   hidden from consumers, but once the master restarts, recovery makes them
@@ -143,9 +145,19 @@ def test_redirect_to_slave_and_back(args):
         pair.stop()
 
 
+def ignores_sigpipe(pid):
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(l.split()[1], 16) for l in f if l.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGPIPE - 1)))
+
+
 def test_link_cut_and_heal(args):
     pair = Pair(args, "ha-linkcut", 23210)
     try:
+        # A peer resetting a connection mid-write (a killed slave, master or
+        # client) must not kill a broker or name server with SIGPIPE.
+        for name, p in pair.procs.items():
+            assert ignores_sigpipe(p.pid), f"{name} dies of SIGPIPE when a peer resets"
         pair.create_topic("LinkCut")
         acked = []
         wait_for(lambda: produce(pair, "LinkCut", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
