@@ -380,6 +380,7 @@ struct fy_producer {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   uint32_t inflight;               /* async sends not called back (mu) */
+  uint32_t waiters;                /* senders waiting for inflight room (mu) */
   uint32_t live_ops;               /* send ops not yet freed (mu) */
   bool closing;                    /* mu */
   struct fy_producer *next;        /* cl->producers (loop) */

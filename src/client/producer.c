@@ -55,6 +55,7 @@ struct send_op {
   bool use_default;            /* routed through TBW102 */
   bool async;
   fy_send_cb cb;
+  fy_send_batch_cb batch_cb;   /* asynchronous batch: instead of cb */
   void *cb_arg;
 };
 
@@ -269,12 +270,16 @@ static void send_finish(struct fy__op *base) {
     }
   if (!op->async)
     return;
-  op->cb(base->err, &op->res[0], op->cb_arg);
+  if (op->batch_cb)
+    op->batch_cb(base->err, op->res, op->n, op->cb_arg);
+  else
+    op->cb(base->err, &op->res[0], op->cb_arg);
   fy_producer *p = op->p;
   pthread_mutex_lock(&p->mu);
   fy_assert(p->inflight > 0);
   p->inflight--;
-  pthread_cond_broadcast(&p->cv);
+  if (p->waiters || p->closing)
+    pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -462,9 +467,12 @@ int fy_producer_send_batch(fy_producer *p, const fy_message *msgs, size_t n,
   return send_sync(p, msgs, n, opts, results);
 }
 
-int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_options *opts,
-                           fy_send_cb cb, void *arg) {
-  if (!cb) {
+/* Takes an inflight slot (waiting for one off the client thread, up to
+ * the send timeout) and posts an asynchronous send of msgs. */
+static int send_async(fy_producer *p, const fy_message *msgs, size_t n,
+                      const fy_send_options *opts, fy_send_cb cb, fy_send_batch_cb batch_cb,
+                      void *arg) {
+  if (!cb && !batch_cb) {
     fy__set_last_error("a callback is required");
     return -EINVAL;
   }
@@ -476,9 +484,11 @@ int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_
     uint64_t d = fy__cl_now_ms() + timeout;
     ts.tv_sec = (time_t)(d / 1000);
     ts.tv_nsec = (long)(d % 1000) * 1000000L;
+    p->waiters++;
     while (p->inflight >= p->cfg.max_inflight && !p->closing)
       if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT)
         break;
+    p->waiters--;
   }
   int err = 0;
   if (p->closing)
@@ -495,10 +505,11 @@ int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_
     return err;
   }
   struct send_op *op;
-  err = send_build(p, msg, 1, opts, false, &op);
+  err = send_build(p, msgs, n, opts, false, &op);
   if (!err) {
     op->async = true;
     op->cb = cb;
+    op->batch_cb = batch_cb;
     op->cb_arg = arg;
     err = fy__op_post(&op->base);
   }
@@ -509,6 +520,20 @@ int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_
     pthread_mutex_unlock(&p->mu);
   }
   return err;
+}
+
+int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_options *opts,
+                           fy_send_cb cb, void *arg) {
+  return send_async(p, msg, 1, opts, cb, NULL, arg);
+}
+
+int fy_producer_send_batch_async(fy_producer *p, const fy_message *msgs, size_t n,
+                                 const fy_send_options *opts, fy_send_batch_cb cb, void *arg) {
+  if (!cb) {
+    fy__set_last_error("a callback is required");
+    return -EINVAL;
+  }
+  return send_async(p, msgs, n, opts, NULL, cb, arg);
 }
 
 /* ------------------------------------------------------------- lifecycle */
