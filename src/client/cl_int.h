@@ -78,6 +78,7 @@ struct fy_client {
   char instance_name[FY_CLIENT_NAME_MAX]; /* as configured, "" if not */
   uint8_t ip[4];                   /* for message ids */
   uint32_t msgid_rand;
+  uint32_t pid;                    /* getpid() at start (a syscall: not per message) */
   pthread_t thread;
   uv_loop_t loop;
   uv_async_t async;

@@ -537,6 +537,7 @@ int fy_client_new(const fy_client_config *cfg, fy_client **out) {
     snprintf(inst, sizeof inst, "%d#%u", (int)getpid(), seq);
   snprintf(cl->client_id, sizeof cl->client_id, "%u.%u.%u.%u@%s", cl->ip[0], cl->ip[1],
            cl->ip[2], cl->ip[3], inst);
+  cl->pid = (uint32_t)getpid();
   if (getrandom(&cl->msgid_rand, sizeof cl->msgid_rand, 0) != sizeof cl->msgid_rand)
     cl->msgid_rand = (uint32_t)(uv_hrtime() ^ (uint64_t)getpid() << 16);
 

@@ -40,7 +40,8 @@
 struct send_op {
   struct fy__op base;
   fy_producer *p;
-  Ferry__V1__SendRequest *req; /* owned deep copy */
+  Ferry__V1__SendRequest req;  /* points into reqmem, op->topic, op->res and the producer */
+  void *reqmem;                /* one block: the messages, properties and their strings */
   uint8_t *raw;
   size_t raw_len;
   size_t n;
@@ -60,6 +61,15 @@ struct send_op {
 };
 
 static void send_next(struct send_op *op);
+
+/* snprintf(dst, size, "%s", src) without the formatting machinery (it
+ * showed in profiles, three per message); NULL copies as "". */
+static void copy_str(char *dst, size_t size, const char *src) {
+  size_t n = src ? strnlen(src, size - 1) : 0;
+  if (n)
+    memcpy(dst, src, n);
+  dst[n] = '\0';
+}
 
 static bool retryable(int err) {
   return fy__cl_err_is_network(err) || err == -FY_ETOPIC_NOT_EXIST || err == -FY_EUNAVAILABLE ||
@@ -127,20 +137,19 @@ static void on_send_resp(struct fy__op *base, int err, const fy_frame *resp, voi
     return;
   }
   fy_send_status status = stored_status(resp->status);
+  const char *bname = sr->broker_name && *sr->broker_name ? sr->broker_name : op->cur_broker;
   for (size_t i = 0; i < op->n; i++) {
     fy_send_result *r = &op->res[i];
     r->status = status;
     r->attempts = op->attempts;
-    snprintf(r->broker_name, sizeof r->broker_name, "%s",
-             sr->broker_name && *sr->broker_name ? sr->broker_name : op->cur_broker);
+    copy_str(r->broker_name, sizeof r->broker_name, bname);
     r->queue_id = sr->queue_id;
     r->error[0] = '\0';
     if (i < sr->n_results) {
       const Ferry__V1__SendResult *x = sr->results[i];
       if (x->msg_id && *x->msg_id)
-        snprintf(r->msg_id, sizeof r->msg_id, "%s", x->msg_id);
-      snprintf(r->offset_msg_id, sizeof r->offset_msg_id, "%s",
-               x->offset_msg_id ? x->offset_msg_id : "");
+        copy_str(r->msg_id, sizeof r->msg_id, x->msg_id);
+      copy_str(r->offset_msg_id, sizeof r->offset_msg_id, x->offset_msg_id);
       r->queue_offset = x->queue_offset;
     }
   }
@@ -238,11 +247,11 @@ static void on_route(struct fy__op *base, int err, struct fy__rentry *e) {
   fy_assert(addr != NULL); /* the publish list only has brokerNames with a master */
   snprintf(op->cur_broker, sizeof op->cur_broker, "%s", list[k].broker_name);
   snprintf(op->cur_addr, sizeof op->cur_addr, "%s", addr);
-  op->req->queue_id = (int32_t)list[k].queue_id;
+  op->req.queue_id = (int32_t)list[k].queue_id;
   free(tmp);
   op->attempts++;
   uv_buf_t rb = uv_buf_init((char *)op->raw, (unsigned)op->raw_len);
-  int cerr = fy__op_call(base, op->cur_addr, FERRY__V1__OP__OP_SEND, &op->req->base, &rb,
+  int cerr = fy__op_call(base, op->cur_addr, FERRY__V1__OP__OP_SEND, &op->req.base, &rb,
                          op->raw_len ? 1 : 0, 0, on_send_resp, NULL);
   if (cerr) {
     fy__op_errtext(base, "attempt %u: %s %s: %s", op->attempts, op->cur_broker, op->cur_addr,
@@ -291,10 +300,22 @@ static void send_destroy(struct fy__op *base) {
   p->live_ops--;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
-  if (op->req)
-    fy_pb_free(&op->req->base);
+  free(op->reqmem);
   free(op->raw);
   free(op->res);
+}
+
+/* Copies s (NULL: "") to *at, which has room (sized beforehand), and
+ * returns the copy. */
+static char *block_str(char **at, char *end, const char *s) {
+  size_t len = s ? strlen(s) : 0;
+  char *out = *at;
+  fy_assert(out + len + 1 <= end);
+  if (len)
+    memcpy(out, s, len);
+  out[len] = '\0';
+  *at = out + len + 1;
+  return out;
 }
 
 static bool clean(const char *s) { return !s || (!strchr(s, '\x01') && !strchr(s, '\x02')); }
@@ -358,18 +379,30 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     op->selector_arg = opts->selector_arg;
   }
   memcpy(op->topic, topic, tl + 1);
+  /* The request lives in one block owned by the op (no protobuf deep copy:
+   * pack + unpack per send showed in profiles): the message structs, the
+   * property structs and pointer arrays, then the strings. */
+  size_t nkv = 0, strbytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    const fy_message *m = &msgs[i];
+    nkv += m->nprops;
+    strbytes += (m->tags ? strlen(m->tags) : 0) + (m->keys ? strlen(m->keys) : 0) + 2;
+    for (size_t j = 0; j < m->nprops; j++)
+      strbytes += strlen(m->props[j].key) + strlen(m->props[j].value) + 2;
+  }
+  size_t block = n * (sizeof(Ferry__V1__SendMessage) + sizeof(Ferry__V1__SendMessage *)) +
+                 nkv * (sizeof(Ferry__V1__KeyValue) + sizeof(Ferry__V1__KeyValue *)) + strbytes;
   op->res = calloc(n, sizeof *op->res);
   op->raw = malloc(total ? total : 1);
-  Ferry__V1__SendMessage *sm = calloc(n, sizeof *sm);
-  Ferry__V1__SendMessage **smp = calloc(n, sizeof *smp);
-  size_t nkv = 0;
-  for (size_t i = 0; i < n; i++)
-    nkv += msgs[i].nprops;
-  Ferry__V1__KeyValue *kv = calloc(nkv + 1, sizeof *kv);
-  Ferry__V1__KeyValue **kvp = calloc(nkv + 1, sizeof *kvp);
+  op->reqmem = malloc(block);
   int err = -ENOMEM;
-  if (!op->res || !op->raw || !sm || !smp || !kv || !kvp)
+  if (!op->res || !op->raw || !op->reqmem)
     goto out;
+  Ferry__V1__SendMessage *sm = op->reqmem;
+  Ferry__V1__SendMessage **smp = (Ferry__V1__SendMessage **)(sm + n);
+  Ferry__V1__KeyValue *kv = (Ferry__V1__KeyValue *)(smp + n);
+  Ferry__V1__KeyValue **kvp = (Ferry__V1__KeyValue **)(kv + nkv);
+  char *str = (char *)(kvp + nkv), *str_end = (char *)op->reqmem + block;
   int64_t now = fy__cl_wall_ms();
   size_t off = 0, k = 0;
   for (size_t i = 0; i < n; i++) {
@@ -377,8 +410,8 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     ferry__v1__send_message__init(&sm[i]);
     fy__msgid_new(cl, op->res[i].msg_id);
     sm[i].body_len = (uint32_t)m->body_len;
-    sm[i].tags = (char *)(m->tags ? m->tags : "");
-    sm[i].keys = (char *)(m->keys ? m->keys : "");
+    sm[i].tags = block_str(&str, str_end, m->tags);
+    sm[i].keys = block_str(&str, str_end, m->keys);
     sm[i].flag = m->flag;
     sm[i].born_timestamp = now;
     sm[i].uniq_key = op->res[i].msg_id;
@@ -386,8 +419,8 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     sm[i].n_properties = m->nprops;
     for (size_t j = 0; j < m->nprops; j++, k++) {
       ferry__v1__key_value__init(&kv[k]);
-      kv[k].key = (char *)m->props[j].key;
-      kv[k].value = (char *)m->props[j].value;
+      kv[k].key = block_str(&str, str_end, m->props[j].key);
+      kv[k].value = block_str(&str, str_end, m->props[j].value);
       kvp[k] = &kv[k];
     }
     if (m->body_len)
@@ -395,23 +428,17 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     off += m->body_len;
     smp[i] = &sm[i];
   }
+  fy_assert(str <= str_end);
   op->raw_len = total;
-  Ferry__V1__SendRequest req = FERRY__V1__SEND_REQUEST__INIT;
-  req.producer_group = p->group;
-  req.topic = op->topic;
-  req.queue_id = -1;
-  req.messages = smp;
-  req.n_messages = n;
-  req.default_topic_queues = p->cfg.default_topic_queues;
-  op->req = (Ferry__V1__SendRequest *)fy__cl_pb_dup(&req.base);
-  if (!op->req)
-    goto out;
+  ferry__v1__send_request__init(&op->req);
+  op->req.producer_group = p->group;
+  op->req.topic = op->topic;
+  op->req.queue_id = -1;
+  op->req.messages = smp;
+  op->req.n_messages = n;
+  op->req.default_topic_queues = p->cfg.default_topic_queues;
   err = 0;
 out:
-  free(sm);
-  free(smp);
-  free(kv);
-  free(kvp);
   if (err) {
     send_destroy(&op->base);
     if (sync)
