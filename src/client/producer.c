@@ -300,9 +300,7 @@ static void send_destroy(struct fy__op *base) {
   p->live_ops--;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
-  free(op->reqmem);
-  free(op->raw);
-  free(op->res);
+  /* res, the request and the bodies are in op's own block */
 }
 
 /* Copies s (NULL: "") to *at, which has room (sized beforehand), and
@@ -364,24 +362,9 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     return -FY_ETOO_BIG;
   }
   uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : p->cfg.send_timeout_ms;
-  struct send_op *op = calloc(1, sizeof *op);
-  if (!op)
-    return -ENOMEM;
-  fy__op_init(&op->base, cl, timeout, sync, send_start, send_finish, send_destroy);
-  op->p = p;
-  pthread_mutex_lock(&p->mu);
-  p->live_ops++;
-  pthread_mutex_unlock(&p->mu);
-  op->n = n;
-  op->max_attempts = opts && opts->selector ? p->cfg.max_attempts : p->cfg.max_attempts;
-  if (opts) {
-    op->selector = opts->selector;
-    op->selector_arg = opts->selector_arg;
-  }
-  memcpy(op->topic, topic, tl + 1);
-  /* The request lives in one block owned by the op (no protobuf deep copy:
-   * pack + unpack per send showed in profiles): the message structs, the
-   * property structs and pointer arrays, then the strings. */
+  /* One allocation per send (separate ones showed in profiles): the op,
+   * its n results, the request (message and property structs, pointer
+   * arrays, strings: no protobuf deep copy) and the bodies. */
   size_t nkv = 0, strbytes = 0;
   for (size_t i = 0; i < n; i++) {
     const fy_message *m = &msgs[i];
@@ -390,25 +373,48 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     for (size_t j = 0; j < m->nprops; j++)
       strbytes += strlen(m->props[j].key) + strlen(m->props[j].value) + 2;
   }
-  size_t block = n * (sizeof(Ferry__V1__SendMessage) + sizeof(Ferry__V1__SendMessage *)) +
-                 nkv * (sizeof(Ferry__V1__KeyValue) + sizeof(Ferry__V1__KeyValue *)) + strbytes;
-  op->res = calloc(n, sizeof *op->res);
-  op->raw = malloc(total ? total : 1);
-  op->reqmem = malloc(block);
-  int err = -ENOMEM;
-  if (!op->res || !op->raw || !op->reqmem)
-    goto out;
+  size_t head = (sizeof(struct send_op) + 15) & ~(size_t)15;
+  size_t reqbytes = n * (sizeof(Ferry__V1__SendMessage) + sizeof(Ferry__V1__SendMessage *)) +
+                    nkv * (sizeof(Ferry__V1__KeyValue) + sizeof(Ferry__V1__KeyValue *));
+  size_t block = head + n * sizeof(fy_send_result) + reqbytes + strbytes + total;
+  struct send_op *op = malloc(block);
+  if (!op)
+    return -ENOMEM;
+  memset(op, 0, sizeof *op);
+  fy__op_init(&op->base, cl, timeout, sync, send_start, send_finish, send_destroy);
+  op->p = p;
+  pthread_mutex_lock(&p->mu);
+  p->live_ops++;
+  pthread_mutex_unlock(&p->mu);
+  op->n = n;
+  op->max_attempts = p->cfg.max_attempts;
+  if (opts) {
+    op->selector = opts->selector;
+    op->selector_arg = opts->selector_arg;
+  }
+  memcpy(op->topic, topic, tl + 1);
+  op->res = (fy_send_result *)((char *)op + head);
+  for (size_t i = 0; i < n; i++) { /* what the send does not set in every case */
+    fy_send_result *r = &op->res[i];
+    r->status = FY_SEND_OK;
+    r->offset_msg_id[0] = r->broker_name[0] = r->error[0] = '\0';
+    r->queue_id = 0;
+    r->queue_offset = 0;
+    r->attempts = 0;
+  }
+  op->reqmem = op->res + n;
   Ferry__V1__SendMessage *sm = op->reqmem;
   Ferry__V1__SendMessage **smp = (Ferry__V1__SendMessage **)(sm + n);
   Ferry__V1__KeyValue *kv = (Ferry__V1__KeyValue *)(smp + n);
   Ferry__V1__KeyValue **kvp = (Ferry__V1__KeyValue **)(kv + nkv);
-  char *str = (char *)(kvp + nkv), *str_end = (char *)op->reqmem + block;
+  char *str = (char *)(kvp + nkv), *str_end = str + strbytes;
+  op->raw = (uint8_t *)str_end;
   int64_t now = fy__cl_wall_ms();
   size_t off = 0, k = 0;
   for (size_t i = 0; i < n; i++) {
     const fy_message *m = &msgs[i];
     ferry__v1__send_message__init(&sm[i]);
-    fy__msgid_new(cl, op->res[i].msg_id);
+    fy__msgid_new_at(cl, now, op->res[i].msg_id);
     sm[i].body_len = (uint32_t)m->body_len;
     sm[i].tags = block_str(&str, str_end, m->tags);
     sm[i].keys = block_str(&str, str_end, m->keys);
@@ -428,7 +434,8 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     off += m->body_len;
     smp[i] = &sm[i];
   }
-  fy_assert(str <= str_end);
+  fy_assert(str == str_end);
+  fy_assert(op->raw + total == (uint8_t *)op + block);
   op->raw_len = total;
   ferry__v1__send_request__init(&op->req);
   op->req.producer_group = p->group;
@@ -437,15 +444,6 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
   op->req.messages = smp;
   op->req.n_messages = n;
   op->req.default_topic_queues = p->cfg.default_topic_queues;
-  err = 0;
-out:
-  if (err) {
-    send_destroy(&op->base);
-    if (sync)
-      pthread_cond_destroy(&op->base.cv);
-    free(op);
-    return err;
-  }
   *out = op;
   return 0;
 }

@@ -440,7 +440,9 @@ static int64_t month_start_ms(int64_t now) {
   return start;
 }
 
-void fy__msgid_new(const fy_client *cl, char *out) {
+void fy__msgid_new(const fy_client *cl, char *out) { fy__msgid_new_at(cl, fy__cl_wall_ms(), out); }
+
+void fy__msgid_new_at(const fy_client *cl, int64_t now, char *out) {
   static atomic_uint counter;
   uint8_t b[16];
   memcpy(b, cl->ip, 4);
@@ -454,7 +456,6 @@ void fy__msgid_new(const fy_client *cl, char *out) {
   b[9] = (uint8_t)r;
   /* Milliseconds since the start of the month (UTC), as RocketMQ's
    * MessageClientIDSetter does (it uses local time). */
-  int64_t now = fy__cl_wall_ms();
   int64_t since = now - month_start_ms(now);
   uint32_t t = (uint32_t)since;
   b[10] = (uint8_t)(t >> 24);

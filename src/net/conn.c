@@ -718,9 +718,12 @@ static int conn_submit(fy_conn *c, struct wreq *w, unsigned nbufs, size_t cost,
   return 0;
 }
 
-int fy_conn_send(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint16_t op,
-                 uint16_t status, const ProtobufCMessage *msg, const uv_buf_t *raw,
-                 unsigned nraw, fy_release_cb release_cb, void *release_arg) {
+/* Queues one frame: header and msg packed into the send's own allocation,
+ * followed by the raw buffers copied there too (copy_raw) or referenced. */
+static int send_frame(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint16_t op,
+                      uint16_t status, const ProtobufCMessage *msg, const uv_buf_t *raw,
+                      unsigned nraw, bool copy_raw, fy_release_cb release_cb,
+                      void *release_arg) {
   int err = fy__conn_can_send(c);
   if (err)
     return err;
@@ -730,15 +733,15 @@ int fy_conn_send(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint1
   unsigned nbufs = 1;
   for (unsigned i = 0; i < nraw; i++) {
     raw_len += raw[i].len;
-    nbufs += raw[i].len > 0;
+    nbufs += !copy_raw && raw[i].len > 0;
   }
   size_t pb_len = fy_pb_packed_size(msg);
   uint64_t payload = pb_len + raw_len;
   if (payload > c->cfg.frame_max_bytes)
     return -FY_EFRAME_TOO_BIG;
-  size_t head_len = FY_FRAME_HEADER_LEN + pb_len;
+  size_t head_len = FY_FRAME_HEADER_LEN + pb_len + (copy_raw ? (size_t)raw_len : 0);
   size_t alloc = sizeof(struct wreq) + nbufs * sizeof(uv_buf_t) + head_len;
-  size_t cost = alloc + (size_t)raw_len;
+  size_t cost = alloc + (copy_raw ? 0 : (size_t)raw_len);
   if (queue_full(c, cost))
     return -FY_EBUSY;
   struct wreq *w = malloc(alloc);
@@ -751,11 +754,32 @@ int fy_conn_send(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint1
   fy_assert(packed == pb_len);
   w->bufs[0] = uv_buf_init((char *)head, (unsigned)head_len);
   unsigned n = 1;
-  for (unsigned i = 0; i < nraw; i++)
-    if (raw[i].len > 0)
+  uint8_t *p = head + FY_FRAME_HEADER_LEN + pb_len;
+  for (unsigned i = 0; i < nraw; i++) {
+    if (raw[i].len == 0)
+      continue;
+    if (copy_raw) {
+      memcpy(p, raw[i].base, raw[i].len);
+      p += raw[i].len;
+    } else {
       w->bufs[n++] = raw[i];
+    }
+  }
   fy_assert(n == nbufs);
+  fy_assert(!copy_raw || p == head + head_len);
   return conn_submit(c, w, nbufs, cost, release_cb, release_arg);
+}
+
+int fy_conn_send(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint16_t op,
+                 uint16_t status, const ProtobufCMessage *msg, const uv_buf_t *raw,
+                 unsigned nraw, fy_release_cb release_cb, void *release_arg) {
+  return send_frame(c, kind, request_id, op, status, msg, raw, nraw, false, release_cb,
+                    release_arg);
+}
+
+int fy__conn_send_copy(fy_conn *c, enum fy_frame_kind kind, uint64_t request_id, uint16_t op,
+                       const ProtobufCMessage *msg, const uv_buf_t *raw, unsigned nraw) {
+  return send_frame(c, kind, request_id, op, 0, msg, raw, nraw, true, NULL, NULL);
 }
 
 int fy_conn_write(fy_conn *c, const uv_buf_t *bufs, unsigned nbufs, fy_release_cb release_cb,
