@@ -147,6 +147,7 @@ struct fy__op {
   fy__op_fn start;     /* loop: begin */
   fy__op_fn finish;    /* loop: completed (async result delivery); may be NULL */
   fy__op_fn destroy;   /* free the op's own fields; may be NULL */
+  fy__op_fn release;   /* instead of free(op) at the end (a cache); may be NULL */
   uint64_t deadline_ms;
   uint32_t timeout_ms;
   uint8_t dl;          /* its deadline list while live (loop) */
@@ -396,6 +397,9 @@ struct fy_producer {
   pthread_cond_t cv;
   uint32_t inflight;               /* async sends not called back (mu) */
   uint32_t waiters;                /* senders waiting for inflight room (mu) */
+  struct fy__cached_op *cache;     /* freed send ops kept for reuse (mu) */
+  uint32_t cache_n;
+  size_t cache_bytes;
   uint32_t live_ops;               /* send ops not yet freed (mu) */
   bool closing;                    /* mu */
   struct fy_producer *next;        /* cl->producers (loop) */

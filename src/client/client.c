@@ -148,7 +148,10 @@ static void op_free(struct fy__op *op) {
     op->destroy(op);
   if (op->sync)
     pthread_cond_destroy(&op->cv);
-  free(op);
+  if (op->release)
+    op->release(op);
+  else
+    free(op);
 }
 
 void fy__op_ref(struct fy__op *op) { atomic_fetch_add(&op->refs, 1); }

@@ -36,6 +36,9 @@
 #include "common/log.h"
 
 #define MOD "producer"
+#define SEND_CACHE_MAX 4096                   /* freed send ops a producer keeps */
+#define SEND_CACHE_MAX_BYTES (16u << 20)      /* ... and their bytes */
+#define SEND_CACHE_OP_MAX_BYTES (256u << 10)  /* larger ops are not kept */
 
 struct send_op {
   struct fy__op base;
@@ -55,6 +58,7 @@ struct send_op {
   char cur_addr[FY_CLIENT_ADDR_MAX];
   bool use_default;            /* routed through TBW102 */
   bool async;
+  size_t block_bytes;          /* the op's allocation (op, results, request, bodies) */
   fy_send_cb cb;
   fy_send_batch_cb batch_cb;   /* asynchronous batch: instead of cb */
   void *cb_arg;
@@ -245,8 +249,8 @@ static void on_route(struct fy__op *base, int err, struct fy__rentry *e) {
   }
   const char *addr = fy__route_master_addr(r, list[k].broker_name);
   fy_assert(addr != NULL); /* the publish list only has brokerNames with a master */
-  snprintf(op->cur_broker, sizeof op->cur_broker, "%s", list[k].broker_name);
-  snprintf(op->cur_addr, sizeof op->cur_addr, "%s", addr);
+  copy_str(op->cur_broker, sizeof op->cur_broker, list[k].broker_name);
+  copy_str(op->cur_addr, sizeof op->cur_addr, addr);
   op->req.queue_id = (int32_t)list[k].queue_id;
   free(tmp);
   op->attempts++;
@@ -292,15 +296,62 @@ static void send_finish(struct fy__op *base) {
   pthread_mutex_unlock(&p->mu);
 }
 
-static void send_destroy(struct fy__op *base) {
+/* A freed send op, kept by its producer for the next send: malloc and
+ * free of a block allocated on the sender's thread and freed on the client
+ * thread (arena lock, heap growth and trimming) showed in profiles. */
+struct fy__cached_op {
+  struct fy__cached_op *next;
+  size_t bytes;
+};
+
+/* The last reference is gone: back to the producer's cache (bounded), or
+ * freed. The producer outlives its ops (close waits for live_ops 0). */
+static void send_release(struct fy__op *base) {
   struct send_op *op = (struct send_op *)base;
   fy_producer *p = op->p;
+  size_t bytes = op->block_bytes;
+  struct fy__cached_op *c = (struct fy__cached_op *)op;
+  bool keep = false;
   pthread_mutex_lock(&p->mu);
   fy_assert(p->live_ops > 0);
   p->live_ops--;
-  pthread_cond_broadcast(&p->cv);
+  if (!p->closing && bytes <= SEND_CACHE_OP_MAX_BYTES && p->cache_n < SEND_CACHE_MAX &&
+      p->cache_bytes + bytes <= SEND_CACHE_MAX_BYTES) {
+    c->bytes = bytes;
+    c->next = p->cache;
+    p->cache = c;
+    p->cache_n++;
+    p->cache_bytes += bytes;
+    keep = true;
+  }
+  if (p->closing || p->waiters)
+    pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
-  /* res, the request and the bodies are in op's own block */
+  if (!keep)
+    free(op);
+}
+
+/* An op of at least bytes from the cache, or NULL (p->mu held). */
+static struct send_op *cache_take(fy_producer *p, size_t bytes, size_t *got) {
+  struct fy__cached_op *c = p->cache;
+  if (!c || c->bytes < bytes)
+    return NULL;
+  p->cache = c->next;
+  p->cache_n--;
+  p->cache_bytes -= c->bytes;
+  *got = c->bytes;
+  return (struct send_op *)c;
+}
+
+static void cache_free(fy_producer *p) {
+  for (uint32_t n = 0; p->cache; n++) {
+    fy_assert(n < SEND_CACHE_MAX);
+    struct fy__cached_op *c = p->cache;
+    p->cache = c->next;
+    free(c);
+  }
+  p->cache_n = 0;
+  p->cache_bytes = 0;
 }
 
 /* Copies s (NULL: "") to *at, which has room (sized beforehand), and
@@ -377,15 +428,23 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
   size_t reqbytes = n * (sizeof(Ferry__V1__SendMessage) + sizeof(Ferry__V1__SendMessage *)) +
                     nkv * (sizeof(Ferry__V1__KeyValue) + sizeof(Ferry__V1__KeyValue *));
   size_t block = head + n * sizeof(fy_send_result) + reqbytes + strbytes + total;
-  struct send_op *op = malloc(block);
-  if (!op)
-    return -ENOMEM;
-  memset(op, 0, sizeof *op);
-  fy__op_init(&op->base, cl, timeout, sync, send_start, send_finish, send_destroy);
-  op->p = p;
+  size_t got = block;
   pthread_mutex_lock(&p->mu);
+  struct send_op *op = cache_take(p, block, &got);
   p->live_ops++;
   pthread_mutex_unlock(&p->mu);
+  if (!op && !(op = malloc(block))) {
+    pthread_mutex_lock(&p->mu);
+    p->live_ops--;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return -ENOMEM;
+  }
+  memset(op, 0, sizeof *op);
+  fy__op_init(&op->base, cl, timeout, sync, send_start, send_finish, NULL);
+  op->base.release = send_release;
+  op->block_bytes = got;
+  op->p = p;
   op->n = n;
   op->max_attempts = p->cfg.max_attempts;
   if (opts) {
@@ -436,6 +495,7 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
   }
   fy_assert(str == str_end);
   fy_assert(op->raw + total == (uint8_t *)op + block);
+  fy_assert(block <= op->block_bytes);
   op->raw_len = total;
   ferry__v1__send_request__init(&op->req);
   op->req.producer_group = p->group;
@@ -698,6 +758,7 @@ int fy_producer_close(fy_producer *p) {
    * reference (a late rpc answer, a caller that gave up) is gone. */
   while (p->inflight > 0 || p->live_ops > 0)
     pthread_cond_wait(&p->cv, &p->mu);
+  cache_free(p);
   pthread_mutex_unlock(&p->mu);
   while (producer_reg(p, false) == -FY_EBUSY)
     ;
