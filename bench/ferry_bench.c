@@ -104,7 +104,8 @@ static void cond_init_monotonic(pthread_cond_t *cv) {
 static uint64_t t_start_ns, t_measure_ns, t_end_ns;
 static atomic_uint_fast64_t total_msgs;   /* completed OK in the window (progress) */
 static atomic_uint_fast64_t total_errors;
-static atomic_bool stop_all;              /* consume: --count reached */
+static atomic_bool stop_all;              /* --count reached (every sender done) */
+static atomic_uint senders_done;
 
 /* Errors by kind: a status (stored, not SEND_OK) or an error code. */
 struct err_count {
@@ -281,9 +282,15 @@ static void *produce_main(void *arg) {
   /* interval between sends (of opt.batch messages) in ns */
   double interval_ns = opt.rate > 0 ? 1e9 * opt.batch / per_thread_rate : 0;
   uint64_t k = 0;
+  /* --count: this thread's share, in sends */
+  uint64_t sends_max = UINT64_MAX;
+  if (opt.count) {
+    uint64_t mine = opt.count / opt.threads + (t->idx < opt.count % opt.threads);
+    sends_max = (mine + opt.batch - 1) / opt.batch;
+  }
   for (;;) {
     uint64_t now = now_ns();
-    if (now >= t_end_ns)
+    if (now >= t_end_ns || k >= sends_max)
       break;
     if (interval_ns > 0) {
       /* Open loop: everything due by now, then sleep until the next. */
@@ -307,6 +314,8 @@ static void *produce_main(void *arg) {
       issue(t, s, &so);
     }
   }
+  if (atomic_fetch_add(&senders_done, 1) + 1 == opt.threads && k >= sends_max)
+    atomic_store(&stop_all, true);
   return NULL;
 }
 
@@ -461,13 +470,14 @@ static void usage(FILE *out) {
   fprintf(out,
           "usage: ferry-bench produce -n NAMESRV -t TOPIC [--size BYTES=128] [--batch N=1]\n"
           "           [--inflight N=1024] [--threads N=1] [--duration-s S=10] [--warmup-s S=1]\n"
-          "           [--rate MSGS_PER_S=0] [--queue-id Q] [--timeout-ms MS=3000]\n"
+          "           [--rate MSGS_PER_S=0] [--queue-id Q] [--timeout-ms MS=3000] [--count N]\n"
           "       ferry-bench consume -n NAMESRV -t TOPIC -g GROUP [--from first|last]\n"
           "           [--count N] [--duration-s S=10] [--threads N=1] [--broker-id ID]\n"
           "           [--pull-batch N=%d] [--timeout-ms MS=3000]\n"
           "produce: --inflight messages in flight per thread (asynchronous sends of --batch\n"
           "  messages); --rate 0 is a closed loop, otherwise sends are scheduled at that total\n"
-          "  rate and latency runs from each message's intended send time.\n"
+          "  rate and latency runs from each message's intended send time. --count N stops\n"
+          "  after N messages (rounded up to whole batches), e.g. to fill a backlog.\n"
           "consume: pulls the topic's queues (split across threads) from the first or last\n"
           "  offset until --count messages or --duration-s; --broker-id pulls from that broker\n"
           "  (1: the slave) instead of as routed.\n"
@@ -624,8 +634,15 @@ static int run_produce(void) {
       fprintf(stderr, "ferry-bench: errors: %s x %" PRIu64 "\n",
               errs[j].code < 0 ? fy_errname(errs[j].code) : status_name(errs[j].code),
               errs[j].n);
-    print_result(msgs, errors, opt.duration_s, msgs * (uint64_t)opt.size, h,
-                 cpu_at_end - cpu_at_measure);
+    /* The whole window, or until the last sender stopped at --count. */
+    double secs = opt.duration_s;
+    if (atomic_load(&stop_all)) {
+      uint64_t end = now_ns();
+      secs = end > t_measure_ns ? (double)(end - t_measure_ns) / 1e9 : 0;
+      if (secs > opt.duration_s)
+        secs = opt.duration_s;
+    }
+    print_result(msgs, errors, secs, msgs * (uint64_t)opt.size, h, cpu_at_end - cpu_at_measure);
     free(h);
   }
   for (uint32_t i = 0; i < opt.threads; i++) {
