@@ -214,6 +214,12 @@ for ((r = 1; r <= runs; r++)); do
 done
 echo "consume|consume -n $nsaddr -t Bench -g GROUP --from first --count 5000000 --duration-s $duration" \
   >>"$out/scenarios"
+for ((r = 1; r <= runs; r++)); do
+  bench_run consume4 "$one" consume -n "$nsaddr" -t Bench -g "bench-consume4-$r" --from first \
+    --count 5000000 --duration-s "$duration" --threads 4
+done
+echo "consume4|consume -n $nsaddr -t Bench -g GROUP --from first --count 5000000 --duration-s $duration --threads 4" \
+  >>"$out/scenarios"
 cleanup
 
 # The same broker without the key index (locating costs).
@@ -348,6 +354,7 @@ labels = {
     "batch64-128": ("128 B, batches of 64, 8192 in flight", "1,000,000 msgs/s", 1000000),
     "batch32-1024": ("1 KiB, batches of 32, 4096 in flight", "—", None),
     "consume": ("consume the backlog (pull, 32 per pull, one thread)", "—", None),
+    "consume4": ("consume the backlog (pull, 32 per pull, four threads)", "—", None),
     "noindex-single-128": ("messageIndexEnable=false: 128 B, single sends", "—", None),
     "noindex-batch32-128": ("messageIndexEnable=false: 128 B, batches of 32", "—", None),
 }
