@@ -272,6 +272,18 @@ int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_
 int fy_producer_send_batch(fy_producer *p, const fy_message *msgs, size_t n,
                            const fy_send_options *opts, fy_send_result *results);
 
+/* The result of an asynchronous batch: err as fy_producer_send_batch
+ * returns it; res holds n results (one per message, in order), valid only
+ * during the callback. Runs on the client thread. */
+typedef void (*fy_send_batch_cb)(int err, const fy_send_result *res, size_t n, void *arg);
+
+/* fy_producer_send_batch without waiting: copies the n messages and
+ * returns; cb runs once on the client thread when the batch is done. The
+ * batch counts as one send towards max_inflight (and waits for room like
+ * fy_producer_send_async). Returns 0 or an error (cb will not run). */
+int fy_producer_send_batch_async(fy_producer *p, const fy_message *msgs, size_t n,
+                                 const fy_send_options *opts, fy_send_batch_cb cb, void *arg);
+
 /* ========================================================= pull consumer */
 
 typedef enum fy_pull_status {
@@ -289,6 +301,10 @@ typedef struct fy_pull_options {
   uint32_t suspend_timeout_ms; /* long poll: the broker holds an empty pull this long: 0 */
   uint32_t timeout_ms;         /* 0: suspend_timeout_ms + 5000 when long polling, else the
                                 * client's timeout_ms */
+  bool pin_broker_id;          /* true: pull from broker_id (1: a slave) whatever the broker
+                                * suggested last, falling back like a suggestion when that
+                                * broker is not in the route; false: as suggested */
+  uint64_t broker_id;
 } fy_pull_options;
 
 typedef struct fy_pull_result {

@@ -46,6 +46,8 @@
 #define FY__PENDING_MAX 4096      /* calls waiting for one connection to open */
 #define FY__WAITERS_MAX 65536     /* operations waiting for one route */
 #define FY__DRAIN_PER_WAKE 256    /* requests taken from the queue per wake-up */
+#define FY__DLISTS 8              /* deadline lists: 7 for one timeout each, 1 shared */
+#define FY__EXPIRE_PER_TICK 4096  /* operations timed out per deadline-timer firing */
 #define FY__SYNC_MARGIN_MS 1000   /* a sync caller waits this much past the deadline */
 #define FY__EXCEPTION_DELAY_MS 3000 /* PULL_TIME_DELAY_MILLS_WHEN_EXCEPTION */
 #define FY__DEFAULT_TOPIC "TBW102"  /* RocketMQ's createTopicKey */
@@ -78,6 +80,7 @@ struct fy_client {
   char instance_name[FY_CLIENT_NAME_MAX]; /* as configured, "" if not */
   uint8_t ip[4];                   /* for message ids */
   uint32_t msgid_rand;
+  uint32_t pid;                    /* getpid() at start (a syscall: not per message) */
   pthread_t thread;
   uv_loop_t loop;
   uv_async_t async;
@@ -98,7 +101,15 @@ struct fy_client {
   fy_strmap *routes;               /* topic -> struct fy__rentry */
   uv_timer_t route_timer;
   uv_timer_t hb_timer;
-  struct fy__op *live;             /* started, not completed */
+  struct fy__dlist {               /* live (started, not completed) ops, by deadline */
+    uint32_t timeout_ms;
+    struct fy__op *head, *tail;
+  } dl[FY__DLISTS];
+  uv_timer_t deadline_timer;       /* armed for the earliest head */
+  uint64_t deadline_armed_ms;      /* UINT64_MAX: not armed */
+  uv_idle_t reap_idle;             /* drops the loop's reference to completed ops */
+  struct fy__op *reap;             /* completed this turn (loop) */
+  bool reap_active, reap_closed;
   struct fy_producer *producers;   /* registered producers (loop) */
   struct fy_push_consumer *consumers; /* started push consumers (loop) */
   /* handles owned (mu) */
@@ -119,9 +130,9 @@ bool fy__on_loop(const fy_client *cl);
  *   loop:   ... rpcs, route waits ... -> fy__op_complete(err) -> finish()
  *   sync caller: fy__op_wait() until complete or deadline + margin
  *
- * The loop arms op->timer for the deadline and completes the op with
- * -FY_ETIMEOUT when it fires, whatever is still in flight. References:
- * one for the loop (dropped when the timer handle has closed, after
+ * The loop keeps started ops in deadline lists under one timer (client.c)
+ * and completes an op with -FY_ETIMEOUT at its deadline, whatever is still
+ * in flight. References: one for the loop (dropped on the loop turn after
  * completion), one for a sync caller (dropped by fy__op_unref after the
  * wait), one per rpc or wait in flight (fy__op_call and the route wait
  * take and drop theirs). The last reference frees the op (destroy, then
@@ -136,15 +147,18 @@ struct fy__op {
   fy__op_fn start;     /* loop: begin */
   fy__op_fn finish;    /* loop: completed (async result delivery); may be NULL */
   fy__op_fn destroy;   /* free the op's own fields; may be NULL */
+  fy__op_fn release;   /* instead of free(op) at the end (a cache); may be NULL */
   uint64_t deadline_ms;
-  uv_timer_t timer;
+  uint32_t timeout_ms;
+  uint8_t dl;          /* its deadline list while live (loop) */
   bool started;
   bool must_run;       /* start runs even if the deadline passed while queued
                         * (lifecycle ops: unlinking must happen) */
   bool completed;      /* loop */
   int err;
   char errtext[256];
-  struct fy__op *lprev, *lnext; /* cl->live while started and not completed (loop) */
+  struct fy__op *lprev, *lnext; /* its deadline list while started, not completed (loop) */
+  struct fy__op *reap_next;     /* cl->reap once completed (loop) */
   bool sync;
   bool done;           /* mu */
   bool seen_done;      /* caller thread: the wait saw it done (results readable) */
@@ -355,6 +369,8 @@ bool fy__sub_match(const struct fy__sub *s, const char *tags);
 /* UNIQ_KEY: 32 hex chars, IP(4) pid(2) random(4) ms-since-month-start(4)
  * counter(2), RocketMQ's MessageClientIDSetter layout. out >= 33 bytes. */
 void fy__msgid_new(const fy_client *cl, char *out);
+/* The same for a wall-clock time the caller read (ms). */
+void fy__msgid_new_at(const fy_client *cl, int64_t now_ms, char *out);
 /* offset msg id: hex of store ip(4|16) + port(4) + commit-log offset(8). */
 void fy__offset_msgid(const struct fy_host *store, uint64_t phys, char *out, size_t size);
 /* Decodes an offset msg id to "ip:port" and offset. -EINVAL if malformed. */
@@ -380,6 +396,10 @@ struct fy_producer {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   uint32_t inflight;               /* async sends not called back (mu) */
+  uint32_t waiters;                /* senders waiting for inflight room (mu) */
+  struct fy__cached_op *cache;     /* freed send ops kept for reuse (mu) */
+  uint32_t cache_n;
+  size_t cache_bytes;
   uint32_t live_ops;               /* send ops not yet freed (mu) */
   bool closing;                    /* mu */
   struct fy_producer *next;        /* cl->producers (loop) */

@@ -7,10 +7,21 @@
  * thread become operations (fy__op) posted through a bounded ring and a
  * uv_async. A synchronous call waits on its own condition variable until
  * the loop completes the operation or its deadline (plus a margin) passes;
- * the loop enforces the same deadline with a timer per operation, so a
- * broker that never answers cannot hold anyone. Operations are refcounted
- * because a caller that gave up, a late response and the timer's close
- * can come in any order.
+ * the loop enforces the same deadline, so a broker that never answers
+ * cannot hold anyone. Operations are refcounted because a caller that gave
+ * up, a late response and the loop's release can come in any order.
+ *
+ * Deadlines: one timer for all live operations, not one each (a libuv
+ * timer per send, started, stopped and closed, showed in profiles as a
+ * sixth of a small send's cost). Live operations sit in deadline lists,
+ * one per timeout value (a few distinct values in practice: the send
+ * timeout, the client timeout) plus one for the rest. An operation's
+ * deadline is its post time plus its timeout, so each list is in deadline
+ * order by appending (a short walk back from the tail keeps it exact when
+ * threads post out of order); the timer is armed for the earliest head
+ * and expires heads in bounded batches. The loop's reference to a
+ * completed operation is dropped on the next loop turn (an idle handle),
+ * never inside the completion, since callers may still touch the op.
  *
  * Shutdown: fy_client_close marks the ring closed, the loop fails queued
  * and live operations with -FY_ECLOSED, closes connections (their pending
@@ -125,7 +136,8 @@ void fy__op_init(struct fy__op *op, fy_client *cl, uint32_t timeout_ms, bool syn
   op->start = start;
   op->finish = finish;
   op->destroy = destroy;
-  op->deadline_ms = fy__cl_now_ms() + (timeout_ms ? timeout_ms : cl->cfg.timeout_ms);
+  op->timeout_ms = timeout_ms ? timeout_ms : cl->cfg.timeout_ms;
+  op->deadline_ms = fy__cl_now_ms() + op->timeout_ms;
   op->sync = sync;
   if (sync)
     cond_init_monotonic(&op->cv);
@@ -136,7 +148,10 @@ static void op_free(struct fy__op *op) {
     op->destroy(op);
   if (op->sync)
     pthread_cond_destroy(&op->cv);
-  free(op);
+  if (op->release)
+    op->release(op);
+  else
+    free(op);
 }
 
 void fy__op_ref(struct fy__op *op) { atomic_fetch_add(&op->refs, 1); }
@@ -241,7 +256,28 @@ uint32_t fy__op_remaining(const struct fy__op *op) {
 
 static void op_unlink(struct fy__op *op);
 
-static void on_op_timer_closed(uv_handle_t *h) { fy__op_unref(h->data); }
+/* The loop's reference to a completed operation goes on the next turn. */
+static void on_reap(uv_idle_t *h) {
+  fy_client *cl = h->data;
+  struct fy__op *op = cl->reap;
+  cl->reap = NULL;
+  uv_idle_stop(&cl->reap_idle);
+  cl->reap_active = false;
+  while (op) { /* bounded: the operations completed during one turn */
+    struct fy__op *next = op->reap_next;
+    fy__op_unref(op);
+    op = next;
+  }
+}
+
+static void reap_later(fy_client *cl, struct fy__op *op) {
+  op->reap_next = cl->reap;
+  cl->reap = op;
+  if (!cl->reap_active && !cl->reap_closed) { /* closed: thread_main drains the list */
+    uv_idle_start(&cl->reap_idle, on_reap);
+    cl->reap_active = true;
+  }
+}
 
 void fy__op_complete(struct fy__op *op, int err) {
   if (op->completed)
@@ -250,10 +286,8 @@ void fy__op_complete(struct fy__op *op, int err) {
   op->err = err;
   if (err && !op->errtext[0])
     fy__op_errtext(op, "%s", fy_client_strerror(err));
-  if (op->started) {
-    uv_timer_stop(&op->timer);
+  if (op->started)
     op_unlink(op);
-  }
   if (op->finish)
     op->finish(op);
   if (op->sync) {
@@ -263,27 +297,98 @@ void fy__op_complete(struct fy__op *op, int err) {
     pthread_mutex_unlock(&op->cl->mu);
   }
   if (op->started)
-    uv_close((uv_handle_t *)&op->timer, on_op_timer_closed);
+    reap_later(op->cl, op);
   else
     fy__op_unref(op);
 }
 
-static void on_op_timeout(uv_timer_t *t) {
-  struct fy__op *op = t->data;
-  if (!op->errtext[0])
-    fy__op_errtext(op, "no answer within the deadline");
-  fy__op_complete(op, -FY_ETIMEOUT);
+/* ------------------------------------------------------------- deadlines */
+
+/* The list for a timeout: its own while one of the first FY__DLISTS - 1
+ * lists has it or is free, else the last (shared, walked on insert). */
+static uint8_t dlist_for(fy_client *cl, uint32_t timeout_ms) {
+  int free_slot = -1;
+  for (int i = 0; i < FY__DLISTS - 1; i++) {
+    if (cl->dl[i].head && cl->dl[i].timeout_ms == timeout_ms)
+      return (uint8_t)i;
+    if (!cl->dl[i].head && free_slot < 0)
+      free_slot = i;
+  }
+  if (free_slot < 0)
+    return FY__DLISTS - 1;
+  cl->dl[free_slot].timeout_ms = timeout_ms;
+  return (uint8_t)free_slot;
 }
 
-/* Live (started, not completed) operations, for shutdown. Loop only. */
+static void deadline_arm(fy_client *cl);
+
+static void on_deadline_timer(uv_timer_t *t) {
+  fy_client *cl = t->data;
+  cl->deadline_armed_ms = UINT64_MAX;
+  uint64_t now = fy__cl_now_ms();
+  uint32_t expired = 0;
+  for (int i = 0; i < FY__DLISTS; i++) {
+    struct fy__op *op;
+    while ((op = cl->dl[i].head) && op->deadline_ms <= now && expired < FY__EXPIRE_PER_TICK) {
+      if (!op->errtext[0])
+        fy__op_errtext(op, "no answer within the deadline");
+      fy__op_complete(op, -FY_ETIMEOUT); /* unlinks it */
+      expired++;
+    }
+  }
+  deadline_arm(cl);
+}
+
+/* Arms the timer for the earliest deadline, unless it is armed earlier. */
+static void deadline_arm(fy_client *cl) {
+  if (cl->loop_closing)
+    return;
+  uint64_t d = UINT64_MAX;
+  for (int i = 0; i < FY__DLISTS; i++)
+    if (cl->dl[i].head && cl->dl[i].head->deadline_ms < d)
+      d = cl->dl[i].head->deadline_ms;
+  if (d == UINT64_MAX || d >= cl->deadline_armed_ms)
+    return;
+  uint64_t now = fy__cl_now_ms();
+  /* At least 1 ms: the loop's clock may lag ours, and an early firing
+   * finds nothing due and re-arms. */
+  uv_timer_start(&cl->deadline_timer, on_deadline_timer, d > now ? d - now : 1, 0);
+  cl->deadline_armed_ms = d;
+}
+
+/* Puts a starting operation in its deadline list. */
+static void op_link(fy_client *cl, struct fy__op *op) {
+  op->dl = dlist_for(cl, op->timeout_ms);
+  struct fy__dlist *l = &cl->dl[op->dl];
+  struct fy__op *after = l->tail;
+  while (after && after->deadline_ms > op->deadline_ms) /* bounded by the list */
+    after = after->lprev;
+  op->lprev = after;
+  op->lnext = after ? after->lnext : l->head;
+  if (op->lnext)
+    op->lnext->lprev = op;
+  else
+    l->tail = op;
+  if (after)
+    after->lnext = op;
+  else
+    l->head = op;
+  if (l->head == op && op->deadline_ms < cl->deadline_armed_ms)
+    deadline_arm(cl);
+}
+
+/* Takes a completing operation out of its list. A timer armed for it
+ * fires, finds nothing due and re-arms: cheaper than re-arming here. */
 static void op_unlink(struct fy__op *op) {
-  fy_client *cl = op->cl;
+  struct fy__dlist *l = &op->cl->dl[op->dl];
   if (op->lprev)
     op->lprev->lnext = op->lnext;
-  else if (cl->live == op)
-    cl->live = op->lnext;
+  else
+    l->head = op->lnext;
   if (op->lnext)
     op->lnext->lprev = op->lprev;
+  else
+    l->tail = op->lprev;
   op->lprev = op->lnext = NULL;
 }
 
@@ -298,14 +403,8 @@ static void op_begin(fy_client *cl, struct fy__op *op) {
     fy__op_complete(op, -FY_ETIMEOUT);
     return;
   }
-  op->lnext = cl->live;
-  if (cl->live)
-    cl->live->lprev = op;
-  cl->live = op;
-  uv_timer_init(&cl->loop, &op->timer);
-  op->timer.data = op;
   op->started = true;
-  uv_timer_start(&op->timer, on_op_timeout, op->deadline_ms > now ? op->deadline_ms - now : 0, 0);
+  op_link(cl, op);
   op->start(op);
 }
 
@@ -381,11 +480,18 @@ static void loop_shutdown(fy_client *cl) {
       break;
     fy__op_complete(op, -FY_ECLOSED);
   }
-  while (cl->live) {
-    struct fy__op *op = cl->live;
-    fy__op_errtext(op, "client closed");
-    fy__op_complete(op, -FY_ECLOSED); /* unlinks it */
+  for (int i = 0; i < FY__DLISTS; i++) {
+    struct fy__op *op;
+    while ((op = cl->dl[i].head)) { /* each completion unlinks one */
+      fy__op_errtext(op, "client closed");
+      fy__op_complete(op, -FY_ECLOSED);
+    }
   }
+  uv_timer_stop(&cl->deadline_timer);
+  uv_close((uv_handle_t *)&cl->deadline_timer, NULL);
+  uv_close((uv_handle_t *)&cl->reap_idle, NULL);
+  cl->reap_closed = true;
+  cl->reap_active = false;
   uv_timer_stop(&cl->hb_timer);
   uv_close((uv_handle_t *)&cl->hb_timer, NULL);
   fy__routes_close(cl);
@@ -423,6 +529,12 @@ static void on_async(uv_async_t *a) {
 static void *thread_main(void *arg) {
   fy_client *cl = arg;
   uv_run(&cl->loop, UV_RUN_DEFAULT);
+  /* Operations completed at shutdown, after the reap handle closed. */
+  while (cl->reap) {
+    struct fy__op *op = cl->reap;
+    cl->reap = op->reap_next;
+    fy__op_unref(op);
+  }
   return NULL;
 }
 
@@ -537,6 +649,7 @@ int fy_client_new(const fy_client_config *cfg, fy_client **out) {
     snprintf(inst, sizeof inst, "%d#%u", (int)getpid(), seq);
   snprintf(cl->client_id, sizeof cl->client_id, "%u.%u.%u.%u@%s", cl->ip[0], cl->ip[1],
            cl->ip[2], cl->ip[3], inst);
+  cl->pid = (uint32_t)getpid();
   if (getrandom(&cl->msgid_rand, sizeof cl->msgid_rand, 0) != sizeof cl->msgid_rand)
     cl->msgid_rand = (uint32_t)(uv_hrtime() ^ (uint64_t)getpid() << 16);
 
@@ -555,6 +668,11 @@ int fy_client_new(const fy_client_config *cfg, fy_client **out) {
     goto out_mutex;
   uv_async_init(&cl->loop, &cl->async, on_async);
   cl->async.data = cl;
+  uv_timer_init(&cl->loop, &cl->deadline_timer);
+  cl->deadline_timer.data = cl;
+  cl->deadline_armed_ms = UINT64_MAX;
+  uv_idle_init(&cl->loop, &cl->reap_idle);
+  cl->reap_idle.data = cl;
   uv_timer_init(&cl->loop, &cl->hb_timer);
   cl->hb_timer.data = cl;
   uv_timer_start(&cl->hb_timer, on_hb_timer, cl->cfg.heartbeat_interval_ms,
@@ -569,6 +687,8 @@ int fy_client_new(const fy_client_config *cfg, fy_client **out) {
 
 out_loop:
   uv_close((uv_handle_t *)&cl->async, NULL);
+  uv_close((uv_handle_t *)&cl->deadline_timer, NULL);
+  uv_close((uv_handle_t *)&cl->reap_idle, NULL);
   uv_close((uv_handle_t *)&cl->hb_timer, NULL);
   uv_close((uv_handle_t *)&cl->route_timer, NULL);
   uv_run(&cl->loop, UV_RUN_DEFAULT);

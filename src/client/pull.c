@@ -420,7 +420,7 @@ static void pull_route(struct fy__op *base, int err, struct fy__rentry *e) {
     fy__op_complete(base, err ? err : -FY_ENO_BROKER);
     return;
   }
-  uint64_t want = suggest_get(op->c, &op->q);
+  uint64_t want = op->opts.pin_broker_id ? op->opts.broker_id : suggest_get(op->c, &op->q);
   const char *addr =
       fy__route_sub_addr(base->cl, e->route, op->q.broker_name, want, &op->used_id);
   if (!addr) {

@@ -422,11 +422,31 @@ bool fy__sub_match(const struct fy__sub *s, const char *tags) {
 
 /* ---------------------------------------------------------------- msg ids */
 
-void fy__msgid_new(const fy_client *cl, char *out) {
+/* The start and end of the current UTC month in ms, cached per thread:
+ * gmtime_r per message id showed in profiles. */
+static int64_t month_start_ms(int64_t now) {
+  static _Thread_local int64_t start = 1, end = 0; /* empty: computed on first use */
+  if (now < start || now >= end) {
+    time_t secs = (time_t)(now / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    int64_t into = (int64_t)(tm.tm_mday - 1) * 86400000 + (int64_t)tm.tm_hour * 3600000 +
+                   (int64_t)tm.tm_min * 60000 + (int64_t)tm.tm_sec * 1000 + now % 1000;
+    start = now - into;
+    /* Valid up to the next midnight at least; the next call past it redoes
+     * the arithmetic (and finds the new month when there is one). */
+    end = now - (into % 86400000) + 86400000;
+  }
+  return start;
+}
+
+void fy__msgid_new(const fy_client *cl, char *out) { fy__msgid_new_at(cl, fy__cl_wall_ms(), out); }
+
+void fy__msgid_new_at(const fy_client *cl, int64_t now, char *out) {
   static atomic_uint counter;
   uint8_t b[16];
   memcpy(b, cl->ip, 4);
-  uint32_t pid = (uint32_t)getpid();
+  uint32_t pid = cl->pid;
   b[4] = (uint8_t)(pid >> 8);
   b[5] = (uint8_t)pid;
   uint32_t r = cl->msgid_rand;
@@ -436,12 +456,7 @@ void fy__msgid_new(const fy_client *cl, char *out) {
   b[9] = (uint8_t)r;
   /* Milliseconds since the start of the month (UTC), as RocketMQ's
    * MessageClientIDSetter does (it uses local time). */
-  int64_t now = fy__cl_wall_ms();
-  time_t secs = (time_t)(now / 1000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  int64_t since = (int64_t)(tm.tm_mday - 1) * 86400000 + (int64_t)tm.tm_hour * 3600000 +
-                  (int64_t)tm.tm_min * 60000 + (int64_t)tm.tm_sec * 1000 + now % 1000;
+  int64_t since = now - month_start_ms(now);
   uint32_t t = (uint32_t)since;
   b[10] = (uint8_t)(t >> 24);
   b[11] = (uint8_t)(t >> 16);

@@ -146,6 +146,9 @@ int fy_conn_connect(uv_loop_t *loop, const char *host, int port, const fy_conn_c
  *   -FY_EFRAME_TOO_BIG payload over frame_max_bytes
  *   -FY_EBUSY          the write queue is over twice write_queue_max_bytes
  *   -ENOMEM
+ * Sends are written in order; those made during one loop turn go to the
+ * socket together at the end of the turn (one writev), or earlier once
+ * many are queued, and always before a close.
  * Backpressure: once the write queue is over write_queue_max_bytes, the
  * connection stops reading (and handling already buffered frames) until the
  * queue drains below half of it. A peer that sends requests but does not

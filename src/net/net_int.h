@@ -31,5 +31,10 @@ uv_timer_t *fy__conn_rpc_timer(fy_conn *conn);
 const fy_conn_cfg *fy__conn_cfg(const fy_conn *conn);
 /* 0 if frames can be sent now, else -ENOTCONN or -FY_ECLOSED. */
 int fy__conn_can_send(const fy_conn *conn);
+/* fy_conn_send that also copies the raw buffers into the queued frame (one
+ * allocation for the whole frame), so nothing needs releasing: requests,
+ * whose callback can run while the write is still queued. */
+int fy__conn_send_copy(fy_conn *conn, enum fy_frame_kind kind, uint64_t request_id, uint16_t op,
+                       const ProtobufCMessage *msg, const uv_buf_t *raw, unsigned nraw);
 
 #endif

@@ -276,40 +276,10 @@ void fy__rpc_on_close(fy_conn *c) {
   *slot = NULL;
 }
 
-static void free_frame(void *arg, int status) { free(arg); }
-
-/* Builds the whole frame in one buffer (copying msg and raw) and queues it. */
+/* The whole frame is copied into one queued buffer (msg and raw). */
 static int send_copy(fy_conn *c, enum fy_frame_kind kind, uint64_t id, uint16_t op,
                      const ProtobufCMessage *msg, const uv_buf_t *raw, unsigned nraw) {
-  if (nraw > FY_CONN_IOV_MAX || (nraw && !raw))
-    return -EINVAL;
-  uint64_t raw_len = 0;
-  for (unsigned i = 0; i < nraw; i++)
-    raw_len += raw[i].len;
-  size_t pb_len = fy_pb_packed_size(msg);
-  uint64_t payload = pb_len + raw_len;
-  if (payload > fy__conn_cfg(c)->frame_max_bytes)
-    return -FY_EFRAME_TOO_BIG;
-  size_t len = FY_FRAME_HEADER_LEN + (size_t)payload;
-  uint8_t *buf = malloc(len);
-  if (!buf)
-    return -ENOMEM;
-  fy_frame_encode_header(buf, kind, (uint32_t)payload, id, op, 0, (uint32_t)pb_len);
-  uint8_t *p = buf + FY_FRAME_HEADER_LEN;
-  size_t packed = fy_pb_pack(msg, p);
-  fy_assert(packed == pb_len);
-  p += pb_len;
-  for (unsigned i = 0; i < nraw; i++) {
-    if (raw[i].len)
-      memcpy(p, raw[i].base, raw[i].len);
-    p += raw[i].len;
-  }
-  fy_assert(p == buf + len);
-  uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
-  int err = fy_conn_write(c, &b, 1, free_frame, buf);
-  if (err)
-    free(buf);
-  return err;
+  return fy__conn_send_copy(c, kind, id, op, msg, raw, nraw);
 }
 
 int fy_rpc_call(fy_conn *c, uint16_t op, const ProtobufCMessage *msg, const uv_buf_t *raw,
