@@ -200,17 +200,52 @@ wait_cond() { # timeout_s what command...: polls the command every 0.1 s
   die "timed out after ${t}s waiting for $what"
 }
 
+# CPU time (clock ticks) used so far by the servers this script started and
+# their descendants (perf excluded), for the servers' CPU column.
+srv_ticks() {
+  python3 - "${pids[@]}" <<'EOF'
+import os, sys
+roots = {int(p) for p in sys.argv[1:] if p}
+procs = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            st = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        f = st[st.rindex(")") + 2:].split()
+        procs[int(d)] = (int(f[1]), int(f[11]) + int(f[12]), comm)
+seen = set(roots)
+for _ in range(64):  # descendants, a generation per pass
+    new = {p for p, v in procs.items() if v[0] in seen and p not in seen}
+    if not new:
+        break
+    seen |= new
+print(sum(procs[p][1] for p in seen if p in procs and procs[p][2] != "perf"))
+EOF
+}
+
 # run_client NAME CMD...: runs a load client on the client CPU; keeps its
-# output and its RESULT line ($out/NAME.result).
+# output, its RESULT line ($out/NAME.result) and the CPU the servers and
+# the client used meanwhile, in cores ($out/NAME.cpu).
 run_client() {
-  local name=$1
+  local name=$1 t0 t1 w0 w1
   shift
   log "$name: $*"
+  t0=$(srv_ticks)
+  w0=$(date +%s.%N)
   if ! "${pin_cli[@]}" "$@" >"$out/$name.out" 2>"$out/$name.err"; then
     echo "compare.sh: $name failed:" >&2
     tail -5 "$out/$name.err" >&2
     failed=1
   fi
+  w1=$(date +%s.%N)
+  t1=$(srv_ticks)
+  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" -v w0="$w0" -v w1="$w1" \
+      -v c="$(sed -n 's/^CPU .*cpu_s=\([0-9.]*\) .*/\1/p' "$out/$name.out")" \
+      'BEGIN {printf "server_cores=%.2f client_cores=%.2f\n", t / hz / (w1 - w0), (c + 0) / (w1 - w0)}' \
+      >"$out/$name.cpu"
   grep '^RESULT' "$out/$name.out" | tail -1 >"$out/$name.result" || true
   if [ ! -s "$out/$name.result" ]; then
     echo "compare.sh: $name printed no RESULT line" >&2
@@ -356,10 +391,30 @@ sync_probe_stop() { # writes $out/sync_probe: bytes syncs puts
   log "commit log: $((off1 - probe_off0)) bytes, $syncs fdatasyncs, $((put1 - probe_put0)) messages"
 }
 
+# Where the master's CPU goes under the same load: a second run of the
+# scenario under `perf record -g` (not in the tables; perf slows it).
+profile_broker() {
+  command -v perf >/dev/null || return 0
+  local name=$1 p
+  perf record -q -F 499 -g -o "$out/profile-$name.perf" -p "$(cat "$ferry_dir/master.pid")" \
+    >"$out/profile-$name.log" 2>&1 &
+  p=$!
+  pids+=($p)
+  sleep 0.5
+  produce "profile-$name"
+  kill -INT "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  forget_pid "$p"
+  rm -f "$out/profile-$name.result"
+  perf report -i "$out/profile-$name.perf" --stdio --no-children -g none --percent-limit 1.5 \
+    --sort dso,symbol 2>/dev/null | grep '%' | grep -v '^#' | sed 's/[ -]*$//' | head -25 >"$out/profile-$name.txt" || true
+}
+
 # ------------------------------------------------------------------ scenarios: Ferry
 ferry_scenarios() {
   ferry_start single-async 0 ASYNC_MASTER -o flushDiskType=ASYNC_FLUSH
   produce ferry-single-async
+  [ "$smoke" = 1 ] || profile_broker single-async
   stop_all
 
   ferry_start single-sync 0 ASYNC_MASTER -o flushDiskType=SYNC_FLUSH
@@ -529,7 +584,7 @@ rmq_scenarios() {
 
 # ------------------------------------------------------------------ ceilings
 iperf_ceiling() {
-  start_bg iperf3-server iperf3 -s -1 -B 127.0.0.1 -p $IPERF_PORT
+  start_bg iperf3-server iperf3 -s -B 127.0.0.1 -p $IPERF_PORT
   wait_port $IPERF_PORT iperf3 "${pids[-1]}"
   log "iperf3 loopback, server -> client (as a consumer reads)"
   "${pin_cli[@]}" iperf3 -c 127.0.0.1 -p $IPERF_PORT -R -t 5 -J >"$out/iperf3.json" || failed=1

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 uint64_t pr_now_ns(void) {
@@ -186,6 +187,12 @@ int pr_report(const struct pr_run *r, const char *system) {
           "%s: sent %" PRIu64 ", acknowledged %" PRIu64 " (%" PRIu64 " negative), %" PRIu64
           " unacknowledged at exit; %.0f msgs/s measured over %.1f s\n",
           system, r->sent, r->acked, r->errors, lost, rate, secs);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+  printf("CPU mode=produce cpu_s=%.3f cpu_s_per_1m=%.3f\n", cpu_s,
+         r->acked ? cpu_s * 1e6 / (double)r->acked : 0);
   printf("RESULT mode=produce msgs=%" PRIu64 " errors=%" PRIu64 " secs=%.3f msgs_per_s=%.1f "
          "mb_per_s=%.3f p50_us=%" PRIu64 " p99_us=%" PRIu64 " p999_us=%" PRIu64
          " max_us=%" PRIu64 "\n",

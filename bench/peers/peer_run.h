@@ -85,7 +85,8 @@ void pr_acked(struct pr_run *r, uint64_t k, bool ok, uint64_t now_ns);
 bool pr_finished(const struct pr_run *r, uint64_t now_ns);
 /* How long poll() may sleep now, in ms (at least 0, at most 100). */
 int pr_poll_ms(struct pr_run *r, uint64_t now_ns);
-/* Prints the RESULT line (and a human summary on stderr); returns 0 if at
+/* Prints a CPU line (this process's user + system seconds, as ferry-bench
+ * does), then the RESULT line, and a human summary on stderr; returns 0 if at
  * least one message was measured and none failed or was left unacknowledged. */
 int pr_report(const struct pr_run *r, const char *system);
 

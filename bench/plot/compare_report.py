@@ -31,6 +31,11 @@ def load(out):
             if line.startswith("RESULT"):
                 kv = dict(x.split("=", 1) for x in line.split()[1:])
                 res[f[:-7]] = {k: (v if k == "mode" else float(v)) for k, v in kv.items()}
+                cpu = os.path.join(out, f[:-7] + ".cpu")
+                if os.path.exists(cpu):
+                    for x in open(cpu).read().split():
+                        key, v = x.split("=", 1)
+                        res[f[:-7]][key] = float(v)
     meta = {}
     for line in open(os.path.join(out, "meta")):
         if "=" in line:
@@ -67,6 +72,12 @@ def k(x):
 
 def ms(us):
     return f"{us / 1000:.2f}"
+
+
+def cores(r):
+    if "server_cores" not in r:
+        return ""
+    return f"{r['server_cores']:.2f} / {r['client_cores']:.2f}"
 
 
 def main():
@@ -146,14 +157,14 @@ def main():
     for sid, title, rows in scenarios:
         lines.append(f"#### {title}\n")
         lines.append("| system | settings | msgs/s | MB/s | latency p50 / p99 / p99.9 / max (ms) "
-                     "| Ferry ÷ this |")
-        lines.append("|---|---|---:|---:|---:|---:|")
+                     "| CPU cores: servers / client | Ferry ÷ this |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
         ferry = res.get(rows[0][0])
         peers = []
         for name, system, settings in rows:
             r = res.get(name)
             if not r:
-                lines.append(f"| {system} | {settings} | not run | | | |")
+                lines.append(f"| {system} | {settings} | not run | | | | |")
                 continue
             rel = ""
             if system != F and ferry:
@@ -164,7 +175,7 @@ def main():
                 peers.append((system, r))
             lines.append(f"| {system} | {settings} | {k(r['msgs_per_s'])} | {r['mb_per_s']:.1f} | "
                          f"{ms(r['p50_us'])} / {ms(r['p99_us'])} / {ms(r['p999_us'])} / "
-                         f"{ms(r['max_us'])} | {rel} |")
+                         f"{ms(r['max_us'])} | {cores(r)} | {rel} |")
             short = {"async": "async flush", "sync": "sync flush", "repl-async": "async repl",
                      "repl-sync": "sync double write", "repl-sync-half": "sync dw, half rate",
                      "repl-sync-durable": "sync dw + sync flush"}[sid]
@@ -177,7 +188,7 @@ def main():
             lines.append(f"| fio ceiling | `psync` writes of {k(fio['bs'])} B (Ferry's average "
                          f"bytes per fdatasync in this run), `fdatasync` after each | "
                          f"{k(fio['mb_per_s'] * 1e6 / probe['per_msg'])} at Ferry's "
-                         f"{probe['per_msg']:.0f} B per message | {fio['mb_per_s']:.1f} | | "
+                         f"{probe['per_msg']:.0f} B per message | {fio['mb_per_s']:.1f} | | | "
                          f"{ratio(ferry_disk, fio['mb_per_s']):.2f} (bytes/s) |")
         if ferry and peers and sid != "repl-sync-half":
             bs, br = max(peers, key=lambda p: p[1]["msgs_per_s"])
@@ -196,17 +207,19 @@ def main():
                  "ASYNC_MASTER + SLAVE pair; both brokers then stopped, the page cache of their "
                  "store files dropped (`posix_fadvise(DONTNEED)`), both restarted; a new consumer "
                  "group reads from the first offset, pinned to one broker (`--broker-id`).\n")
-    lines.append("| read from | msgs/s | MB/s | seconds | ÷ loopback ceiling |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("| read from | msgs/s | MB/s | seconds | CPU cores: servers / client "
+                 "| ÷ loopback ceiling |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
     for label, r in (("master (brokerId 0)", cm), ("slave (brokerId 1)", cs)):
         if r:
             of_loop = f"{ratio(r['mb_per_s'], loop):.2f}" if loop else "—"
             lines.append(f"| {label} | {k(r['msgs_per_s'])} | {r['mb_per_s']:.1f} | "
-                         f"{r['secs']:.2f} | {of_loop} |")
+                         f"{r['secs']:.2f} | {cores(r)} | {of_loop} |")
         else:
-            lines.append(f"| {label} | not run | | | |")
+            lines.append(f"| {label} | not run | | | | |")
     if loop:
-        lines.append(f"| loopback ceiling: iperf3, server → client, 5 s | | {loop:,.0f} | | 1.00 |")
+        lines.append(f"| loopback ceiling: iperf3, server → client, 5 s | | {loop:,.0f} | | | "
+                     "1.00 |")
     lines.append("")
 
     # Targets.
@@ -275,6 +288,20 @@ def main():
     else:
         print(f"compare_report: gnuplot failed: {r.stderr}", file=sys.stderr)
 
+    profile = ""
+    prof = os.path.join(a.out, "profile-single-async.txt")
+    if os.path.exists(prof) and os.path.getsize(prof) > 0:
+        body = "\n".join(l.rstrip() for l in open(prof) if l.strip())
+        profile = f"""#### Where the master's CPU goes (perf, single broker, ASYNC_FLUSH)
+
+A second run of the first scenario with `perf record -g -F 499` attached to
+the master (not in the tables: perf slows it); flat profile by shared
+object and symbol, entries of at least 1.5 % of the samples:
+
+```
+{body}
+```
+"""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     probe_txt = ""
     if probe:
@@ -330,12 +357,17 @@ configuration is in `bench/peers/` (`redis.conf`, `nats.conf`,
   majority of its members (2 of 2 here) have it in their fsynced Raft log:
   sync replication plus sync flush, so its Ferry row is SYNC_MASTER with
   SYNC_FLUSH on both brokers and `haSyncAckOn=durable`.
+- **CPU cores**: user + system time of the servers (every process the
+  script started for that system, with its children) and of the load
+  client, divided by the client's wall time (warm-up and drain included);
+  the servers share CPU 1, so 1.00 means that CPU was busy all the time.
 - **Ceilings**: fio `psync` sequential writes with an fdatasync after each
   write of Ferry's bytes per fdatasync, on the same file system, pinned to
   CPU 1; iperf3 over loopback, server on CPU 1 sending to the client on
   CPU 0 (the direction a catch-up read goes).{probe_txt}
 
 {chr(10).join(lines)}
+{profile}
 #### Targets
 
 {chr(10).join(target_lines)}
