@@ -214,6 +214,9 @@ static int setup(struct client *c) {
   return c->created > 0 ? 0 : -EPROTO;
 }
 
+static int fill_cb(void *arg) { return fill(arg); }
+static int input_cb(void *arg) { return read_input(arg); }
+
 int main(int argc, char **argv) {
   struct client c = {.cfg = {.subject = "bench"}, .fd = -1};
   struct pr_opts o;
@@ -236,18 +239,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   pr_start(&c.run);
-  for (uint64_t now = pr_now_ns(); !pr_finished(&c.run, now); now = pr_now_ns()) {
-    if ((rc = fill(&c)) || (rc = ps_flush(c.fd, &c.out)))
-      break;
-    struct pollfd p = {.fd = c.fd, .events = POLLIN | (c.out.len ? POLLOUT : 0)};
-    int ms = c.out.len ? 100 : pr_poll_ms(&c.run, pr_now_ns());
-    if (poll(&p, 1, ms) < 0 && errno != EINTR) {
-      rc = -errno;
-      break;
-    }
-    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && (rc = read_input(&c)))
-      break;
-  }
+  rc = ps_run(&c.run, c.fd, &c.out, fill_cb, input_cb, &c);
   if (rc)
     fprintf(stderr, "nats_bench: %s\n", strerror(-rc));
   int result = pr_report(&c.run, "nats_bench");

@@ -5,11 +5,14 @@
  */
 #include "bench/peers/peer_sock.h"
 
+#include "bench/peers/peer_run.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -77,4 +80,22 @@ int ps_flush(int fd, struct ps_buf *b) {
 void ps_free(struct ps_buf *b) {
   free(b->data);
   *b = (struct ps_buf){0};
+}
+
+int ps_run(struct pr_run *run, int fd, struct ps_buf *out, int (*fill)(void *arg),
+           int (*on_input)(void *arg), void *arg) {
+  int rc = 0;
+  for (uint64_t now = pr_now_ns(); !pr_finished(run, now); now = pr_now_ns()) {
+    if ((rc = fill(arg)) || (rc = ps_flush(fd, out)))
+      break;
+    struct pollfd p = {.fd = fd, .events = POLLIN | (out->len ? POLLOUT : 0)};
+    int ms = out->len ? 100 : pr_poll_ms(run, pr_now_ns());
+    if (poll(&p, 1, ms) < 0 && errno != EINTR) {
+      rc = -errno;
+      break;
+    }
+    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && (rc = on_input(arg)))
+      break;
+  }
+  return rc;
 }

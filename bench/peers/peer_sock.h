@@ -25,4 +25,15 @@ int ps_append(struct ps_buf *b, const void *p, size_t n);
 int ps_flush(int fd, struct ps_buf *b);
 void ps_free(struct ps_buf *b);
 
+struct pr_run;
+/*
+ * Drives one run over fd until pr_finished: fill(arg) queues whatever may
+ * be sent now into out, out is written as far as the socket takes it, then
+ * poll waits for input (or for the next send time) and on_input(arg) reads
+ * and handles the replies. Returns 0, or the first negative errno of a
+ * callback or the socket.
+ */
+int ps_run(struct pr_run *run, int fd, struct ps_buf *out, int (*fill)(void *arg),
+           int (*on_input)(void *arg), void *arg);
+
 #endif

@@ -17,7 +17,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +173,9 @@ static int read_replies(struct client *c) {
   return 0;
 }
 
+static int fill_cb(void *arg) { return fill(arg); }
+static int input_cb(void *arg) { return read_replies(arg); }
+
 int main(int argc, char **argv) {
   struct client c = {.cfg = {.stream = "bench"}, .fd = -1};
   struct pr_opts o;
@@ -193,20 +195,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "redis_bench: connect %s:%d: %s\n", o.host, o.port, strerror(-c.fd));
     return 1;
   }
-  int rc = 0;
   pr_start(&c.run);
-  for (uint64_t now = pr_now_ns(); !pr_finished(&c.run, now); now = pr_now_ns()) {
-    if ((rc = fill(&c)) || (rc = ps_flush(c.fd, &c.out)))
-      break;
-    struct pollfd p = {.fd = c.fd, .events = POLLIN | (c.out.len ? POLLOUT : 0)};
-    int ms = c.out.len ? 100 : pr_poll_ms(&c.run, pr_now_ns());
-    if (poll(&p, 1, ms) < 0 && errno != EINTR) {
-      rc = -errno;
-      break;
-    }
-    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && (rc = read_replies(&c)))
-      break;
-  }
+  int rc = ps_run(&c.run, c.fd, &c.out, fill_cb, input_cb, &c);
   if (rc)
     fprintf(stderr, "redis_bench: %s\n", strerror(-rc));
   int result = pr_report(&c.run, "redis_bench");
