@@ -10,6 +10,7 @@
 #                    [--duration-s S] [--warmup-s S] [--catchup-size B]
 #                    [--catchup-s S] [--redis-wait-batch N] [--scratch DIR]
 #                    [--build DIR] [--no-install] [--no-docs] [--keep DIR]
+#                    [--ferry-label TEXT]
 #   bench/compare.sh --smoke --ferry-bench PATH [--bin DIR] [--scratch DIR]
 #
 # The full run installs its Debian packages first (apt-get, idempotent; the
@@ -17,7 +18,8 @@
 # --build (default build-compare) and takes 10-20 minutes. Peers listen on
 # 127.0.0.1 ports 22000-22999 with their data under --scratch, and are
 # stopped at the end (also on failure or Ctrl-C). Ferry's binaries are taken
-# from the directory of --ferry-bench (default build/bin/ferry-bench).
+# from the directory of --ferry-bench (default build/bin/ferry-bench);
+# --ferry-label names that build on the page (default: this checkout's commit).
 # --smoke: Ferry's scenarios only, about a second each, no install, no docs
 # (Redis and NATS join if their servers and clients are already there);
 # exits 77 if ferry-bench is missing, 1 if any run failed.
@@ -40,9 +42,10 @@ build="$repo/build-compare"
 install=1
 docs=1
 keep=""
+ferry_label=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
 command_line="bench/compare.sh${*:+ $*}"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1; shift ;;
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0; shift ;;
     --no-docs) docs=0; shift ;;
     --keep) keep=$2; shift 2 ;;
+    --ferry-label) ferry_label=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "compare.sh: unknown option $1" >&2; usage ;;
   esac
@@ -114,6 +118,8 @@ install_pkgs() {
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$s" 2>/dev/null; then
       systemctl stop "$s" || true
       systemctl disable "$s" 2>/dev/null || true
+    elif command -v service >/dev/null && service "$s" status >/dev/null 2>&1; then
+      service "$s" stop || true
     fi
   done
 }
@@ -411,18 +417,28 @@ profile_broker() {
 }
 
 # ------------------------------------------------------------------ scenarios: Ferry
-ferry_scenarios() {
+# Each scenario runs Ferry and then, right after, the peers it is compared
+# with, so a drift in the machine's load hits both sides alike.
+scenario_async() { # one broker, acknowledged once written to the OS
   ferry_start single-async 0 ASYNC_MASTER -o flushDiskType=ASYNC_FLUSH
   produce ferry-single-async
   [ "$smoke" = 1 ] || profile_broker single-async
   stop_all
-
+  [ $have_nats = 1 ] && nats_run
+  [ $have_redis = 1 ] && [ "$smoke" = 0 ] && redis_single redis-everysec everysec
+  return 0
+}
+scenario_sync() { # one broker, acknowledged after fdatasync
   ferry_start single-sync 0 ASYNC_MASTER -o flushDiskType=SYNC_FLUSH
   [ "$smoke" = 1 ] || sync_probe_start
   produce ferry-single-sync
   [ "$smoke" = 1 ] || sync_probe_stop
   stop_all
-
+  [ "$smoke" = 1 ] || ! command -v fio >/dev/null || fio_ceiling
+  [ $have_redis = 1 ] && redis_single redis-always always
+  return 0
+}
+scenario_replication() { # master + replica: async, then sync double write
   ferry_start pair-async 1 ASYNC_MASTER -o flushDiskType=ASYNC_FLUSH
   produce ferry-pair-async
   stop_all
@@ -433,15 +449,21 @@ ferry_scenarios() {
   [ "$half_rate" -ge 1 ] || half_rate=1
   produce ferry-pair-sync-half --rate "$half_rate"
   stop_all
-
+  [ $have_redis = 1 ] && redis_pair
+  return 0
+}
+scenario_durable() { # master + replica, acknowledged once both have fsynced it
   ferry_start pair-sync-durable 1 SYNC_MASTER -o flushDiskType=SYNC_FLUSH \
     -o haSyncAckOn=durable
   produce ferry-pair-sync-durable
   stop_all
-
-  # Catch-up: a backlog written through an ASYNC_MASTER pair, both brokers
-  # restarted with their page cache dropped, then read from the first
-  # offset by a new group, from the master and then from the slave.
+  [ $have_rmq = 1 ] && rmq_run
+  return 0
+}
+# Catch-up: a backlog written through an ASYNC_MASTER pair, both brokers
+# restarted with their page cache dropped, then read from the first offset
+# by a new group, from the master and then from the slave.
+scenario_catchup() {
   ferry_start catchup 1 ASYNC_MASTER -o flushDiskType=ASYNC_FLUSH \
     -o slaveReadEnable=true
   run_client ferry-backlog "$ferry_bench" produce -n "$ns_addr" -t Bench \
@@ -458,6 +480,8 @@ ferry_scenarios() {
   run_client ferry-catchup-slave "$ferry_bench" consume -n "$ns_addr" -t Bench \
     -g CatchUpSlave --from first --count "$backlog" --duration-s 120 --broker-id 1
   stop_all
+  [ "$smoke" = 1 ] || ! command -v iperf3 >/dev/null || iperf_ceiling
+  return 0
 }
 
 # ------------------------------------------------------------------ scenarios: peers
@@ -478,19 +502,13 @@ redis_bench() { # name [options]
   run_client "$name" "$peer_bin/redis_bench" --port $REDIS_PORT --size "$size" \
     --inflight "$inflight" --duration-s "$duration" --warmup-s "$warmup" "$@"
 }
-redis_scenarios() {
-  redis_start always $REDIS_PORT --appendfsync always
-  redis_bench redis-always
+redis_single() { # name appendfsync
+  redis_start single $REDIS_PORT --appendfsync "$2"
+  redis_bench "$1"
   stop_all
   rm -rf "$scratch"/redis-*
-
-  if [ "$smoke" = 0 ]; then
-    redis_start everysec $REDIS_PORT --appendfsync everysec
-    redis_bench redis-everysec
-    stop_all
-    rm -rf "$scratch"/redis-*
-  fi
-
+}
+redis_pair() { # master + replica: no WAIT, then WAIT after each batch
   redis_start master $REDIS_PORT --appendfsync everysec
   redis_start replica $REDIS_REPLICA_PORT --appendfsync everysec \
     --replicaof 127.0.0.1 $REDIS_PORT
@@ -503,7 +521,7 @@ redis_scenarios() {
   rm -rf "$scratch"/redis-*
 }
 
-nats_scenarios() {
+nats_run() {
   local d="$scratch/nats-js"
   mkdir -p "$d"
   sed -e "s|@PORT@|$NATS_PORT|" -e "s|@STORE@|$d/store|" "$repo/bench/peers/nats.conf" \
@@ -549,7 +567,7 @@ rmq_node() { # n amqp_port dist_port
   pids+=($!)
   rmq_nodes+=("$d/pid")
 }
-rmq_scenarios() {
+rmq_run() {
   local d="$scratch/rmq-cluster"
   rm -rf "$d"
   mkdir -p "$d/home"
@@ -610,14 +628,14 @@ fio_ceiling() { # bytes per fdatasync from the probe (or 1 MiB without one)
 # ------------------------------------------------------------------ the run
 started=$(date -u +%s)
 half_rate=0
-ferry_scenarios
-if [ "$smoke" = 0 ]; then
-  command -v fio >/dev/null && fio_ceiling
-  command -v iperf3 >/dev/null && iperf_ceiling
-fi
-if [ $have_redis = 1 ]; then redis_scenarios; else log "Redis skipped (not installed)"; fi
-if [ $have_nats = 1 ]; then nats_scenarios; else log "NATS skipped (not installed)"; fi
-if [ $have_rmq = 1 ]; then rmq_scenarios; else log "RabbitMQ skipped"; fi
+[ $have_redis = 1 ] || log "Redis skipped (not installed)"
+[ $have_nats = 1 ] || log "NATS skipped (not installed)"
+[ $have_rmq = 1 ] || log "RabbitMQ skipped"
+scenario_async
+scenario_sync
+scenario_replication
+scenario_durable
+scenario_catchup
 log "all runs done in $(( $(date -u +%s) - started )) s"
 
 if [ "$smoke" = 1 ]; then
@@ -628,7 +646,7 @@ fi
 
 # Versions and settings for the page.
 {
-  echo "ferry=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "ferry=$ferry_label"
   echo "redis=$(dpkg-query -W -f='${Version}' redis-server 2>/dev/null)"
   echo "hiredis=$(dpkg-query -W -f='${Version}' libhiredis-dev 2>/dev/null)"
   echo "nats=$(dpkg-query -W -f='${Version}' nats-server 2>/dev/null)"
