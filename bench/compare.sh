@@ -43,7 +43,7 @@ install=1
 docs=1
 keep=""
 ferry_label=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-command_line="bench/compare.sh${*:+ $*}"
+command_line="bench/compare.sh$(printf ' %q' "$@")"
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -627,6 +627,7 @@ fio_ceiling() { # bytes per fdatasync from the probe (or 1 MiB without one)
 
 # ------------------------------------------------------------------ the run
 started=$(date -u +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 half_rate=0
 [ $have_redis = 1 ] || log "Redis skipped (not installed)"
 [ $have_nats = 1 ] || log "NATS skipped (not installed)"
@@ -665,6 +666,10 @@ fi
   echo "half_rate=$half_rate"
   echo "pinned=${pin_srv[*]:+yes}"
   echo "command=$command_line"
+  echo "started=$(date -u -d "@$started" '+%Y-%m-%d %H:%M UTC')"
+  echo "minutes=$(( ($(date -u +%s) - started + 59) / 60 ))"
+  echo "load_start=$load_start"
+  echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$out/meta"
 
 doc_args=()

@@ -8,7 +8,7 @@ set style fill solid 0.85 border -1
 set grid ytics lc rgb "#dddddd"
 set xtics rotate by -35 left nomirror
 set bmargin 11
-set rmargin 16
+set rmargin 22
 set key top right
 
 set output outdir."/compare-throughput.png"

@@ -299,7 +299,16 @@ object and symbol, entries of at least 1.5 % of the samples:
 {body}
 ```
 """
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = meta.get("started") or \
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # Hand-written reading of one run: included only for the run it was
+    # written for (its first line is "run: <started>"), never for a later one.
+    notes = ""
+    notes_path = os.path.join(a.repo, "bench", "plot", "compare_notes.md")
+    if os.path.exists(notes_path):
+        first, _, rest = open(notes_path).read().partition("\n")
+        if first.strip() == f"run: {date}":
+            notes = rest.strip() + "\n"
     probe_txt = ""
     if probe:
         probe_txt = (f" In the SYNC_FLUSH run the commit log wrote {k(probe['bytes'])} B in "
@@ -310,7 +319,11 @@ object and symbol, entries of at least 1.5 % of the samples:
     section = f"""{BEGIN}
 ## Side by side with peers
 
-Run {date} on {machine(a.scratch)}. Ferry {meta.get('ferry', '?')}; Redis
+Run {date} ({meta.get('minutes', '?')} minutes) on {machine(a.scratch)};
+load average (1, 5, 15 min) {meta.get('load_start', '?')} at the start and
+{meta.get('load_end', '?')} at the end: the machine is shared with other
+jobs, so absolute numbers drift between runs, and the ratios of runs made
+minutes apart are what this section is for. Ferry {meta.get('ferry', '?')}; Redis
 {meta.get('redis', '?')} (client on hiredis {meta.get('hiredis', '?')}); NATS
 nats-server {meta.get('nats', '?')}; RabbitMQ {meta.get('rabbitmq', '?')} on
 Erlang {meta.get('erlang', '?')} (client on rabbitmq-c {meta.get('librabbitmq', '?')});
@@ -369,6 +382,7 @@ configuration is in `bench/peers/` (`redis.conf`, `nats.conf`,
 
 {chr(10).join(target_lines)}
 
+{notes}
 {charts}
 fio job as run (SCRATCH = the data directory): `{fio['cmd'] if fio else 'not run'}`
 {END}
