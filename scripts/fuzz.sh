@@ -7,6 +7,7 @@
 #
 #   scripts/fuzz.sh                       60 s per target, build-fuzz/
 #   scripts/fuzz.sh --time 20 --build DIR
+#   scripts/fuzz.sh --target remoting     one target (frame, remoting)
 #
 # Exits 77 (skipped) when clang or its fuzzer runtime (Debian package
 # libclang-rt-14-dev) is missing.
@@ -16,12 +17,14 @@ cd "$(dirname "$0")/.."
 time_s=60
 build=build-fuzz
 runs=10000000
+targets="frame remoting"
 while [ $# -gt 0 ]; do
   case "$1" in
     --time) time_s=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [--time SECONDS] [--build DIR] [--runs N]" >&2; exit 2 ;;
+    --target) targets=$2; shift 2 ;;
+    *) echo "usage: $0 [--time SECONDS] [--build DIR] [--runs N] [--target NAME]" >&2; exit 2 ;;
   esac
 done
 
@@ -42,14 +45,14 @@ fi
 mkdir -p "$build"
 if ! { cmake -S . -B "$build" -DCMAKE_C_COMPILER="$clang" -DFERRY_FUZZ=ON -DFERRY_TESTS=OFF \
          -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-       cmake --build "$build" --target fuzz_frame -j "$(nproc)"; } > "$build/fuzz-build.log" 2>&1; then
+       cmake --build "$build" --target $(printf 'fuzz_%s ' $targets) -j "$(nproc)"; } > "$build/fuzz-build.log" 2>&1; then
   tail -n 40 "$build/fuzz-build.log" >&2
   echo "fuzz: build failed (log: $build/fuzz-build.log)" >&2
   exit 1
 fi
 
 status=0
-for name in frame; do
+for name in $targets; do
   work="$build/fuzz-work/$name"
   mkdir -p "$work/corpus" "$work/artifacts"
   echo "== fuzz_$name: ${time_s}s, corpus tests/fuzz/corpus/$name"

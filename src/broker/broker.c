@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,19 @@
 void fy__reply_decode_error(fy_conn *conn, const fy_frame *f) {
   fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
                       "malformed request header for op %u", f->op);
+}
+
+void fy__reply_err(fy_conn *conn, const struct fy_reqref *ref, uint16_t status, const char *fmt,
+                   ...) {
+  char text[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  if (ref->proto == FY_PROTO_RMQ)
+    fy__rmq_reply_err(conn, ref, status, text);
+  else
+    fy_conn_reply_error(conn, ref->id, ref->op, status, "%s", text);
 }
 
 bool fy__broker_refuse_if_stopping(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
@@ -488,9 +502,13 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   if (err)
     goto out_free;
   fy_store_on_arrival(b->store, fy__pull_on_arrival, b);
+  err = fy__schedule_start(b);
+  if (err)
+    goto out_free;
 
   fy_conn_cfg cc = {.frame_max_bytes = b->cfg->max_frame_bytes, .max_conns = b->cfg->max_conns,
-                    .on_frame = on_frame, .on_close = on_conn_close};
+                    .on_frame = on_frame, .on_foreign = fy__rmq_on_bytes,
+                    .on_close = on_conn_close};
   err = fy_server_listen(loop, b->cfg->listen_address, (int)b->cfg->listen_port, &cc, on_accept,
                          &b->server);
   if (err) {
@@ -543,6 +561,8 @@ static void maybe_finish_stop(struct fy_broker *b) {
   void *arg = b->stop_arg;
   int status = b->stop_status;
   fy__pull_free(b);
+  fy__rmq_free(b);
+  fy__schedule_free(b);
   fy_topics_close(b->topics);
   fy_offsets_close(b->offsets);
   fy_groups_close(b->groups);
@@ -589,8 +609,9 @@ static void on_meta_saved(void *arg, int status) {
 
 static void stop_step(struct fy_broker *b) {
   b->closing_handles = true;
-  b->handles_open = 4;
+  b->handles_open = 5;
   fy__pull_close(b, on_handle_closed);
+  fy__schedule_close(b, on_handle_closed);
   uv_close((uv_handle_t *)&b->meta_timer, on_handle_closed);
   if (b->master_conn) {
     fy_conn_set_data(b->master_conn, NULL);

@@ -26,6 +26,25 @@
 
 struct pending_send;
 struct held_pull;
+struct fy__sched;
+
+#define FY_SCHEDULE_TOPIC "SCHEDULE_TOPIC_XXXX"
+
+/* The protocols a client port speaks, told apart by a connection's first
+ * byte (net/conn.h): Ferry's own frames, or RocketMQ 4.x remoting. */
+enum fy_proto { FY_PROTO_NATIVE = 0, FY_PROTO_RMQ = 1 };
+
+/* Where an answer that comes later goes: the request's protocol, its id
+ * (native request id, or RocketMQ opaque) and its op (native op, or
+ * RocketMQ request code). Copied into whatever waits (a pending send, a
+ * held pull). */
+struct fy_reqref {
+  uint8_t proto;         /* enum fy_proto */
+  uint8_t rmq_serialize; /* RocketMQ header encoding to answer in */
+  uint8_t rmq_oneway;    /* RocketMQ one-way request: no answer at all */
+  uint16_t op;
+  uint64_t id;
+};
 
 /* Per-connection state (fy_conn_data). Requests whose answer comes later
  * (sends waiting for the disk, held pulls) are listed here so that a closing
@@ -35,6 +54,7 @@ struct bconn {
   fy_conn *conn;
   struct pending_send *sends;
   struct held_pull *held;
+  uint8_t proto;           /* enum fy_proto, from the first bytes */
 };
 
 struct ns_link {
@@ -46,7 +66,7 @@ struct ns_link {
 
 /* A pull request, decoded into Ferry's own fields. */
 struct pull_req {
-  uint64_t request_id;
+  struct fy_reqref ref;
   char group[FY_GROUP_NAME_MAX + 1];
   char topic[FY_TOPIC_NAME_MAX + 1];
   uint32_t queue_id;
@@ -100,6 +120,8 @@ struct fy_broker {
   uv_timer_t poll_timer;
 
   fy_strmap *resets; /* "group\0topic\0qid" -> uint64_t* offset to hand out */
+  fy_strmap *rmq_locks; /* RocketMQ queue locks (rmq.c), created on first use */
+  struct fy__sched *sched; /* delayed messages (schedule.c) */
 
   /* HA: a master runs ha_master, a slave ha_slave and the metadata sync */
   struct fy_ha_config ha_cfg;
@@ -128,15 +150,46 @@ struct fy_broker {
   uint64_t pulls, pulled_msgs, pulls_held;
 };
 
+/* What a send stored, for its reply. */
+struct fy_send_result {
+  char msg_id[33];        /* UNIQ_KEY */
+  char offset_msg_id[33]; /* store host + commit-log offset */
+  uint64_t queue_offset;
+};
+
 /* broker.c (fy__now_ms comes from persist.h) */
 void fy__broker_register_all(struct fy_broker *b);
 bool fy__broker_refuse_if_stopping(struct fy_broker *b, fy_conn *conn, const fy_frame *f);
 void fy__reply_decode_error(fy_conn *conn, const fy_frame *f);
+/* Answers ref with an error: native status and printf text (RocketMQ
+ * connections get the matching response code and the text as remark). */
+void fy__reply_err(fy_conn *conn, const struct fy_reqref *ref, uint16_t status, const char *fmt,
+                   ...) __attribute__((format(printf, 4, 5)));
 
 /* send.c */
 void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f);
 void fy__sends_conn_closed(struct bconn *bc);
 void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]);
+/* A fresh UNIQ_KEY for a message sent without one. */
+void fy__make_uniq_key(struct fy_broker *b, char out[33]);
+/* The born host of a message from conn's peer address. */
+void fy__peer_host(fy_conn *conn, struct fy_host *h);
+/* This broker's store host (IPv4 and client port). */
+void fy__store_host(const struct fy_broker *b, struct fy_host *h);
+/* Checks that this broker takes sends for topic (auto-creating it with
+ * default_queues when allowed) and picks the queue: queue_id_in < 0 means
+ * round robin. Returns 0 and *queue_id, or a native status with why. */
+uint16_t fy__send_check_topic(struct fy_broker *b, const char *topic, int32_t queue_id_in,
+                              uint32_t default_queues, uint32_t *queue_id, char *why,
+                              size_t whylen);
+/* Puts msgs[0..n) (complete but for what the store assigns) as one atomic
+ * batch and answers ref on bc once they are stored under the flush rule
+ * (and held by a slave under SYNC_MASTER). msg_ids[i] is message i's
+ * UNIQ_KEY for the reply. Returns 0 (the answer will come), or a native
+ * status with why (nothing was stored; the caller answers). */
+uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_reqref *ref,
+                      struct fy_msg *msgs, size_t n, char (*msg_ids)[33], char *why,
+                      size_t whylen);
 
 /* pull.c */
 int fy__pull_init(struct fy_broker *b);
@@ -151,6 +204,49 @@ int fy__reset_set(struct fy_broker *b, const char *group, const char *topic, uin
 
 /* ha glue in broker.c */
 bool fy__is_sync_master(const struct fy_broker *b);
+
+/* pull.c: checks that group may pull queue_id of topic here: 0, or a
+ * native status with why. */
+uint16_t fy__pull_check(struct fy_broker *b, const char *topic, const char *group,
+                        uint32_t queue_id, char *why, size_t whylen);
+/* Sets r's count, byte and wait limits from the request, within the broker's. */
+void fy__pull_limits(struct fy_broker *b, struct pull_req *r, uint32_t max_msgs,
+                     uint32_t max_bytes, uint32_t suspend_ms);
+/* pull.c: runs a decoded pull (any protocol); holds it when asked to wait. */
+void fy__pull_run(struct fy_broker *b, struct bconn *bc, const struct pull_req *r);
+/* The broker id a consumer of r should pull from next (slave reads). */
+uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
+                          const struct fy_get_result *res);
+
+/* schedule.c: delayed messages (delay levels) */
+int fy__schedule_start(struct fy_broker *b);
+void fy__schedule_close(struct fy_broker *b, uv_close_cb close_cb);
+void fy__schedule_free(struct fy_broker *b);
+/* An entry arrived in the schedule topic's queue_id (its level - 1). */
+void fy__schedule_wake(struct fy_broker *b, uint32_t queue_id);
+/* Rewrites each message with a DELAY level into the schedule topic (real
+ * topic and queue kept in REAL_TOPIC / REAL_QID); the new properties live
+ * in *scratch, which the caller frees after the put. Returns 0, or -EINVAL
+ * with why (a delayed message in a batch, properties too long). */
+int fy__schedule_rewrite(struct fy_broker *b, struct fy_msg *msgs, size_t n, char **scratch,
+                         const char **why);
+
+/* Sets the DELAY level of the properties props[0..*len) (capacity cap).
+ * 0, -ENOSPC or -ENOMEM. */
+int fy__schedule_set_level(char *props, size_t cap, size_t *len, int level);
+
+/* rmq.c: RocketMQ remoting on the client port */
+size_t fy__rmq_on_bytes(fy_conn *conn, const uint8_t *bytes, size_t len);
+void fy__rmq_free(struct fy_broker *b);
+void fy__rmq_reply_err(fy_conn *conn, const struct fy_reqref *ref, uint16_t status,
+                       const char *text);
+void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqref *ref,
+                        uint16_t status, uint32_t queue_id, const struct fy_send_result *res,
+                        size_t n);
+/* Answers a pull: msgs[0..res->count) found (released here), or a status. */
+void fy__rmq_reply_pull(struct fy_broker *b, struct bconn *bc, const struct pull_req *r,
+                        uint16_t status, const struct fy_get_result *res,
+                        struct fy_get_msg *msgs);
 
 /* admin.c: consumer, offset, topic, query and status requests */
 void fy__handle_admin(struct fy_broker *b, struct bconn *bc, const fy_frame *f);

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -189,8 +190,8 @@ static uint64_t slave_read_threshold(struct fy_broker *b) {
   return uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
 }
 
-static uint64_t suggest_broker(struct fy_broker *b, const struct pull_req *r,
-                               const struct fy_get_result *res) {
+uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
+                          const struct fy_get_result *res) {
   if (b->cfg->role == FY_ROLE_SLAVE) {
     /* A slave keeps a consumer that is still far behind; once it has
      * caught up, it sends the consumer back to the master. */
@@ -210,12 +211,16 @@ static uint64_t suggest_broker(struct fy_broker *b, const struct pull_req *r,
 
 static void reply_status(struct fy_broker *b, struct bconn *bc, const struct pull_req *r,
                          uint16_t status, const struct fy_get_result *res) {
+  if (r->ref.proto == FY_PROTO_RMQ) {
+    fy__rmq_reply_pull(b, bc, r, status, res, NULL);
+    return;
+  }
   Ferry__V1__PullResponse resp = FERRY__V1__PULL_RESPONSE__INIT;
   resp.next_offset = res->next_offset;
   resp.min_offset = res->min_offset;
   resp.max_offset = res->max_offset;
-  resp.suggest_broker_id = suggest_broker(b, r, res);
-  fy_conn_reply(bc->conn, r->request_id, FERRY__V1__OP__OP_PULL, status, &resp.base, NULL, 0, NULL,
+  resp.suggest_broker_id = fy__pull_suggest(b, r, res);
+  fy_conn_reply(bc->conn, r->ref.id, FERRY__V1__OP__OP_PULL, status, &resp.base, NULL, 0, NULL,
                 NULL);
 }
 
@@ -225,12 +230,16 @@ static void execute(struct fy_broker *b, struct bconn *bc, const struct pull_req
   struct fy_get_result res;
   struct fy_get_msg *msgs = calloc(r->max_msgs, sizeof *msgs);
   if (!msgs) {
-    fy_conn_reply_error(bc->conn, r->request_id, FERRY__V1__OP__OP_PULL,
-                        FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
+    fy__reply_err(bc->conn, &r->ref, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
     return;
   }
   fy_store_get(b->store, r->topic, r->queue_id, r->offset, r->max_msgs, r->max_bytes, r->tags,
                r->ntags, msgs, &res);
+  if (res.status == FY_GET_FOUND && r->ref.proto == FY_PROTO_RMQ) {
+    b->pulled_msgs += res.count;
+    fy__rmq_reply_pull(b, bc, r, FERRY__V1__STATUS__OK, &res, msgs);
+    return;
+  }
   if (res.status == FY_GET_FOUND) {
     struct pinned *pin = malloc(sizeof *pin);
     uv_buf_t *bufs = malloc(res.count * sizeof *bufs);
@@ -239,8 +248,7 @@ static void execute(struct fy_broker *b, struct bconn *bc, const struct pull_req
       free(bufs);
       fy_store_get_release(msgs, res.count);
       free(msgs);
-      fy_conn_reply_error(bc->conn, r->request_id, FERRY__V1__OP__OP_PULL,
-                          FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
+      fy__reply_err(bc->conn, &r->ref, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
       return;
     }
     for (size_t i = 0; i < res.count; i++)
@@ -251,9 +259,9 @@ static void execute(struct fy_broker *b, struct bconn *bc, const struct pull_req
     resp.next_offset = res.next_offset;
     resp.min_offset = res.min_offset;
     resp.max_offset = res.max_offset;
-    resp.suggest_broker_id = suggest_broker(b, r, &res);
+    resp.suggest_broker_id = fy__pull_suggest(b, r, &res);
     resp.count = (uint32_t)res.count;
-    int err = fy_conn_reply(bc->conn, r->request_id, FERRY__V1__OP__OP_PULL, FERRY__V1__STATUS__OK,
+    int err = fy_conn_reply(bc->conn, r->ref.id, FERRY__V1__OP__OP_PULL, FERRY__V1__STATUS__OK,
                             &resp.base, bufs, (unsigned)res.count, on_pull_sent, pin);
     free(bufs);
     if (err)
@@ -286,18 +294,12 @@ static void execute(struct fy_broker *b, struct bconn *bc, const struct pull_req
 
 /* ---------------------------------------------------------------- requests */
 
-static bool decode(struct fy_broker *b, fy_conn *conn, const fy_frame *f, struct pull_req *r) {
-  Ferry__V1__PullRequest *req;
-  if (fy_frame_unpack(f, &ferry__v1__pull_request__descriptor, (ProtobufCMessage **)&req)) {
-    fy__reply_decode_error(conn, f);
-    return false;
-  }
-  bool ok = false;
-  const char *why = NULL;
+uint16_t fy__pull_check(struct fy_broker *b, const char *topic, const char *group,
+                        uint32_t queue_id, char *why, size_t whylen) {
+  const char *reason = NULL;
   struct fy_topic_config tc;
-  memset(r, 0, sizeof *r);
-  bool known = fy_topic_name_check(req->topic, &why) == 0 && fy_topics_get(b->topics, req->topic, &tc) == 0;
-  if (!known && !why && b->cfg->role == FY_ROLE_SLAVE) {
+  bool known = fy_topic_name_check(topic, &reason) == 0 && fy_topics_get(b->topics, topic, &tc) == 0;
+  if (!known && !reason && b->cfg->role == FY_ROLE_SLAVE) {
     /* A slave serves what it holds, even before the topic's config has
      * arrived from the master (the master may be gone for good). */
     memset(&tc, 0, sizeof tc);
@@ -306,32 +308,56 @@ static bool decode(struct fy_broker *b, fy_conn *conn, const fy_frame *f, struct
     known = true;
   }
   if (!known) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
-                        "topic '%s' does not exist on broker %s", req->topic, b->cfg->broker_name);
-  } else if (fy_group_name_check(req->consumer_group, &why)) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
-                        "consumer group '%s': %s", req->consumer_group, why ? why : "invalid");
-  } else if (req->queue_id >= tc.read_queues) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
-                        "queue %u of topic '%s' does not exist (read queues: %u)", req->queue_id,
-                        req->topic, tc.read_queues);
-  } else if (!(tc.perm & FY_PERM_READ)) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__NO_PERMISSION,
-                        "topic '%s' is not readable", req->topic);
+    snprintf(why, whylen, "topic '%s' does not exist on broker %s", topic, b->cfg->broker_name);
+    return FERRY__V1__STATUS__TOPIC_NOT_EXIST;
+  }
+  if (fy_group_name_check(group, &reason)) {
+    snprintf(why, whylen, "consumer group '%s': %s", group, reason ? reason : "invalid");
+    return FERRY__V1__STATUS__BAD_REQUEST;
+  }
+  if (queue_id >= tc.read_queues) {
+    snprintf(why, whylen, "queue %u of topic '%s' does not exist (read queues: %u)", queue_id,
+             topic, tc.read_queues);
+    return FERRY__V1__STATUS__BAD_REQUEST;
+  }
+  if (!(tc.perm & FY_PERM_READ)) {
+    snprintf(why, whylen, "topic '%s' is not readable", topic);
+    return FERRY__V1__STATUS__NO_PERMISSION;
+  }
+  return 0;
+}
+
+void fy__pull_limits(struct fy_broker *b, struct pull_req *r, uint32_t max_msgs,
+                     uint32_t max_bytes, uint32_t suspend_ms) {
+  r->max_msgs = max_msgs == 0 || max_msgs > b->cfg->pull_max_msgs ? b->cfg->pull_max_msgs
+                                                                   : max_msgs;
+  r->max_bytes = max_bytes == 0 || max_bytes > b->cfg->pull_max_bytes ? b->cfg->pull_max_bytes
+                                                                      : max_bytes;
+  r->suspend_ms = suspend_ms > 60000 ? 60000 : suspend_ms;
+}
+
+static bool decode(struct fy_broker *b, fy_conn *conn, const fy_frame *f, struct pull_req *r) {
+  Ferry__V1__PullRequest *req;
+  if (fy_frame_unpack(f, &ferry__v1__pull_request__descriptor, (ProtobufCMessage **)&req)) {
+    fy__reply_decode_error(conn, f);
+    return false;
+  }
+  bool ok = false;
+  char why[512];
+  memset(r, 0, sizeof *r);
+  uint16_t st = fy__pull_check(b, req->topic, req->consumer_group, req->queue_id, why, sizeof why);
+  if (st) {
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
   } else if (req->n_tag_hashes > FY_PULL_TAGS_MAX) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
                         "at most %d tags per subscription", FY_PULL_TAGS_MAX);
   } else {
-    r->request_id = f->request_id;
+    r->ref = (struct fy_reqref){.proto = FY_PROTO_NATIVE, .op = f->op, .id = f->request_id};
     snprintf(r->group, sizeof r->group, "%s", req->consumer_group);
     snprintf(r->topic, sizeof r->topic, "%s", req->topic);
     r->queue_id = req->queue_id;
     r->offset = req->queue_offset;
-    r->max_msgs = req->max_msgs == 0 || req->max_msgs > b->cfg->pull_max_msgs
-                      ? b->cfg->pull_max_msgs : req->max_msgs;
-    r->max_bytes = req->max_bytes == 0 || req->max_bytes > b->cfg->pull_max_bytes
-                       ? b->cfg->pull_max_bytes : req->max_bytes;
-    r->suspend_ms = req->suspend_timeout_ms > 60000 ? 60000 : req->suspend_timeout_ms;
+    fy__pull_limits(b, r, req->max_msgs, req->max_bytes, req->suspend_timeout_ms);
     for (size_t i = 0; i < req->n_tag_hashes; i++)
       r->tags[i] = req->tag_hashes[i];
     r->ntags = req->n_tag_hashes;
@@ -375,25 +401,33 @@ int fy__reset_set(struct fy_broker *b, const char *group, const char *topic, uin
   return 0;
 }
 
-void fy__handle_pull(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
-  struct pull_req r;
+void fy__pull_run(struct fy_broker *b, struct bconn *bc, const struct pull_req *r) {
   b->pulls++;
-  if (!decode(b, bc->conn, f, &r))
-    return;
   uint64_t reset;
-  if (take_reset(b, &r, &reset)) {
+  if (take_reset(b, r, &reset)) {
     struct fy_get_result res = {.next_offset = reset,
-                                .min_offset = fy_store_min_offset(b->store, r.topic, r.queue_id),
-                                .max_offset = fy_store_max_offset(b->store, r.topic, r.queue_id)};
-    reply_status(b, bc, &r, FERRY__V1__STATUS__PULL_OFFSET_MOVED, &res);
+                                .min_offset = fy_store_min_offset(b->store, r->topic, r->queue_id),
+                                .max_offset = fy_store_max_offset(b->store, r->topic, r->queue_id)};
+    reply_status(b, bc, r, FERRY__V1__STATUS__PULL_OFFSET_MOVED, &res);
     return;
   }
-  execute(b, bc, &r, true);
+  execute(b, bc, r, true);
+}
+
+void fy__handle_pull(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
+  struct pull_req r;
+  if (!decode(b, bc->conn, f, &r)) {
+    b->pulls++;
+    return;
+  }
+  fy__pull_run(b, bc, &r);
 }
 
 void fy__pull_on_arrival(void *arg, const char *topic, size_t topic_len, uint32_t queue_id,
                          uint64_t max_offset) {
   struct fy_broker *b = arg;
+  if (topic_len == sizeof FY_SCHEDULE_TOPIC - 1 && memcmp(topic, FY_SCHEDULE_TOPIC, topic_len) == 0)
+    fy__schedule_wake(b, queue_id);
   if (b->nheld == 0)
     return;
   char key[FY_TOPIC_NAME_MAX + 8];

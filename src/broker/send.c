@@ -21,21 +21,15 @@
 #define MOD "send"
 #define SEND_BATCH_MAX 1024
 
-struct send_result {
-  char msg_id[33];
-  char offset_msg_id[33];
-  uint64_t queue_offset;
-};
-
 struct pending_send {
   struct bconn *bc; /* NULL once the connection has gone */
   struct pending_send *prev, *next;
   struct fy_broker *b;
-  uint64_t request_id;
+  struct fy_reqref ref;
   uint32_t queue_id;
   uint64_t end; /* commit-log offset after the last record */
   size_t n;
-  struct send_result results[];
+  struct fy_send_result results[];
 };
 
 static const char hexdig[] = "0123456789ABCDEF";
@@ -62,7 +56,7 @@ void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]) {
 
 /* A unique message id for messages sent without one (RocketMQ's shape:
  * IP, pid, time and a counter, 16 bytes in hex). */
-static void make_uniq_key(struct fy_broker *b, char out[33]) {
+void fy__make_uniq_key(struct fy_broker *b, char out[33]) {
   uint8_t raw[16];
   memcpy(raw, b->ip4, 4);
   uint32_t pid = (uint32_t)getpid();
@@ -114,17 +108,19 @@ static const char *text_of_store_error(int err) {
   }
 }
 
-/* Answers a stored send with frame status `status` (OK, or one of the
- * "stored on the master only" statuses) and frees it. */
+/* Answers a stored send with status (OK, or one of the "stored on the
+ * master only" statuses) and frees it. */
 static void reply_stored(struct pending_send *p, uint16_t status) {
   struct bconn *bc = p->bc;
   struct fy_broker *b = p->b;
   unlink_pending(p);
-  if (bc) {
+  if (bc && p->ref.proto == FY_PROTO_RMQ) {
+    fy__rmq_reply_send(b, bc->conn, &p->ref, status, p->queue_id, p->results, p->n);
+  } else if (bc) {
     Ferry__V1__SendResult *rs = calloc(p->n, sizeof *rs);
     Ferry__V1__SendResult **rp = calloc(p->n, sizeof *rp);
     if (!rs || !rp) {
-      fy_conn_reply_error(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
+      fy_conn_reply_error(bc->conn, p->ref.id, FERRY__V1__OP__OP_SEND,
                           FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory after storing");
     } else {
       for (size_t i = 0; i < p->n; i++) {
@@ -139,7 +135,7 @@ static void reply_stored(struct pending_send *p, uint16_t status) {
       resp.queue_id = p->queue_id;
       resp.results = rp;
       resp.n_results = p->n;
-      fy_conn_reply(bc->conn, p->request_id, FERRY__V1__OP__OP_SEND, status, &resp.base, NULL, 0,
+      fy_conn_reply(bc->conn, p->ref.id, FERRY__V1__OP__OP_SEND, status, &resp.base, NULL, 0,
                     NULL, NULL);
     }
     free(rs);
@@ -162,9 +158,8 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
   if (status) {
     b->send_failures++;
     if (p->bc)
-      fy_conn_reply_error(p->bc->conn, p->request_id, FERRY__V1__OP__OP_SEND,
-                          status_of_store_error(status), "not stored: %s",
-                          text_of_store_error(status));
+      fy__reply_err(p->bc->conn, &p->ref, status_of_store_error(status), "not stored: %s",
+                    text_of_store_error(status));
     unlink_pending(p);
     free(p);
     return;
@@ -185,10 +180,10 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
     reply_stored(p, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
 }
 
-static void parse_peer(const char *peer, struct fy_host *h) {
+void fy__peer_host(fy_conn *conn, struct fy_host *h) {
   memset(h, 0, sizeof *h);
   char buf[80];
-  snprintf(buf, sizeof buf, "%s", peer);
+  snprintf(buf, sizeof buf, "%s", fy_conn_peer(conn));
   char *colon = strrchr(buf, ':');
   if (!colon)
     return;
@@ -199,28 +194,38 @@ static void parse_peer(const char *peer, struct fy_host *h) {
     memcpy(h->ip, &sa.sin_addr, 4);
 }
 
-/* Validates the topic and picks the queue; replies and returns false on error. */
-static bool check_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f,
-                        const Ferry__V1__SendRequest *req, uint32_t *queue_id) {
-  const char *why = NULL;
-  if (fy_topic_name_check(req->topic, &why)) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
-                        "topic '%s': %s", req->topic, why ? why : "invalid name");
-    return false;
+void fy__store_host(const struct fy_broker *b, struct fy_host *h) {
+  memset(h, 0, sizeof *h);
+  memcpy(h->ip, b->ip4, 4);
+  h->port = (uint32_t)fy_server_port(b->server);
+}
+
+uint16_t fy__send_check_topic(struct fy_broker *b, const char *topic, int32_t queue_id_in,
+                              uint32_t default_queues, uint32_t *queue_id, char *why,
+                              size_t whylen) {
+  const char *reason = NULL;
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    snprintf(why, whylen, "broker %s id %" PRIu64 " is a slave and does not accept sends",
+             b->cfg->broker_name, b->cfg->broker_id);
+    return FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE;
+  }
+  if (fy_topic_name_check(topic, &reason)) {
+    snprintf(why, whylen, "topic '%s': %s", topic, reason ? reason : "invalid name");
+    return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
   }
   struct fy_topic_config tc;
-  if (fy_topics_get(b->topics, req->topic, &tc) != 0) {
+  if (fy_topics_get(b->topics, topic, &tc) != 0) {
     bool created = false;
-    uint32_t q = req->default_topic_queues ? req->default_topic_queues : b->cfg->default_topic_queues;
+    uint32_t q = default_queues ? default_queues : b->cfg->default_topic_queues;
     if (q > b->cfg->default_topic_queues)
       q = b->cfg->default_topic_queues;
     if (!b->cfg->auto_create_topic ||
-        fy_topics_auto_create(b->topics, req->topic, q, &tc, &created, &why) != 0) {
-      fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
-                          "topic '%s' does not exist on broker %s%s", req->topic,
-                          b->cfg->broker_name,
-                          b->cfg->auto_create_topic ? "" : " (autoCreateTopicEnable=false: create it with mqadmin updateTopic)");
-      return false;
+        fy_topics_auto_create(b->topics, topic, q, &tc, &created, &reason) != 0) {
+      snprintf(why, whylen, "topic '%s' does not exist on broker %s%s", topic,
+               b->cfg->broker_name,
+               b->cfg->auto_create_topic ? ""
+               : " (autoCreateTopicEnable=false: create it with mqadmin updateTopic)");
+      return FERRY__V1__STATUS__TOPIC_NOT_EXIST;
     }
     if (created) {
       fy_info(MOD, "auto-created topic %s with %u queues", tc.name, tc.write_queues);
@@ -228,21 +233,73 @@ static bool check_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f,
     }
   }
   if (!(tc.perm & FY_PERM_WRITE) || !(b->cfg->broker_permission & FY_PERM_WRITE)) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__NO_PERMISSION,
-                        "topic '%s' is not writable on broker %s", req->topic, b->cfg->broker_name);
-    return false;
+    snprintf(why, whylen, "topic '%s' is not writable on broker %s", topic, b->cfg->broker_name);
+    return FERRY__V1__STATUS__NO_PERMISSION;
   }
-  if (req->queue_id < 0) {
+  if (queue_id_in < 0) {
     *queue_id = b->rr++ % tc.write_queues;
-  } else if ((uint32_t)req->queue_id >= tc.write_queues) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
-                        "queue %d of topic '%s' does not exist (write queues: %u)", req->queue_id,
-                        req->topic, tc.write_queues);
-    return false;
+  } else if ((uint32_t)queue_id_in >= tc.write_queues) {
+    snprintf(why, whylen, "queue %d of topic '%s' does not exist (write queues: %u)", queue_id_in,
+             topic, tc.write_queues);
+    return FERRY__V1__STATUS__BAD_REQUEST;
   } else {
-    *queue_id = (uint32_t)req->queue_id;
+    *queue_id = (uint32_t)queue_id_in;
   }
-  return true;
+  return 0;
+}
+
+uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_reqref *ref,
+                      struct fy_msg *msgs, size_t n, char (*msg_ids)[33], char *why,
+                      size_t whylen) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t size = (uint64_t)msgs[i].body_len + msgs[i].props_len;
+    if (size > b->settings.store.max_message_size) {
+      snprintf(why, whylen,
+               "message %zu is %" PRIu64 " bytes (body and properties); maxMessageSize is %u", i,
+               size, b->settings.store.max_message_size);
+      return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
+    }
+  }
+  struct pending_send *p = calloc(1, sizeof *p + n * sizeof p->results[0]);
+  if (!p) {
+    snprintf(why, whylen, "out of memory");
+    return FERRY__V1__STATUS__SYSTEM_BUSY;
+  }
+  p->b = b;
+  p->ref = *ref;
+  p->queue_id = msgs[0].queue_id;
+  p->n = n;
+  char *scratch = NULL;
+  const char *reason = NULL;
+  if (fy__schedule_rewrite(b, msgs, n, &scratch, &reason) != 0) {
+    free(p);
+    free(scratch);
+    snprintf(why, whylen, "%s", reason);
+    return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
+  }
+  int err = fy_store_put(b->store, msgs, n, on_stored, p);
+  free(scratch);
+  if (err) {
+    free(p);
+    if (err == -FY_EBUSY)
+      b->send_busy++;
+    b->send_failures++;
+    snprintf(why, whylen, "not stored: %s", text_of_store_error(err));
+    return status_of_store_error(err);
+  }
+  for (size_t i = 0; i < n; i++) {
+    memcpy(p->results[i].msg_id, msg_ids[i], 33);
+    p->results[i].queue_offset = msgs[i].queue_offset;
+    fy__offset_msg_id(b, msgs[i].phys_offset, p->results[i].offset_msg_id);
+  }
+  p->end = msgs[n - 1].phys_offset + msgs[n - 1].total_size;
+  b->send_msgs += n;
+  p->bc = bc;
+  p->next = bc->sends;
+  if (bc->sends)
+    bc->sends->prev = p;
+  bc->sends = p;
+  return 0;
 }
 
 /* Upper bound of one message's encoded properties. */
@@ -267,7 +324,7 @@ static int build_props(struct fy_broker *b, const Ferry__V1__SendMessage *sm, ch
     snprintf(uniq, 33, "%.32s", sm->uniq_key);
     rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, sm->uniq_key, strlen(sm->uniq_key));
   } else {
-    make_uniq_key(b, uniq);
+    fy__make_uniq_key(b, uniq);
     rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, uniq, 32);
   }
   for (size_t i = 0; i < sm->n_properties && rc == 0; i++) {
@@ -299,17 +356,13 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
     return;
   }
   b->sends++;
-  struct pending_send *p = NULL;
   struct fy_msg *msgs = NULL;
   char *props = NULL;
+  char (*ids)[33] = NULL;
   size_t n = req->n_messages;
   uint32_t queue_id;
-  if (b->cfg->role == FY_ROLE_SLAVE) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE,
-                        "broker %s id %" PRIu64 " is a slave and does not accept sends",
-                        b->cfg->broker_name, b->cfg->broker_id);
-    goto out;
-  }
+  char why[512];
+  uint16_t st;
   if (n == 0 || n > SEND_BATCH_MAX) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
                         "a send carries 1 to %d messages, not %zu", SEND_BATCH_MAX, n);
@@ -324,44 +377,38 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
                         body_total, f->raw_len);
     goto out;
   }
-  if (!check_topic(b, conn, f, req, &queue_id))
+  st = fy__send_check_topic(b, req->topic, req->queue_id, req->default_topic_queues, &queue_id,
+                            why, sizeof why);
+  if (st) {
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
     goto out;
+  }
 
   size_t props_total = 0;
   for (size_t i = 0; i < n; i++)
     props_total += props_bound(req->messages[i]);
-  p = calloc(1, sizeof *p + n * sizeof p->results[0]);
   msgs = calloc(n, sizeof *msgs);
   props = malloc(props_total);
-  if (!p || !msgs || !props) {
+  ids = calloc(n, sizeof *ids);
+  if (!msgs || !props || !ids) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
     goto out;
   }
-  struct fy_host born;
-  parse_peer(fy_conn_peer(conn), &born);
-  struct fy_host store_host = {0};
-  memcpy(store_host.ip, b->ip4, 4);
-  store_host.port = (uint32_t)fy_server_port(b->server);
+  struct fy_host born, store_host;
+  fy__peer_host(conn, &born);
+  fy__store_host(b, &store_host);
   const uint8_t *body = f->raw;
   size_t props_used = 0;
   for (size_t i = 0; i < n; i++) {
     const Ferry__V1__SendMessage *sm = req->messages[i];
-    const char *why = NULL;
+    const char *reason = NULL;
     size_t cap = props_bound(sm);
     char *pb = props + props_used;
-    int plen = build_props(b, sm, pb, cap < FY_PROPS_MAX ? cap : FY_PROPS_MAX,
-                           p->results[i].msg_id, &why);
+    int plen = build_props(b, sm, pb, cap < FY_PROPS_MAX ? cap : FY_PROPS_MAX, ids[i], &reason);
     props_used += cap;
     if (plen < 0) {
       fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
-                          "message %zu: %s", i, why);
-      goto out;
-    }
-    if ((uint64_t)sm->body_len + (uint64_t)plen > b->settings.store.max_message_size) {
-      fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__MESSAGE_ILLEGAL,
-                          "message %zu is %" PRIu64 " bytes (body and properties); maxMessageSize is %u",
-                          i, (uint64_t)sm->body_len + (uint64_t)plen,
-                          b->settings.store.max_message_size);
+                          "message %zu: %s", i, reason);
       goto out;
     }
     struct fy_msg *m = &msgs[i];
@@ -380,34 +427,13 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
     m->props_len = (uint16_t)plen;
     body += sm->body_len;
   }
-  p->b = b;
-  p->request_id = f->request_id;
-  p->queue_id = queue_id;
-  p->n = n;
-  int err = fy_store_put(b->store, msgs, n, on_stored, p);
-  if (err) {
-    if (err == -FY_EBUSY)
-      b->send_busy++;
-    b->send_failures++;
-    fy_conn_reply_error(conn, f->request_id, f->op, status_of_store_error(err), "not stored: %s",
-                        text_of_store_error(err));
-    goto out;
-  }
-  for (size_t i = 0; i < n; i++) {
-    p->results[i].queue_offset = msgs[i].queue_offset;
-    fy__offset_msg_id(b, msgs[i].phys_offset, p->results[i].offset_msg_id);
-  }
-  p->end = msgs[n - 1].phys_offset + msgs[n - 1].total_size;
-  b->send_msgs += n;
-  p->bc = bc;
-  p->next = bc->sends;
-  if (bc->sends)
-    bc->sends->prev = p;
-  bc->sends = p;
-  p = NULL; /* owned by the store callback now */
+  struct fy_reqref ref = {.proto = FY_PROTO_NATIVE, .op = f->op, .id = f->request_id};
+  st = fy__send_put(b, bc, &ref, msgs, n, ids, why, sizeof why);
+  if (st)
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
 out:
-  free(p);
   free(msgs);
   free(props);
+  free(ids);
   fy_pb_free(&req->base);
 }

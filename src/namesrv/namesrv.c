@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "ferry.pb-c.h"
+#include "namesrv/ns_rmq.h"
 #include "namesrv/routes.h"
 #include "net/conn.h"
 #include "net/rpc.h"
@@ -247,6 +248,14 @@ static void on_frame(fy_conn *conn, const fy_frame *f) {
   }
 }
 
+/* RocketMQ remoting clients (ns_rmq.c). */
+static size_t on_foreign(fy_conn *conn, const uint8_t *bytes, size_t len) {
+  fy_namesrv *ns = fy_conn_data(conn);
+  if (!ns || ns->stopping)
+    return len;
+  return fy__ns_rmq_on_bytes(conn, ns->routes, ns->cfg.max_frame_bytes, bytes, len);
+}
+
 /* Connections keep the name server in their data (the server link is
  * already gone when on_close runs); fy_namesrv_stop clears it first. */
 static void on_close(fy_conn *conn, int reason) {
@@ -278,7 +287,7 @@ int fy_namesrv_start(uv_loop_t *loop, const struct fy_namesrv_config *cfg, fy_na
     return -ENOMEM;
   }
   fy_conn_cfg cc = {.frame_max_bytes = cfg->max_frame_bytes, .on_frame = on_frame,
-                    .on_close = on_close};
+                    .on_foreign = on_foreign, .on_close = on_close};
   int err = fy_server_listen(loop, cfg->listen_address, (int)cfg->listen_port, &cc, on_accept,
                              &ns->server);
   if (err) {
