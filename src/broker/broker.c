@@ -495,6 +495,9 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
     fy_error(MOD, "cannot open the store in %s: %s", b->settings.store.root_dir, fy_strerror(err));
     goto out_free;
   }
+  /* Before the port opens: whoever sees the broker listening (an operator's
+   * kill-master.sh, the drill) finds this process in the pid file. */
+  write_pid_file(b);
   err = open_metadata(b);
   if (err)
     goto out_free; /* the store stays open; the process exits */
@@ -525,7 +528,6 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
     goto out_free;
   if (b->ha_master)
     snprintf(b->ha_addr, sizeof b->ha_addr, "%s:%d", b->ip, fy_ha_master_port(b->ha_master));
-  write_pid_file(b);
 
   uv_timer_init(loop, &b->register_timer);
   b->register_timer.data = b;
