@@ -13,8 +13,9 @@
  * started. The byte layout of the header is drawn in index.c. The key hash
  * is FNV-1a (32 bits) of the full key; slot = hash % slot_count. Files are
  * ordered by the first commit-log offset they index, not by name. Files are
- * sparse, all mapped shared; fy_index_flush makes them durable through
- * fy_aio. A file whose header does not validate is ignored with a warning.
+ * sparse, all mapped shared; the newest file's slot table is kept in
+ * anonymous memory and written to the file by fy_index_flush, which makes
+ * everything durable through fy_aio. A file whose header does not validate is ignored with a warning.
  *
  * Queries return candidate offsets only: a hash can collide and an entry may
  * refer to a record lost in a crash, so callers read each record and check
@@ -38,7 +39,12 @@ typedef struct fy_index fy_index;
  * files keep the values in their headers. -EINVAL: slot_count 0, max_entries
  * below 2, or a file size above 64 GiB. Synchronous. */
 int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy_index **out);
-/* A flush still in flight completes on its own and its callback still runs. */
+/* Stores what was put since the last flush into the files' page cache (no
+ * I/O wait), so a later open sees it, then unmaps. A flush still in flight
+ * completes on its own and its callback still runs; its slot-table writes
+ * may then land after this close's stores (an index closed during a flush is
+ * that of a failed store: recovery re-dispatches, and queries verify every
+ * candidate, so at worst some older entries are not found). */
 void fy_index_close(fy_index *ix);
 
 /* Adds the keys of the record at phys (size bytes, stored at store_ts_ms).
@@ -49,6 +55,18 @@ void fy_index_close(fy_index *ix);
  * phys + size overflowing, or more keys than a file holds. */
 int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
                  uint64_t phys, uint32_t size, int64_t store_ts_ms);
+
+/* fy_index_put with the keys given as fy_index_key_hash values (n of them,
+ * none empty): for a caller that hashes keys ahead to prefetch. */
+int fy_index_put_hashed(fy_index *ix, const uint32_t *hashes, size_t n, uint64_t phys,
+                        uint32_t size, int64_t store_ts_ms);
+
+/* The hash of the full key "topic#key", without building it. */
+uint32_t fy_index_key_hash(const char *topic, size_t topic_len, const char *key, size_t key_len);
+
+/* Hints that a key with this hash is about to be put: starts loading its
+ * slot into the cache. A batch of puts hides the memory latency this way. */
+void fy_index_prefetch(const fy_index *ix, uint32_t hash);
 
 /* Candidate offsets, newest first, up to max, of records stored in
  * [begin_ms, end_ms]. Times are kept to the second, so an entry matches when
