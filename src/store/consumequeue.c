@@ -58,6 +58,7 @@ struct cq_file {
   uint8_t *map;      /* NULL when not mapped */
   uint64_t last_use; /* cache clock value at the last access */
   bool dirty;        /* stored into since its last flush was queued */
+  uint32_t put_lo, put_hi; /* entries fy_cq_put stored since then (put_lo < put_hi) */
 };
 
 struct fy_cq {
@@ -638,6 +639,15 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
     return entry_equal(&cur, e) ? 0 : -FY_ECORRUPT;
   }
   entry_store(p, e);
+  uint32_t rel = (uint32_t)(qoff - f->start);
+  if (!f->dirty || f->put_lo >= f->put_hi) {
+    f->put_lo = rel;
+    f->put_hi = rel + 1;
+  } else if (rel < f->put_lo) {
+    f->put_lo = rel;
+  } else if (rel >= f->put_hi) {
+    f->put_hi = rel + 1;
+  }
   f->dirty = true;
   if (empty) {
     cq->min = qoff;
@@ -831,6 +841,21 @@ bool fy_cq_dirty(const fy_cq *cq) {
 }
 
 
+/*
+ * Drops our page-table entries for entries [lo, hi) of f (page aligned
+ * outwards). The page cache keeps the data; writeback then finds no writable
+ * mapping of those pages to write-protect one by one (a TLB shootdown per
+ * page, expensive in a VM). The next store or read re-faults the page.
+ */
+static void zap(struct cq_file *f, uint32_t lo, uint32_t hi) {
+  if (lo >= hi)
+    return;
+  size_t page = 4096;
+  size_t a = (size_t)lo * FY_CQ_ENTRY_SIZE / page * page;
+  size_t b = ((size_t)hi * FY_CQ_ENTRY_SIZE + page - 1) / page * page;
+  madvise(f->map + a, b - a, MADV_DONTNEED);
+}
+
 /* Syncs <topic>, consumequeue and the root: the entries mkdir_p made. */
 static int sync_parents(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
   char path[4200];
@@ -854,6 +879,8 @@ static int queue_syncs(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
     if (!f->dirty)
       continue;
     fy_assert(f->map != NULL); /* dirty files stay mapped */
+    zap(f, f->put_lo, f->put_hi);
+    f->put_lo = f->put_hi = 0;
     err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;

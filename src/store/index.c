@@ -140,11 +140,15 @@ struct fy_index {
   struct ix_flush_ctx *flush_ctx;
   uint64_t flush_gen;     /* flushes queued */
   uint64_t flushed_gen;   /* the last flush that completed without error */
+  uint8_t *snap;          /* slot snapshots for flush writes, reused (NULL while lent) */
+  size_t snap_size;
 };
 
 /* Outlives the index when it is closed during a flush. */
 struct ix_flush_ctx {
   fy_index *ix; /* NULL once the index is gone */
+  uint8_t *snap; /* the index's snapshot buffer, lent for the flush */
+  size_t snap_size;
   uint64_t gen;
   void (*cb)(void *arg, int status);
   void *arg;
@@ -553,6 +557,8 @@ static void ix_free(fy_index *ix) {
     fy_syncset_orphan(ix->flush); /* it completes on its own and still calls back */
   if (ix->flush_ctx)
     ix->flush_ctx->ix = NULL;
+  if (ix->snap)
+    munmap(ix->snap, ix->snap_size);
   free(ix->files);
   free(ix->dir);
   free(ix);
@@ -937,9 +943,37 @@ static int queue_syncs(fy_index *ix, fy_syncset *fl, fy_aio *aio, uint8_t *mem) 
 }
 
 /* An older file's slot copy goes once a flush wrote its last changes. */
+/* A flush's snapshot buffer: kept from one flush to the next, since fresh
+ * memory of many MB costs a page fault per page every time. */
+static uint8_t *snap_take(fy_index *ix, size_t bytes, size_t *size) {
+  if (ix->snap && ix->snap_size < bytes) {
+    munmap(ix->snap, ix->snap_size);
+    ix->snap = NULL;
+  }
+  if (!ix->snap) {
+    size_t alloc = (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
+    void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+      return NULL;
+    madvise(m, alloc, MADV_HUGEPAGE);
+    ix->snap = m;
+    ix->snap_size = alloc;
+  }
+  uint8_t *p = ix->snap;
+  *size = ix->snap_size;
+  ix->snap = NULL;
+  return p;
+}
+
 static void on_flushed(void *arg, int status) {
   struct ix_flush_ctx *ctx = arg;
   fy_index *ix = ctx->ix;
+  if (ctx->snap && ix && !ix->snap) {
+    ix->snap = ctx->snap;
+    ix->snap_size = ctx->snap_size;
+  } else if (ctx->snap) {
+    munmap(ctx->snap, ctx->snap_size);
+  }
   if (ix) {
     ix->flush_ctx = NULL;
     if (status == 0) {
@@ -977,15 +1011,24 @@ int fy_index_flush(fy_index *ix, fy_aio *aio, void (*cb)(void *arg, int status),
     return -ENOMEM;
   *ctx = (struct ix_flush_ctx){.ix = ix, .gen = ++ix->flush_gen, .cb = cb, .arg = arg};
   fy_syncset *fl = fy_syncset_new((unsigned)nops, "index", on_flushed, ctx, &ix->flush);
-  uint8_t *mem = fl && bytes ? fy_syncset_buffer(fl, (size_t)bytes) : NULL;
-  if (!fl || (bytes && !mem)) {
+  if (fl && bytes)
+    ctx->snap = snap_take(ix, (size_t)bytes, &ctx->snap_size);
+  if (!fl || (bytes && !ctx->snap)) {
     if (fl)
       fy_syncset_start(fl, 0); /* nothing added: frees it */
+    if (ctx->snap) {
+      ix->snap = ctx->snap;
+      ix->snap_size = ctx->snap_size;
+    }
     free(ctx);
     return -ENOMEM;
   }
-  int err = fy_syncset_start(fl, queue_syncs(ix, fl, aio, mem));
+  int err = fy_syncset_start(fl, queue_syncs(ix, fl, aio, ctx->snap));
   if (err) {
+    if (ctx->snap) { /* nothing was queued: the buffer is free again */
+      ix->snap = ctx->snap;
+      ix->snap_size = ctx->snap_size;
+    }
     free(ctx);
     return err;
   }

@@ -37,7 +37,6 @@ struct fy_syncset {
   unsigned max, n, pending, writes_pending;
   bool started;
   int status;    /* first error */
-  void *mem;     /* write snapshots (fy_syncset_buffer) */
   struct op ops[];
 };
 
@@ -54,10 +53,7 @@ fy_syncset *fy_syncset_new(unsigned max, const char *what, void (*cb)(void *arg,
   return s;
 }
 
-static void set_free(fy_syncset *s) {
-  free(s->mem);
-  free(s);
-}
+static void set_free(fy_syncset *s) { free(s); }
 
 static void finish(fy_syncset *s) {
   if (s->slot)
@@ -135,13 +131,6 @@ int fy_syncset_add_write(fy_syncset *s, fy_aio *aio, int fd, const void *buf, si
   op->off = off;
   s->writes_pending++;
   return 0;
-}
-
-void *fy_syncset_buffer(fy_syncset *s, size_t size) {
-  if (s->mem)
-    return NULL;
-  s->mem = malloc(size ? size : 1);
-  return s->mem;
 }
 
 unsigned fy_syncset_count(const fy_syncset *s) { return s->n; }

@@ -28,15 +28,9 @@ fy_syncset *fy_syncset_new(unsigned max, const char *what, void (*cb)(void *arg,
 int fy_syncset_add(fy_syncset *s, fy_aio *aio, int fd);
 
 /* Adds a write of len (> 0) bytes of buf at off to fd (dup()ed: the caller
- * keeps fd). buf must stay unchanged until the set completes: take it from
- * fy_syncset_buffer. */
+ * keeps fd). buf must stay valid and unchanged until cb has run. */
 int fy_syncset_add_write(fy_syncset *s, fy_aio *aio, int fd, const void *buf, size_t len,
                          uint64_t off);
-
-/* A buffer of size bytes owned by the set (freed with it), for the
- * snapshots to write; one per set. NULL if the allocation failed or the set
- * has its buffer already. */
-void *fy_syncset_buffer(fy_syncset *s, size_t size);
 
 /* fds queued so far. */
 unsigned fy_syncset_count(const fy_syncset *s);
