@@ -26,6 +26,7 @@
  * flight; the dup is closed when its request completes.
  */
 #include "store/consumequeue.h"
+#include "store/fileops.h"
 #include "store/syncset.h"
 
 #include <dirent.h>
@@ -78,6 +79,9 @@ struct fy_cq {
   bool dir_dirty;     /* a file was created since the last flush */
   bool parents_dirty; /* the directory itself was created and not yet synced */
   fy_syncset *flush; /* the flush in flight */
+  uv_loop_t *loop;   /* fy_cq_use_loop: files made ahead, deleted off the loop */
+  fy_fileop *ahead;  /* the next file being created */
+  uint64_t ahead_start;
 };
 
 size_t fy__cq_mapped_count(const fy_cq *cq);
@@ -394,11 +398,15 @@ static const uint8_t *entry_at(const fy_cq *ccq, uint64_t qoff, int *err) {
   return f->map + (qoff - f->start) * FY_CQ_ENTRY_SIZE;
 }
 
-static int file_delete(fy_cq *cq, size_t idx) {
+/* later: unlink on the thread pool (retention: a file below the queue's min
+ * is never made again, so the unlink cannot hit a new file of that name). */
+static int file_delete(fy_cq *cq, size_t idx, bool later) {
   struct cq_file *f = &cq->files[idx];
   char path[4200];
   file_path(cq, f->start, path, sizeof path);
-  if (unlink(path) != 0 && errno != ENOENT) {
+  if (later && cq->loop && fy_file_unlink(cq->loop, path, MOD) == 0) {
+    /* queued */
+  } else if (unlink(path) != 0 && errno != ENOENT) {
     int err = -errno;
     fy_warn(MOD, "cannot delete %s: %s", path, fy_strerror(err));
     return err;
@@ -513,6 +521,8 @@ static int scan_dir(fy_cq *cq) {
 static void cq_free(fy_cq *cq) {
   for (size_t i = 0; i < cq->nfiles; i++)
     file_unmap(cq, &cq->files[i]);
+  if (cq->ahead)
+    fy_fileop_orphan(cq->ahead, false); /* an empty file is left: harmless */
   if (cq->flush)
     fy_syncset_orphan(cq->flush); /* it completes on its own and still calls back */
   free(cq->files);
@@ -578,8 +588,13 @@ static int remove_dir_files(const char *dir) {
 int fy_cq_destroy(fy_cq *cq) {
   for (size_t i = 0; i < cq->nfiles; i++)
     file_unmap(cq, &cq->files[i]);
+  bool ahead = cq->ahead != NULL;
+  if (ahead) { /* it deletes its file, and the directories if they are empty then */
+    fy_fileop_orphan(cq->ahead, true);
+    cq->ahead = NULL;
+  }
   int err = remove_dir_files(cq->dir);
-  if (rmdir(cq->dir) != 0 && !err)
+  if (rmdir(cq->dir) != 0 && !err && !(ahead && errno == ENOTEMPTY))
     err = -errno;
   char *slash = strrchr(cq->dir, '/');
   if (slash) {
@@ -620,6 +635,48 @@ static int file_for_write(fy_cq *cq, uint64_t qoff, struct cq_file **out) {
   return file_map(cq, f);
 }
 
+static void on_ahead(void *arg, int fd, int err) {
+  fy_cq *cq = arg;
+  cq->ahead = NULL;
+  if (err) {
+    fy_warn(MOD, "%s: cannot create file %" PRIu64 " ahead: %s", cq->dir, cq->ahead_start,
+            fy_strerror(err));
+    return;
+  }
+  struct cq_file *f;
+  if (file_find(cq, cq->ahead_start) || files_insert(cq, cq->ahead_start, &f) != 0) {
+    close(fd); /* made meanwhile (synchronously), or out of memory: put makes it */
+    return;
+  }
+  cq->dir_dirty = true; /* its name is synced by the next flush */
+  f->last_use = ++cq->clock;
+  cache_make_room(cq);
+  void *m = mmap(NULL, cq->file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    close(fd); /* file_map retries when it is used */
+    return;
+  }
+  f->fd = fd;
+  f->map = m;
+  cq->nmapped++;
+}
+
+/* Once the queue is halfway through a file, the next one is created on the
+ * thread pool, so a put never waits for a file to be made. */
+static void maybe_make_ahead(fy_cq *cq, uint64_t qoff) {
+  if (!cq->loop || cq->ahead || qoff % cq->per_file < cq->per_file / 2)
+    return;
+  uint64_t next = qoff - qoff % cq->per_file + cq->per_file;
+  if (next >= start_limit(cq) || file_find(cq, next))
+    return;
+  char path[4200];
+  file_path(cq, next, path, sizeof path);
+  cq->ahead_start = next;
+  cq->ahead = fy_file_create(cq->loop, path, cq->file_bytes, on_ahead, cq);
+}
+
+void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
+
 int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   if (e->size == 0 || e->phys > UINT64_MAX - e->size || qoff >= start_limit(cq))
     return -EINVAL;
@@ -659,6 +716,7 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   }
   if (e->phys + e->size > cq->max_phys)
     cq->max_phys = e->phys + e->size;
+  maybe_make_ahead(cq, qoff);
   return 0;
 }
 
@@ -785,7 +843,7 @@ int fy_cq_truncate_phys(fy_cq *cq, uint64_t phys_end) {
       entry_load(f->map + (uint64_t)k * FY_CQ_ENTRY_SIZE, &first);
     bool whole = k < 0 || first.phys >= phys_end;
     if (whole && cq->nfiles > 1) {
-      err = file_delete(cq, i);
+      err = file_delete(cq, i, false);
       if (err)
         return err;
       continue;
@@ -817,7 +875,7 @@ int fy_cq_trim_below(fy_cq *cq, uint64_t phys_min) {
       if (entry_ends_after(&e, phys_min))
         break;
     }
-    if (file_delete(cq, 0) != 0)
+    if (file_delete(cq, 0, true) != 0)
       break;
     deleted++;
   }

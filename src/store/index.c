@@ -41,6 +41,7 @@
  * flush is in flight.
  */
 #include "store/index.h"
+#include "store/fileops.h"
 #include "store/syncset.h"
 
 #include <dirent.h>
@@ -140,6 +141,7 @@ struct fy_index {
   struct ix_flush_ctx *flush_ctx;
   uint64_t flush_gen;     /* flushes queued */
   uint64_t flushed_gen;   /* the last flush that completed without error */
+  uv_loop_t *loop;        /* fy_index_use_loop: retention deletes off the loop */
   uint8_t *snap;          /* slot snapshots for flush writes, reused (NULL while lent) */
   size_t snap_size;
 };
@@ -533,11 +535,15 @@ out_unlink: {
 }
 }
 
-static int file_delete(fy_index *ix, size_t idx) {
+/* later: unlink on the thread pool (retention; names are never reused, so
+ * the unlink cannot hit a newer file). */
+static int file_delete(fy_index *ix, size_t idx, bool later) {
   struct ix_file *f = &ix->files[idx];
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", ix->dir, f->name);
-  if (unlink(path) != 0 && errno != ENOENT) {
+  if (later && ix->loop && fy_file_unlink(ix->loop, path, MOD) == 0) {
+    /* queued */
+  } else if (unlink(path) != 0 && errno != ENOENT) {
     int err = -errno;
     fy_warn(MOD, "cannot delete %s: %s", path, fy_strerror(err));
     return err;
@@ -624,6 +630,8 @@ void fy_index_close(fy_index *ix) {
 }
 
 uint64_t fy_index_max_phys(const fy_index *ix) { return ix->max_phys; }
+
+void fy_index_use_loop(fy_index *ix, uv_loop_t *loop) { ix->loop = loop; }
 
 /* ---- put and query ---- */
 
@@ -804,7 +812,7 @@ int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
       whole = first.phys >= phys_end;
     }
     if (whole && ix->nfiles > 1) {
-      int err = file_delete(ix, ix->nfiles - 1);
+      int err = file_delete(ix, ix->nfiles - 1, false);
       if (err)
         return err;
       continue;
@@ -819,7 +827,7 @@ int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
 int fy_index_trim_below(fy_index *ix, uint64_t phys_min) {
   int deleted = 0;
   while (deleted < FY_INDEX_TRIM_MAX && ix->nfiles > 1 && ix->files[0].end_phys <= phys_min) {
-    if (file_delete(ix, 0) != 0)
+    if (file_delete(ix, 0, true) != 0)
       break;
     deleted++;
   }

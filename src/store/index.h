@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "store/aio.h"
 
 typedef struct fy_index fy_index;
@@ -74,6 +76,10 @@ void fy_index_prefetch(const fy_index *ix, uint32_t hash);
  * collisions, records lost in a crash). */
 size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64_t begin_ms,
                       int64_t end_ms, uint64_t *phys_out, size_t max);
+
+/* From now on retention (fy_index_trim_below) deletes files on loop's
+ * thread pool. Without it (tests, tools) deletes are synchronous. */
+void fy_index_use_loop(fy_index *ix, uv_loop_t *loop);
 
 /* End (phys + size) of the last record put (0 if none). */
 uint64_t fy_index_max_phys(const fy_index *ix);

@@ -154,6 +154,8 @@ static int queue_open_cq(fy_store *s, struct queue *q) {
     return 0;
   int err = fy_cq_open(s->cfg.root_dir, q->topic, q->queue_id,
                        s->cfg.cq_file_size / FY_CQ_ENTRY_SIZE, &q->cq);
+  if (!err)
+    fy_cq_use_loop(q->cq, s->loop);
   if (err)
     fy_error(MOD, "cannot open consume queue %s/%u: %s", q->topic, q->queue_id, fy_strerror(err));
   return err;
@@ -663,6 +665,8 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
     err = fy_index_open(ixdir, s->cfg.index_slots, s->cfg.index_entries, &s->index);
     if (!err)
       err = fy_index_truncate_phys(s->index, end);
+    if (!err)
+      fy_index_use_loop(s->index, s->loop);
     if (err)
       return err;
   }
