@@ -688,19 +688,16 @@ static void put_done(fy_index *ix, struct ix_file *f, uint64_t phys, uint32_t si
 
 int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
                  uint64_t phys, uint32_t size, int64_t store_ts_ms) {
+  uint32_t hashes[FY_INDEX_KEYS_MAX];
   size_t n = 0;
-  for (size_t i = 0; i < nkeys; i++)
-    n += key_lens[i] > 0;
-  int64_t ts = clamp_ts(store_ts_ms);
-  struct ix_file *f = NULL;
-  int r = put_file(ix, n, phys, size, ts, &f);
-  if (r != 0)
-    return r < 0 ? r : 0;
-  for (size_t i = 0; i < nkeys && f; i++)
-    if (key_lens[i] > 0)
-      add_entry(f, key_hash(keys[i], key_lens[i]), phys, diff_seconds(ts, f->begin_ts));
-  put_done(ix, f, phys, size, ts);
-  return 0;
+  for (size_t i = 0; i < nkeys; i++) {
+    if (key_lens[i] == 0)
+      continue;
+    if (n == FY_INDEX_KEYS_MAX)
+      return -EINVAL;
+    hashes[n++] = key_hash(keys[i], key_lens[i]);
+  }
+  return fy_index_put_hashed(ix, hashes, n, phys, size, store_ts_ms);
 }
 
 int fy_index_put_hashed(fy_index *ix, const uint32_t *hashes, size_t n, uint64_t phys,

@@ -35,6 +35,7 @@
 typedef struct fy_index fy_index;
 
 #define FY_INDEX_TRIM_MAX 4 /* files fy_index_trim_below deletes per call */
+#define FY_INDEX_KEYS_MAX 64 /* keys of one record */
 
 /* Opens all index files in dir (created if missing). slot_count and
  * max_entries apply to new files (maxHashSlotNum, maxIndexNum); existing
@@ -54,7 +55,8 @@ void fy_index_close(fy_index *ix);
  * fy_index_max_phys is ignored (returns 0), which makes re-dispatch
  * idempotent. Keys are full keys ("topic#key"); empty keys are skipped;
  * nkeys may be 0 (the record then only advances max_phys). -EINVAL: size 0,
- * phys + size overflowing, or more keys than a file holds. */
+ * phys + size overflowing, more keys than a file holds, or more than
+ * FY_INDEX_KEYS_MAX. */
 int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
                  uint64_t phys, uint32_t size, int64_t store_ts_ms);
 
