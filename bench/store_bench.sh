@@ -200,6 +200,7 @@ for l in open(f"{out}/scenarios"):
     lines.append(
         f"| {label}, {flush_txt}, {bsize} body ({record} B record) | {k(msgs)}{spread} | {mbs:,.1f} "
         f"| {float(m['cpu_s_per_1m']):.2f} ({float(m['cpu_util'])*100:.0f}% of a core) "
+        f"| {k(1e6 / float(m['cpu_s_per_1m']))} "
         f"| {syncs_per_s:,.0f}/s | {k(float(m['bytes_per_sync'])) if int(m['syncs']) else '—'} "
         f"| {ms(m['p50_us'])} / {ms(m['p99_us'])} / {ms(m['p999_us'])} "
         f"| {fio:,.1f} MB/s = {k(ceiling_msgs)} msgs/s | {ratio:.2f} | {target_txt} | {met} |")
@@ -236,7 +237,9 @@ buffers, `flushIntervalCommitLog` 500 ms, `flushIntervalConsumeQueue`
 
 - **CPU s per 1M msgs**: user + system time of the whole process (loop
   thread, libuv pool, io_uring workers; `getrusage`) per million messages.
-  Kernel writeback threads are not included.
+  Kernel writeback threads are not included. **msgs per CPU s** is its
+  inverse: the rate one fully available core would sustain if CPU were the
+  only limit (it is not a measurement of wall-clock throughput).
 - **fdatasyncs, bytes/sync**: the commit log's data fdatasyncs (timer-driven
   under ASYNC_FLUSH, one per group commit under SYNC_FLUSH) and the bytes
   written per fdatasync.
@@ -254,8 +257,8 @@ buffers, `flushIntervalCommitLog` 500 ms, `flushIntervalConsumeQueue`
   least half the fio ceiling at the same bytes per fdatasync. Other rows are
   for locating costs.
 
-| scenario | Ferry msgs/s | MB/s | CPU s per 1M msgs | fdatasyncs/s | bytes/sync | ack latency p50 / p99 / p99.9 (ms) | fio ceiling | ratio | target | met |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|
+| scenario | Ferry msgs/s | MB/s | CPU s per 1M msgs | msgs per CPU s | fdatasyncs/s | bytes/sync | ack latency p50 / p99 / p99.9 (ms) | fio ceiling | ratio | target | met |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|
 """ + "\n".join(lines) + """
 
 fio jobs as run:

@@ -690,7 +690,10 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   if (err)
     return err;
   uint8_t *p = f->map + (qoff - f->start) * FY_CQ_ENTRY_SIZE;
-  if (entry_written(p)) {
+  /* Entries at and past max are unwritten (max is one past the last written
+   * one): an append stores without reading first, which would cost a read
+   * fault and then a write fault on every new page. */
+  if (!empty && qoff < cq->max && entry_written(p)) {
     struct fy_cq_entry cur;
     entry_load(p, &cur);
     return entry_equal(&cur, e) ? 0 : -FY_ECORRUPT;
