@@ -23,7 +23,13 @@
  *
  * Flush: the dirty files' fds are dup()ed and fdatasynced through fy_aio, so
  * a file may be unmapped, deleted, or the queue closed while the flush is in
- * flight; the dup is closed when its request completes.
+ * flight; the dup is closed when its request completes. Before that, our
+ * page-table entries of the entries put since the last flush are dropped
+ * (zap), so writeback finds no writable mapping to write-protect page by page.
+ *
+ * Files made ahead (fy_cq_use_loop): halfway through a file the next one is
+ * created on the thread pool (fileops.h), so a put never waits for the disk
+ * to create a file; if it is not there in time, put creates it itself.
  */
 #include "store/consumequeue.h"
 #include "store/fileops.h"

@@ -35,10 +35,15 @@
  * corrupted file cannot make a query loop. Entries are assumed to increase
  * in phys with their number (dispatch order).
  *
- * All files stay mapped (there are few: each holds max_entries keys). Writes
- * go into the mappings; fy_index_flush fdatasyncs dup()s of the dirty files'
- * fds through fy_aio, so files may be deleted or the index closed while a
- * flush is in flight.
+ * All files stay mapped (there are few: each holds max_entries keys).
+ * Entries go into the mappings; the newest file's slot table lives in
+ * anonymous memory (see struct ix_file), and the header is stored when a
+ * flush is queued. fy_index_flush writes the changed slot chunks through
+ * fy_aio, then fdatasyncs dup()s of the dirty files' fds, so files may be
+ * deleted or the index closed while a flush is in flight. Before the
+ * fdatasync our page-table entries of what was stored through a mapping are
+ * dropped (zap): writeback then has no writable mapping to write-protect
+ * page by page.
  */
 #include "store/index.h"
 #include "store/fileops.h"
@@ -73,7 +78,6 @@
 #define IX_WRITE_RUNS_MAX 32u       /* slot-table writes per file per flush */
 #define IX_HUGE_PAGE (2u << 20)
 #define IX_PAGE 4096u
-#define IX_PREFETCH_MAX 64u         /* hashes fy_index_put_hashed looks ahead over */
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "index files are little-endian");
 
@@ -140,7 +144,6 @@ struct fy_index {
   fy_syncset *flush; /* the flush in flight */
   struct ix_flush_ctx *flush_ctx;
   uint64_t flush_gen;     /* flushes queued */
-  uint64_t flushed_gen;   /* the last flush that completed without error */
   uv_loop_t *loop;        /* fy_index_use_loop: retention deletes off the loop */
   uint8_t *snap;          /* slot snapshots for flush writes, reused (NULL while lent) */
   size_t snap_size;
@@ -982,7 +985,6 @@ static void on_flushed(void *arg, int status) {
   if (ix) {
     ix->flush_ctx = NULL;
     if (status == 0) {
-      ix->flushed_gen = ctx->gen;
       for (size_t i = 0; i + 1 < ix->nfiles; i++) {
         struct ix_file *f = &ix->files[i];
         if (f->slots && f->dirty_chunks == 0 && f->slots_gen <= ctx->gen)
