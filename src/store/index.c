@@ -74,8 +74,8 @@
 #define IX_DIR_ENTRIES_MAX 1000000u /* bound on names read from the directory */
 #define IX_NAME_TRIES 100           /* suffixes tried when a name is taken */
 #define IX_NAME_LEN 48
-#define IX_SLOT_CHUNK 4096u         /* slots per dirty-tracking chunk (16 KiB) */
-#define IX_WRITE_RUNS_MAX 32u       /* slot-table writes per file per flush */
+#define IX_SLOT_CHUNK 1024u         /* slots per dirty-tracking chunk (a 4 KiB page) */
+#define IX_WRITE_RUNS_MAX 256u      /* slot-table writes per file per flush */
 #define IX_HUGE_PAGE (2u << 20)
 #define IX_PAGE 4096u
 
@@ -859,34 +859,39 @@ static int sync_parent(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
   return fy_syncset_add(fl, aio, fy_syncset_open_dir(path));
 }
 
-/* Runs of changed slot chunks of f, in *runs (up to IX_WRITE_RUNS_MAX, or
- * one run from the first to the last changed chunk when there are more);
- * returns how many, and the bytes they cover in *bytes. */
+/* Runs of changed slot chunks of f, in *runs: each changed chunk written
+ * once, runs closer than a gap merged, the gap growing until there are at
+ * most IX_WRITE_RUNS_MAX runs (so unchanged chunks written along are at most
+ * about as many as changed ones). Returns how many, and their bytes in
+ * *bytes. */
 struct slot_run {
   uint32_t first, end; /* slots */
 };
 
-static size_t slot_runs(const struct ix_file *f, struct slot_run *runs, uint64_t *bytes) {
-  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK, n = 0;
-  uint32_t lo = UINT32_MAX, hi = 0;
+static size_t runs_with_gap(const struct ix_file *f, size_t gap, struct slot_run *runs) {
+  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK, n = 0, last = 0;
   for (size_t c = 0; c < chunks; c++) {
     if (!f->slot_dirty[c])
       continue;
     uint32_t a = (uint32_t)c * IX_SLOT_CHUNK;
     uint32_t b = a + IX_SLOT_CHUNK < f->slot_count ? a + IX_SLOT_CHUNK : f->slot_count;
-    if (lo == UINT32_MAX)
-      lo = a;
-    hi = b;
-    if (n > 0 && runs[n - 1].end == a)
+    if (n > 0 && c - last <= gap + 1)
       runs[n - 1].end = b;
-    else if (n < IX_WRITE_RUNS_MAX)
-      runs[n++] = (struct slot_run){a, b};
+    else if (n == IX_WRITE_RUNS_MAX)
+      return n + 1; /* too many */
     else
-      n = IX_WRITE_RUNS_MAX + 1; /* too many: one run instead */
+      runs[n++] = (struct slot_run){a, b};
+    last = c;
   }
-  if (n > IX_WRITE_RUNS_MAX) {
-    runs[0] = (struct slot_run){lo, hi};
-    n = 1;
+  return n;
+}
+
+static size_t slot_runs(const struct ix_file *f, struct slot_run *runs, uint64_t *bytes) {
+  size_t n = 0;
+  for (size_t gap = 0;; gap = gap * 2 + 1) { /* bounded: a gap of all chunks gives one run */
+    n = runs_with_gap(f, gap, runs);
+    if (n <= IX_WRITE_RUNS_MAX)
+      break;
   }
   *bytes = 0;
   for (size_t i = 0; i < n; i++)

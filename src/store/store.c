@@ -43,6 +43,7 @@
 #define DISPATCH_BATCH 32 /* records read (and their index slots prefetched) at once */
 #define CLEAN_FILES_PER_PASS 10
 #define FORCE_CLEAN_SLACK_PCT 5
+#define QCACHE_SIZE 64 /* queue-table cache slots (a power of two) */
 
 struct queue {
   char *topic;
@@ -66,6 +67,9 @@ struct fy_store {
   fy_index *index;
   fy_ckpt_file *ckpt;
   fy_strmap *queues;
+  /* Recently used queues, in front of the table: every put and every
+   * dispatched record looks its queue up. Cleared when a queue is removed. */
+  struct queue *qcache[QCACHE_SIZE];
   int lock_fd;
   char path[600];
 
@@ -121,12 +125,27 @@ static size_t queue_key(char *buf, const char *topic, size_t topic_len, uint32_t
   return topic_len + 5;
 }
 
+static struct queue **qcache_slot(fy_store *s, const char *topic, size_t topic_len,
+                                  uint32_t queue_id) {
+  uint32_t h = queue_id * 2654435761u ^ (uint32_t)topic_len * 40503u ^
+               (topic_len ? (uint8_t)topic[topic_len - 1] : 0u);
+  return &s->qcache[(h >> 7) & (QCACHE_SIZE - 1)];
+}
+
 static struct queue *queue_find(fy_store *s, const char *topic, size_t topic_len,
                                 uint32_t queue_id) {
   char key[FY_TOPIC_MAX + 8];
   if (topic_len > FY_TOPIC_MAX)
     return NULL;
-  return fy_strmap_get(s->queues, key, queue_key(key, topic, topic_len, queue_id));
+  struct queue **c = qcache_slot(s, topic, topic_len, queue_id);
+  struct queue *q = *c;
+  if (q && q->queue_id == queue_id && q->topic_len == topic_len &&
+      memcmp(q->topic, topic, topic_len) == 0)
+    return q;
+  q = fy_strmap_get(s->queues, key, queue_key(key, topic, topic_len, queue_id));
+  if (q)
+    *c = q;
+  return q;
 }
 
 static struct queue *queue_get(fy_store *s, const char *topic, size_t topic_len,
@@ -171,6 +190,7 @@ static void queue_free(struct queue *q) {
 /* Removes a queue that fy_store_put created for a put it then refused. */
 static void queue_forget(fy_store *s, struct queue *q) {
   fy_assert(q->cq == NULL && q->next_offset == 0);
+  memset(s->qcache, 0, sizeof s->qcache);
   char key[FY_TOPIC_MAX + 8];
   fy_strmap_del(s->queues, key, queue_key(key, q->topic, q->topic_len, q->queue_id));
   queue_free(q);
@@ -1175,6 +1195,7 @@ int fy_store_delete_topic(fy_store *s, const char *topic) {
       victims[nv++] = q;
   }
   int err = 0;
+  memset(s->qcache, 0, sizeof s->qcache);
   for (size_t i = 0; i < nv; i++) {
     struct queue *q = victims[i];
     char k[FY_TOPIC_MAX + 8];
