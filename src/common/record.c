@@ -124,8 +124,8 @@ static const uint8_t *get_host(const uint8_t *p, struct fy_host *h, bool v6) {
   return p + n + 4;
 }
 
-int64_t fy_record_decode(const uint8_t *p, size_t avail, uint64_t phys, enum fy_record_kind *kind,
-                         struct fy_msg *out) {
+static int64_t decode(const uint8_t *p, size_t avail, uint64_t phys, enum fy_record_kind *kind,
+                      struct fy_msg *out, bool check_crc) {
   if (avail < 8) {
     /* Too short to tell; all-zero means nothing was ever written here. */
     for (size_t i = 0; i < avail; i++)
@@ -167,7 +167,7 @@ int64_t fy_record_decode(const uint8_t *p, size_t avail, uint64_t phys, enum fy_
   need += props_len;
   if (need != total)
     return -FY_ECORRUPT;
-  if (get32(p + OFF_CRC) != record_crc(p, total))
+  if (check_crc && get32(p + OFF_CRC) != record_crc(p, total))
     return -FY_ECORRUPT;
   if (get64(p + OFF_PHYS_OFFSET) != phys)
     return -FY_ECORRUPT;
@@ -195,6 +195,16 @@ int64_t fy_record_decode(const uint8_t *p, size_t avail, uint64_t phys, enum fy_
     out->props = (const char *)pq + 2;
   }
   return total;
+}
+
+int64_t fy_record_decode(const uint8_t *p, size_t avail, uint64_t phys, enum fy_record_kind *kind,
+                         struct fy_msg *out) {
+  return decode(p, avail, phys, kind, out, true);
+}
+
+int64_t fy_record_decode_own(const uint8_t *p, size_t avail, uint64_t phys,
+                             enum fy_record_kind *kind, struct fy_msg *out) {
+  return decode(p, avail, phys, kind, out, false);
 }
 
 bool fy_props_get(const char *props, size_t props_len, const char *key, const char **val,

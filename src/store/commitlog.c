@@ -116,6 +116,8 @@ struct fy_commitlog {
 
   uint64_t min, end, written, flushed;
   uint64_t end_seg_end; /* end of the segment holding `end` (end < end_seg_end) */
+  uint64_t own_from;    /* bytes from here on were encoded by fy_commitlog_append (not
+                           found at open, not appended raw): see fy_commitlog_read_record_own */
   uint64_t sync_goal;   /* sync until flushed reaches this (capped at written) */
 
   fy_cl_segment **segs; /* segs[i]->start == min + i * segment_size */
@@ -764,6 +766,7 @@ int fy_commitlog_append_raw(fy_commitlog *cl, uint64_t offset, const void *bytes
   r = place_raw(cl, &c, bytes, len);
   fy_assert(r == 0);
   cursor_done(cl, &c);
+  cl->own_from = cl->end; /* replicated bytes are validated when read */
   appended(cl, offset, len, cb, arg);
   return 0;
 }
@@ -796,14 +799,15 @@ void fy_cl_slice_release(struct fy_cl_slice *s) {
   s->len = 0;
 }
 
-int64_t fy_commitlog_read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
-                                 enum fy_record_kind *kind, struct fy_msg *out) {
+static int64_t read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
+                           enum fy_record_kind *kind, struct fy_msg *out, bool own) {
   int r = fy_commitlog_read(cl, offset, SIZE_MAX, slice);
   if (r < 0)
     return r;
   if (slice->len == 0)
     return -EAGAIN;
-  int64_t size = fy_record_decode(slice->data, slice->len, offset, kind, out);
+  int64_t size = own ? fy_record_decode_own(slice->data, slice->len, offset, kind, out)
+                     : fy_record_decode(slice->data, slice->len, offset, kind, out);
   uint64_t seg_left = fy_commitlog_next_segment(cl, offset) - offset;
   if (size >= 0 && *kind == FY_REC_BLANK && (uint64_t)size != seg_left)
     size = -FY_ECORRUPT; /* a blank always runs to its segment's end */
@@ -816,6 +820,16 @@ int64_t fy_commitlog_read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl
   if ((uint64_t)size < slice->len)
     slice->len = (size_t)size;
   return size;
+}
+
+int64_t fy_commitlog_read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
+                                 enum fy_record_kind *kind, struct fy_msg *out) {
+  return read_record(cl, offset, slice, kind, out, false);
+}
+
+int64_t fy_commitlog_read_record_own(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
+                                     enum fy_record_kind *kind, struct fy_msg *out) {
+  return read_record(cl, offset, slice, kind, out, offset >= cl->own_from);
 }
 
 uint64_t fy_commitlog_next_segment(const fy_commitlog *cl, uint64_t offset) {
@@ -1370,7 +1384,7 @@ int fy_commitlog_open(uv_loop_t *loop, fy_aio *aio, const struct fy_commitlog_co
   if (r < 0)
     goto out_free;
   cl->min = cl->segs[0]->start;
-  cl->flushed = cl->sync_goal = cl->written = cl->end;
+  cl->flushed = cl->sync_goal = cl->written = cl->own_from = cl->end;
   rep.end = cl->end;
   rep.segments = (uint32_t)cl->nsegs;
   r = alloc_buffers(cl);

@@ -189,6 +189,16 @@ void fy_cl_slice_release(struct fy_cl_slice *s);
 int64_t fy_commitlog_read_record(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
                                  enum fy_record_kind *kind, struct fy_msg *out);
 
+/*
+ * As fy_commitlog_read_record, but a record this process encoded itself
+ * (appended with fy_commitlog_append since open, after the last raw append)
+ * is not CRC-checked again: its bytes went from the write buffer to the page
+ * cache and are read back from there. Every other check is made; bytes found
+ * at open or appended raw (replication) are fully validated. For dispatch.
+ */
+int64_t fy_commitlog_read_record_own(fy_commitlog *cl, uint64_t offset, struct fy_cl_slice *slice,
+                                     enum fy_record_kind *kind, struct fy_msg *out);
+
 /* Start offset of the segment after the one holding offset. */
 uint64_t fy_commitlog_next_segment(const fy_commitlog *cl, uint64_t offset);
 

@@ -23,9 +23,16 @@
  *
  * Flush: the dirty files' fds are dup()ed and fdatasynced through fy_aio, so
  * a file may be unmapped, deleted, or the queue closed while the flush is in
- * flight; the dup is closed when its request completes.
+ * flight; the dup is closed when its request completes. Before that, our
+ * page-table entries of the entries put since the last flush are dropped
+ * (zap), so writeback finds no writable mapping to write-protect page by page.
+ *
+ * Files made ahead (fy_cq_use_loop): halfway through a file the next one is
+ * created on the thread pool (fileops.h), so a put never waits for the disk
+ * to create a file; if it is not there in time, put creates it itself.
  */
 #include "store/consumequeue.h"
+#include "store/fileops.h"
 #include "store/syncset.h"
 
 #include <dirent.h>
@@ -58,6 +65,7 @@ struct cq_file {
   uint8_t *map;      /* NULL when not mapped */
   uint64_t last_use; /* cache clock value at the last access */
   bool dirty;        /* stored into since its last flush was queued */
+  uint32_t put_lo, put_hi; /* entries fy_cq_put stored since then (put_lo < put_hi) */
 };
 
 struct fy_cq {
@@ -77,6 +85,9 @@ struct fy_cq {
   bool dir_dirty;     /* a file was created since the last flush */
   bool parents_dirty; /* the directory itself was created and not yet synced */
   fy_syncset *flush; /* the flush in flight */
+  uv_loop_t *loop;   /* fy_cq_use_loop: files made ahead, deleted off the loop */
+  fy_fileop *ahead;  /* the next file being created */
+  uint64_t ahead_start;
 };
 
 size_t fy__cq_mapped_count(const fy_cq *cq);
@@ -393,11 +404,15 @@ static const uint8_t *entry_at(const fy_cq *ccq, uint64_t qoff, int *err) {
   return f->map + (qoff - f->start) * FY_CQ_ENTRY_SIZE;
 }
 
-static int file_delete(fy_cq *cq, size_t idx) {
+/* later: unlink on the thread pool (retention: a file below the queue's min
+ * is never made again, so the unlink cannot hit a new file of that name). */
+static int file_delete(fy_cq *cq, size_t idx, bool later) {
   struct cq_file *f = &cq->files[idx];
   char path[4200];
   file_path(cq, f->start, path, sizeof path);
-  if (unlink(path) != 0 && errno != ENOENT) {
+  if (later && cq->loop && fy_file_unlink(cq->loop, path, MOD) == 0) {
+    /* queued */
+  } else if (unlink(path) != 0 && errno != ENOENT) {
     int err = -errno;
     fy_warn(MOD, "cannot delete %s: %s", path, fy_strerror(err));
     return err;
@@ -512,6 +527,8 @@ static int scan_dir(fy_cq *cq) {
 static void cq_free(fy_cq *cq) {
   for (size_t i = 0; i < cq->nfiles; i++)
     file_unmap(cq, &cq->files[i]);
+  if (cq->ahead)
+    fy_fileop_orphan(cq->ahead, false); /* an empty file is left: harmless */
   if (cq->flush)
     fy_syncset_orphan(cq->flush); /* it completes on its own and still calls back */
   free(cq->files);
@@ -577,8 +594,13 @@ static int remove_dir_files(const char *dir) {
 int fy_cq_destroy(fy_cq *cq) {
   for (size_t i = 0; i < cq->nfiles; i++)
     file_unmap(cq, &cq->files[i]);
+  bool ahead = cq->ahead != NULL;
+  if (ahead) { /* it deletes its file, and the directories if they are empty then */
+    fy_fileop_orphan(cq->ahead, true);
+    cq->ahead = NULL;
+  }
   int err = remove_dir_files(cq->dir);
-  if (rmdir(cq->dir) != 0 && !err)
+  if (rmdir(cq->dir) != 0 && !err && !(ahead && errno == ENOTEMPTY))
     err = -errno;
   char *slash = strrchr(cq->dir, '/');
   if (slash) {
@@ -619,6 +641,48 @@ static int file_for_write(fy_cq *cq, uint64_t qoff, struct cq_file **out) {
   return file_map(cq, f);
 }
 
+static void on_ahead(void *arg, int fd, int err) {
+  fy_cq *cq = arg;
+  cq->ahead = NULL;
+  if (err) {
+    fy_warn(MOD, "%s: cannot create file %" PRIu64 " ahead: %s", cq->dir, cq->ahead_start,
+            fy_strerror(err));
+    return;
+  }
+  struct cq_file *f;
+  if (file_find(cq, cq->ahead_start) || files_insert(cq, cq->ahead_start, &f) != 0) {
+    close(fd); /* made meanwhile (synchronously), or out of memory: put makes it */
+    return;
+  }
+  cq->dir_dirty = true; /* its name is synced by the next flush */
+  f->last_use = ++cq->clock;
+  cache_make_room(cq);
+  void *m = mmap(NULL, cq->file_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    close(fd); /* file_map retries when it is used */
+    return;
+  }
+  f->fd = fd;
+  f->map = m;
+  cq->nmapped++;
+}
+
+/* Once the queue is halfway through a file, the next one is created on the
+ * thread pool, so a put never waits for a file to be made. */
+static void maybe_make_ahead(fy_cq *cq, uint64_t qoff) {
+  if (!cq->loop || cq->ahead || qoff % cq->per_file < cq->per_file / 2)
+    return;
+  uint64_t next = qoff - qoff % cq->per_file + cq->per_file;
+  if (next >= start_limit(cq) || file_find(cq, next))
+    return;
+  char path[4200];
+  file_path(cq, next, path, sizeof path);
+  cq->ahead_start = next;
+  cq->ahead = fy_file_create(cq->loop, path, cq->file_bytes, on_ahead, cq);
+}
+
+void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
+
 int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   if (e->size == 0 || e->phys > UINT64_MAX - e->size || qoff >= start_limit(cq))
     return -EINVAL;
@@ -632,12 +696,24 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   if (err)
     return err;
   uint8_t *p = f->map + (qoff - f->start) * FY_CQ_ENTRY_SIZE;
-  if (entry_written(p)) {
+  /* Entries at and past max are unwritten (max is one past the last written
+   * one): an append stores without reading first, which would cost a read
+   * fault and then a write fault on every new page. */
+  if (!empty && qoff < cq->max && entry_written(p)) {
     struct fy_cq_entry cur;
     entry_load(p, &cur);
     return entry_equal(&cur, e) ? 0 : -FY_ECORRUPT;
   }
   entry_store(p, e);
+  uint32_t rel = (uint32_t)(qoff - f->start);
+  if (!f->dirty || f->put_lo >= f->put_hi) {
+    f->put_lo = rel;
+    f->put_hi = rel + 1;
+  } else if (rel < f->put_lo) {
+    f->put_lo = rel;
+  } else if (rel >= f->put_hi) {
+    f->put_hi = rel + 1;
+  }
   f->dirty = true;
   if (empty) {
     cq->min = qoff;
@@ -649,6 +725,7 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   }
   if (e->phys + e->size > cq->max_phys)
     cq->max_phys = e->phys + e->size;
+  maybe_make_ahead(cq, qoff);
   return 0;
 }
 
@@ -775,7 +852,7 @@ int fy_cq_truncate_phys(fy_cq *cq, uint64_t phys_end) {
       entry_load(f->map + (uint64_t)k * FY_CQ_ENTRY_SIZE, &first);
     bool whole = k < 0 || first.phys >= phys_end;
     if (whole && cq->nfiles > 1) {
-      err = file_delete(cq, i);
+      err = file_delete(cq, i, false);
       if (err)
         return err;
       continue;
@@ -807,7 +884,7 @@ int fy_cq_trim_below(fy_cq *cq, uint64_t phys_min) {
       if (entry_ends_after(&e, phys_min))
         break;
     }
-    if (file_delete(cq, 0) != 0)
+    if (file_delete(cq, 0, true) != 0)
       break;
     deleted++;
   }
@@ -830,6 +907,21 @@ bool fy_cq_dirty(const fy_cq *cq) {
   return false;
 }
 
+
+/*
+ * Drops our page-table entries for entries [lo, hi) of f (page aligned
+ * outwards). The page cache keeps the data; writeback then finds no writable
+ * mapping of those pages to write-protect one by one (a TLB shootdown per
+ * page, expensive in a VM). The next store or read re-faults the page.
+ */
+static void zap(struct cq_file *f, uint32_t lo, uint32_t hi) {
+  if (lo >= hi)
+    return;
+  size_t page = 4096;
+  size_t a = (size_t)lo * FY_CQ_ENTRY_SIZE / page * page;
+  size_t b = ((size_t)hi * FY_CQ_ENTRY_SIZE + page - 1) / page * page;
+  madvise(f->map + a, b - a, MADV_DONTNEED);
+}
 
 /* Syncs <topic>, consumequeue and the root: the entries mkdir_p made. */
 static int sync_parents(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
@@ -854,6 +946,8 @@ static int queue_syncs(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
     if (!f->dirty)
       continue;
     fy_assert(f->map != NULL); /* dirty files stay mapped */
+    zap(f, f->put_lo, f->put_hi);
+    f->put_lo = f->put_hi = 0;
     err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;

@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "store/aio.h"
 
 #define FY_CQ_ENTRY_SIZE 20u
@@ -59,6 +61,12 @@ struct fy_cq_entry {
  */
 int fy_cq_open(const char *root_dir, const char *topic, uint32_t queue_id,
                uint32_t entries_per_file, fy_cq **out);
+/* From now on (the loop thread's, from which the queue is used): the next
+ * file is created on the thread pool once the queue is halfway through its
+ * file, and retention deletes files there. Without it (tests, tools)
+ * everything is synchronous. */
+void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop);
+
 /* Unmaps and closes. Call fy_cq_flush first for durability. A flush still in
  * flight completes on its own and its callback still runs. */
 void fy_cq_close(fy_cq *cq);

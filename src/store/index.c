@@ -35,12 +35,18 @@
  * corrupted file cannot make a query loop. Entries are assumed to increase
  * in phys with their number (dispatch order).
  *
- * All files stay mapped (there are few: each holds max_entries keys). Writes
- * go into the mappings; fy_index_flush fdatasyncs dup()s of the dirty files'
- * fds through fy_aio, so files may be deleted or the index closed while a
- * flush is in flight.
+ * All files stay mapped (there are few: each holds max_entries keys).
+ * Entries go into the mappings; the newest file's slot table lives in
+ * anonymous memory (see struct ix_file), and the header is stored when a
+ * flush is queued. fy_index_flush writes the changed slot chunks through
+ * fy_aio, then fdatasyncs dup()s of the dirty files' fds, so files may be
+ * deleted or the index closed while a flush is in flight. Before the
+ * fdatasync our page-table entries of what was stored through a mapping are
+ * dropped (zap): writeback then has no writable mapping to write-protect
+ * page by page.
  */
 #include "store/index.h"
+#include "store/fileops.h"
 #include "store/syncset.h"
 
 #include <dirent.h>
@@ -68,6 +74,10 @@
 #define IX_DIR_ENTRIES_MAX 1000000u /* bound on names read from the directory */
 #define IX_NAME_TRIES 100           /* suffixes tried when a name is taken */
 #define IX_NAME_LEN 48
+#define IX_SLOT_CHUNK 1024u         /* slots per dirty-tracking chunk (a 4 KiB page) */
+#define IX_WRITE_RUNS_MAX 256u      /* slot-table writes per file per flush */
+#define IX_HUGE_PAGE (2u << 20)
+#define IX_PAGE 4096u
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "index files are little-endian");
 
@@ -100,6 +110,18 @@ struct ix_file {
   uint64_t begin_phys;
   uint64_t end_phys;
   bool dirty;
+  /* The newest file's slot table lives in anonymous memory (huge pages where
+   * the kernel gives them), not in the shared mapping: random 4-byte stores
+   * into a mapped file cost a TLB miss and, after every writeback, a write
+   * fault, and the writeback itself a TLB shootdown per page. Changed chunks
+   * are written to the file through fy_aio by fy_index_flush. An older file
+   * keeps its copy until a flush wrote it, then reads its mapping. */
+  uint32_t *slots;       /* NULL: the slots are read from the mapping */
+  size_t slots_alloc;    /* bytes mapped for slots */
+  uint8_t *slot_dirty;   /* per IX_SLOT_CHUNK slots: changed since the last flush */
+  uint32_t dirty_chunks;
+  uint64_t slots_gen;    /* flush generation that wrote the last changes */
+  uint32_t entries_zapped; /* entries below this have no page-table entries of ours */
 };
 
 struct ix_entry {
@@ -120,6 +142,21 @@ struct fy_index {
   bool dir_dirty;     /* a file was created since the last flush */
   bool parent_dirty;  /* the directory itself was created and not yet synced */
   fy_syncset *flush; /* the flush in flight */
+  struct ix_flush_ctx *flush_ctx;
+  uint64_t flush_gen;     /* flushes queued */
+  uv_loop_t *loop;        /* fy_index_use_loop: retention deletes off the loop */
+  uint8_t *snap;          /* slot snapshots for flush writes, reused (NULL while lent) */
+  size_t snap_size;
+};
+
+/* Outlives the index when it is closed during a flush. */
+struct ix_flush_ctx {
+  fy_index *ix; /* NULL once the index is gone */
+  uint8_t *snap; /* the index's snapshot buffer, lent for the flush */
+  size_t snap_size;
+  uint64_t gen;
+  void (*cb)(void *arg, int status);
+  void *arg;
 };
 
 /* ---- layout ---- */
@@ -140,6 +177,25 @@ static bool params_ok(uint32_t slot_count, uint32_t max_entries) {
 
 static uint8_t *slot_at(const struct ix_file *f, uint32_t s) {
   return f->map + IX_HEADER_SIZE + (size_t)s * 4;
+}
+
+static inline uint32_t slot_get(const struct ix_file *f, uint32_t s) {
+  return f->slots ? f->slots[s] : get32(slot_at(f, s));
+}
+
+static inline void slot_set(struct ix_file *f, uint32_t s, uint32_t v) {
+  if (!f->slots) { /* recovery, on a file without a copy: synchronous anyway */
+    put32(slot_at(f, s), v);
+    f->dirty = true;
+    return;
+  }
+  f->slots[s] = v;
+  uint32_t c = s / IX_SLOT_CHUNK;
+  if (!f->slot_dirty[c]) {
+    f->slot_dirty[c] = 1;
+    f->dirty_chunks++;
+  }
+  f->dirty = true;
 }
 
 static uint8_t *entry_at(const struct ix_file *f, uint32_t n) {
@@ -263,7 +319,58 @@ static int files_reserve(fy_index *ix) {
   return 0;
 }
 
+static void slots_drop(struct ix_file *f) {
+  if (f->slots)
+    munmap(f->slots, f->slots_alloc);
+  free(f->slot_dirty);
+  f->slots = NULL;
+  f->slot_dirty = NULL;
+  f->dirty_chunks = 0;
+}
+
+/*
+ * Gives f its anonymous slot table; load copies the file's slots into it (a
+ * file found at open; synchronous, before serving), else it starts zeroed (a
+ * new file). Huge pages are asked for; without them it still works.
+ */
+static int slots_make(struct ix_file *f, bool load) {
+  if (f->slots)
+    return 0;
+  size_t bytes = (size_t)f->slot_count * 4;
+  size_t alloc = (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
+  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
+  void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return -errno;
+  f->slot_dirty = calloc(chunks, 1);
+  if (!f->slot_dirty) {
+    munmap(m, alloc);
+    return -ENOMEM;
+  }
+  madvise(m, alloc, MADV_HUGEPAGE); /* advice only: fine if refused */
+  if (load)
+    memcpy(m, slot_at(f, 0), bytes);
+  f->slots = m;
+  f->slots_alloc = alloc;
+  f->dirty_chunks = 0;
+  return 0;
+}
+
+/* Drops our page-table entries for bytes [lo, hi) of f's mapping (page
+ * aligned outwards). The page cache keeps the data, dirty or not; the point
+ * is that writeback then finds no writable mapping to write-protect, which
+ * costs a TLB shootdown per page. The next store re-faults the page. */
+static void zap(struct ix_file *f, uint64_t lo, uint64_t hi) {
+  lo = lo / IX_PAGE * IX_PAGE;
+  hi = (hi + IX_PAGE - 1) / IX_PAGE * IX_PAGE;
+  if (hi > f->size)
+    hi = f->size;
+  if (hi > lo)
+    madvise(f->map + lo, (size_t)(hi - lo), MADV_DONTNEED);
+}
+
 static void file_unmap(struct ix_file *f) {
+  slots_drop(f);
   if (f->map)
     munmap(f->map, f->size);
   if (f->fd >= 0)
@@ -315,6 +422,7 @@ static int file_load(fy_index *ix, int dfd, const char *name, struct ix_file *f)
   err = map_fd(f, fd, (size_t)st.st_size);
   if (err)
     goto out_close;
+  f->entries_zapped = f->entry_count;
   return 0;
 out_close:
   close(fd);
@@ -408,6 +516,13 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   f->begin_ts = f->end_ts = ts;
   f->begin_phys = phys;
   f->end_phys = 0;
+  f->entries_zapped = 1;
+  err = slots_make(f, false);
+  if (err) {
+    munmap(f->map, f->size);
+    f->map = NULL;
+    goto out_unlink;
+  }
   header_store(f);
   ix->nfiles++;
   ix->dir_dirty = true;
@@ -423,11 +538,15 @@ out_unlink: {
 }
 }
 
-static int file_delete(fy_index *ix, size_t idx) {
+/* later: unlink on the thread pool (retention; names are never reused, so
+ * the unlink cannot hit a newer file). */
+static int file_delete(fy_index *ix, size_t idx, bool later) {
   struct ix_file *f = &ix->files[idx];
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", ix->dir, f->name);
-  if (unlink(path) != 0 && errno != ENOENT) {
+  if (later && ix->loop && fy_file_unlink(ix->loop, path, MOD) == 0) {
+    /* queued */
+  } else if (unlink(path) != 0 && errno != ENOENT) {
     int err = -errno;
     fy_warn(MOD, "cannot delete %s: %s", path, fy_strerror(err));
     return err;
@@ -445,6 +564,10 @@ static void ix_free(fy_index *ix) {
     file_unmap(&ix->files[i]);
   if (ix->flush)
     fy_syncset_orphan(ix->flush); /* it completes on its own and still calls back */
+  if (ix->flush_ctx)
+    ix->flush_ctx->ix = NULL;
+  if (ix->snap)
+    munmap(ix->snap, ix->snap_size);
   free(ix->files);
   free(ix->dir);
   free(ix);
@@ -474,6 +597,10 @@ int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy
   for (size_t i = 0; i < ix->nfiles; i++)
     if (ix->files[i].end_phys > ix->max_phys)
       ix->max_phys = ix->files[i].end_phys;
+  if (ix->nfiles > 0)
+    err = slots_make(&ix->files[ix->nfiles - 1], true);
+  if (err)
+    goto out_free;
   *out = ix;
   return 0;
 out_free:
@@ -481,65 +608,134 @@ out_free:
   return err;
 }
 
+/* Close: what was put since the last flush goes into the page cache through
+ * the mapping (memory stores, no I/O wait), so the next open of these files
+ * sees it, as it would have seen stores made through the mapping. */
+static void write_back(struct ix_file *f) {
+  if (f->slots && f->dirty_chunks) {
+    for (uint32_t a = 0; a < f->slot_count; a += IX_SLOT_CHUNK) {
+      if (!f->slot_dirty[a / IX_SLOT_CHUNK])
+        continue;
+      uint32_t b = f->slot_count - a < IX_SLOT_CHUNK ? f->slot_count : a + IX_SLOT_CHUNK;
+      memcpy(slot_at(f, a), &f->slots[a], (size_t)(b - a) * 4);
+    }
+  }
+  if (f->dirty)
+    header_store(f);
+}
+
 void fy_index_close(fy_index *ix) {
-  if (ix)
-    ix_free(ix);
+  if (!ix)
+    return;
+  for (size_t i = 0; i < ix->nfiles; i++)
+    write_back(&ix->files[i]);
+  ix_free(ix);
 }
 
 uint64_t fy_index_max_phys(const fy_index *ix) { return ix->max_phys; }
+
+void fy_index_use_loop(fy_index *ix, uv_loop_t *loop) { ix->loop = loop; }
 
 /* ---- put and query ---- */
 
 static void add_entry(struct ix_file *f, uint32_t hash, uint64_t phys, int32_t diff_s) {
   uint32_t n = f->entry_count;
   fy_assert(n < f->max_entries);
-  uint8_t *slot = slot_at(f, hash % f->slot_count);
-  uint32_t prev = get32(slot);
+  uint32_t slot = hash % f->slot_count;
+  uint32_t prev = slot_get(f, slot);
   struct ix_entry e = {.hash = hash, .phys = phys, .diff_s = diff_s,
                        .prev = prev < n ? prev : 0}; /* a torn slot is dropped */
   entry_store(f, n, &e);
-  put32(slot, n);
+  slot_set(f, slot, n);
   f->entry_count = n + 1;
 }
 
-int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
-                 uint64_t phys, uint32_t size, int64_t store_ts_ms) {
+/* The file the n keys of a record go to (NULL: no file and no keys), after
+ * the checks of fy_index_put. Returns 1 for a record already indexed. */
+static int put_file(fy_index *ix, size_t n, uint64_t phys, uint32_t size, int64_t ts,
+                    struct ix_file **out) {
   if (size == 0 || phys > UINT64_MAX - size)
     return -EINVAL;
   if (phys < ix->max_phys)
-    return 0; /* already indexed: re-dispatch */
-  size_t n = 0;
-  for (size_t i = 0; i < nkeys; i++)
-    n += key_lens[i] > 0;
+    return 1; /* already indexed: re-dispatch */
   if (n > ix->max_entries - 1)
     return -EINVAL;
-  int64_t ts = clamp_ts(store_ts_ms);
   struct ix_file *f = ix->nfiles ? &ix->files[ix->nfiles - 1] : NULL;
   if (n > 0 && (!f || n > f->max_entries - f->entry_count)) {
     int err = file_create(ix, phys, ts, &f);
     if (err)
       return err;
   }
+  if (f && !f->slots) {
+    int err = slots_make(f, true); /* normally made at open or creation */
+    if (err)
+      return err;
+  }
+  if (f && n > 0 && f->entry_count == 1) { /* first keyed record: the time base */
+    f->begin_ts = ts;
+    f->begin_phys = phys;
+  }
+  *out = f;
+  return 0;
+}
+
+/* The header is stored by fy_index_flush: only what a flush covers counts. */
+static void put_done(fy_index *ix, struct ix_file *f, uint64_t phys, uint32_t size, int64_t ts) {
   if (f) {
-    if (n > 0 && f->entry_count == 1) { /* first keyed record: the time base */
-      f->begin_ts = ts;
-      f->begin_phys = phys;
-    }
-    for (size_t i = 0; i < nkeys; i++)
-      if (key_lens[i] > 0)
-        add_entry(f, key_hash(keys[i], key_lens[i]), phys, diff_seconds(ts, f->begin_ts));
     f->end_phys = phys + size;
     f->end_ts = ts;
-    header_store(f);
+    f->dirty = true;
   }
   ix->max_phys = phys + size;
+}
+
+int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
+                 uint64_t phys, uint32_t size, int64_t store_ts_ms) {
+  uint32_t hashes[FY_INDEX_KEYS_MAX];
+  size_t n = 0;
+  for (size_t i = 0; i < nkeys; i++) {
+    if (key_lens[i] == 0)
+      continue;
+    if (n == FY_INDEX_KEYS_MAX)
+      return -EINVAL;
+    hashes[n++] = key_hash(keys[i], key_lens[i]);
+  }
+  return fy_index_put_hashed(ix, hashes, n, phys, size, store_ts_ms);
+}
+
+int fy_index_put_hashed(fy_index *ix, const uint32_t *hashes, size_t n, uint64_t phys,
+                        uint32_t size, int64_t store_ts_ms) {
+  int64_t ts = clamp_ts(store_ts_ms);
+  struct ix_file *f = NULL;
+  int r = put_file(ix, n, phys, size, ts, &f);
+  if (r != 0)
+    return r < 0 ? r : 0;
+  for (size_t i = 0; i < n && f; i++)
+    add_entry(f, hashes[i], phys, diff_seconds(ts, f->begin_ts));
+  put_done(ix, f, phys, size, ts);
   return 0;
+}
+
+uint32_t fy_index_key_hash(const char *topic, size_t topic_len, const char *key, size_t key_len) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < topic_len; i++)
+    h = (h ^ (uint8_t)topic[i]) * 16777619u;
+  h = (h ^ (uint8_t)'#') * 16777619u;
+  for (size_t i = 0; i < key_len; i++)
+    h = (h ^ (uint8_t)key[i]) * 16777619u;
+  return h;
+}
+
+void fy_index_prefetch(const fy_index *ix, uint32_t hash) {
+  const struct ix_file *f = ix->nfiles ? &ix->files[ix->nfiles - 1] : NULL;
+  if (f && f->slots)
+    __builtin_prefetch(&f->slots[hash % f->slot_count], 1);
 }
 
 /* Follows one file's chain for hash, appending matches to out[*n..max). */
 static void walk_chain(const fy_index *ix, const struct ix_file *f, uint32_t hash,
                        int64_t begin_ms, int64_t end_ms, uint64_t *out, size_t *n, size_t max) {
-  uint32_t cur = get32(slot_at(f, hash % f->slot_count));
+  uint32_t cur = slot_get(f, hash % f->slot_count);
   for (uint32_t steps = 0; cur != 0 && steps < f->entry_count && *n < max; steps++) {
     if (cur >= f->entry_count)
       return; /* torn: slot written, count not */
@@ -580,9 +776,9 @@ static void undo_last(struct ix_file *f) {
   uint32_t n = f->entry_count - 1;
   struct ix_entry e;
   entry_load(f, n, &e);
-  uint8_t *slot = slot_at(f, e.hash % f->slot_count);
-  if (get32(slot) >= n) /* == n normally; > n only if torn */
-    put32(slot, e.prev < n ? e.prev : 0);
+  uint32_t slot = e.hash % f->slot_count;
+  if (slot_get(f, slot) >= n) /* == n normally; > n only if torn */
+    slot_set(f, slot, e.prev < n ? e.prev : 0);
   memset(entry_at(f, n), 0, IX_ENTRY_SIZE);
   f->entry_count = n;
 }
@@ -616,7 +812,7 @@ int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
       whole = first.phys >= phys_end;
     }
     if (whole && ix->nfiles > 1) {
-      int err = file_delete(ix, ix->nfiles - 1);
+      int err = file_delete(ix, ix->nfiles - 1, false);
       if (err)
         return err;
       continue;
@@ -625,13 +821,13 @@ int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
     break;
   }
   ix->max_phys = phys_end;
-  return 0;
+  return ix->nfiles ? slots_make(&ix->files[ix->nfiles - 1], true) : 0;
 }
 
 int fy_index_trim_below(fy_index *ix, uint64_t phys_min) {
   int deleted = 0;
   while (deleted < FY_INDEX_TRIM_MAX && ix->nfiles > 1 && ix->files[0].end_phys <= phys_min) {
-    if (file_delete(ix, 0) != 0)
+    if (file_delete(ix, 0, true) != 0)
       break;
     deleted++;
   }
@@ -663,12 +859,84 @@ static int sync_parent(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
   return fy_syncset_add(fl, aio, fy_syncset_open_dir(path));
 }
 
-static int queue_syncs(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
+/* Runs of changed slot chunks of f, in *runs: each changed chunk written
+ * once, runs closer than a gap merged, the gap growing until there are at
+ * most IX_WRITE_RUNS_MAX runs (so unchanged chunks written along are at most
+ * about as many as changed ones). Returns how many, and their bytes in
+ * *bytes. */
+struct slot_run {
+  uint32_t first, end; /* slots */
+};
+
+static size_t runs_with_gap(const struct ix_file *f, size_t gap, struct slot_run *runs) {
+  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK, n = 0, last = 0;
+  for (size_t c = 0; c < chunks; c++) {
+    if (!f->slot_dirty[c])
+      continue;
+    uint32_t a = (uint32_t)c * IX_SLOT_CHUNK;
+    uint32_t b = a + IX_SLOT_CHUNK < f->slot_count ? a + IX_SLOT_CHUNK : f->slot_count;
+    if (n > 0 && c - last <= gap + 1)
+      runs[n - 1].end = b;
+    else if (n == IX_WRITE_RUNS_MAX)
+      return n + 1; /* too many */
+    else
+      runs[n++] = (struct slot_run){a, b};
+    last = c;
+  }
+  return n;
+}
+
+static size_t slot_runs(const struct ix_file *f, struct slot_run *runs, uint64_t *bytes) {
+  size_t n = 0;
+  for (size_t gap = 0;; gap = gap * 2 + 1) { /* bounded: a gap of all chunks gives one run */
+    n = runs_with_gap(f, gap, runs);
+    if (n <= IX_WRITE_RUNS_MAX)
+      break;
+  }
+  *bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    *bytes += (uint64_t)(runs[i].end - runs[i].first) * 4;
+  return n;
+}
+
+/* Queues the writes of f's changed slots (snapshots taken now from *mem). */
+static int queue_slot_writes(fy_index *ix, struct ix_file *f, fy_syncset *fl, fy_aio *aio,
+                             uint8_t **mem) {
+  struct slot_run runs[IX_WRITE_RUNS_MAX];
+  uint64_t bytes;
+  size_t n = slot_runs(f, runs, &bytes);
+  for (size_t i = 0; i < n; i++) {
+    size_t len = (size_t)(runs[i].end - runs[i].first) * 4;
+    memcpy(*mem, &f->slots[runs[i].first], len);
+    int err = fy_syncset_add_write(fl, aio, f->fd, *mem, len,
+                                   IX_HEADER_SIZE + (uint64_t)runs[i].first * 4);
+    if (err)
+      return err;
+    *mem += len;
+  }
+  memset(f->slot_dirty, 0, (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK);
+  f->dirty_chunks = 0;
+  f->slots_gen = ix->flush_gen;
+  return 0;
+}
+
+static int queue_syncs(fy_index *ix, fy_syncset *fl, fy_aio *aio, uint8_t *mem) {
   int err = 0;
   for (size_t i = 0; i < ix->nfiles && !err; i++) {
     struct ix_file *f = &ix->files[i];
     if (!f->dirty)
       continue;
+    if (f->slots && f->dirty_chunks)
+      err = queue_slot_writes(ix, f, fl, aio, &mem);
+    if (err)
+      break;
+    header_store(f);
+    /* Our page-table entries for what was stored through the mapping go, so
+     * writeback does not write-protect page by page (see zap). */
+    zap(f, 0, IX_HEADER_SIZE);
+    zap(f, (uint64_t)(entry_at(f, f->entries_zapped) - f->map),
+        (uint64_t)(entry_at(f, f->entry_count) - f->map));
+    f->entries_zapped = f->entry_count;
     err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;
@@ -687,14 +955,95 @@ static int queue_syncs(fy_index *ix, fy_syncset *fl, fy_aio *aio) {
   return err;
 }
 
+/* An older file's slot copy goes once a flush wrote its last changes. */
+/* A flush's snapshot buffer: kept from one flush to the next, since fresh
+ * memory of many MB costs a page fault per page every time. */
+static uint8_t *snap_take(fy_index *ix, size_t bytes, size_t *size) {
+  if (ix->snap && ix->snap_size < bytes) {
+    munmap(ix->snap, ix->snap_size);
+    ix->snap = NULL;
+  }
+  if (!ix->snap) {
+    size_t alloc = (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
+    void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+      return NULL;
+    madvise(m, alloc, MADV_HUGEPAGE);
+    ix->snap = m;
+    ix->snap_size = alloc;
+  }
+  uint8_t *p = ix->snap;
+  *size = ix->snap_size;
+  ix->snap = NULL;
+  return p;
+}
+
+static void on_flushed(void *arg, int status) {
+  struct ix_flush_ctx *ctx = arg;
+  fy_index *ix = ctx->ix;
+  if (ctx->snap && ix && !ix->snap) {
+    ix->snap = ctx->snap;
+    ix->snap_size = ctx->snap_size;
+  } else if (ctx->snap) {
+    munmap(ctx->snap, ctx->snap_size);
+  }
+  if (ix) {
+    ix->flush_ctx = NULL;
+    if (status == 0) {
+      for (size_t i = 0; i + 1 < ix->nfiles; i++) {
+        struct ix_file *f = &ix->files[i];
+        if (f->slots && f->dirty_chunks == 0 && f->slots_gen <= ctx->gen)
+          slots_drop(f);
+      }
+    }
+  }
+  void (*cb)(void *, int) = ctx->cb;
+  void *cb_arg = ctx->arg;
+  free(ctx);
+  cb(cb_arg, status);
+}
+
 int fy_index_flush(fy_index *ix, fy_aio *aio, void (*cb)(void *arg, int status), void *arg) {
   if (ix->flush)
     return -FY_EBUSY;
   size_t nops = 2;
-  for (size_t i = 0; i < ix->nfiles; i++)
-    nops += ix->files[i].dirty;
-  fy_syncset *fl = fy_syncset_new((unsigned)nops, "index", cb, arg, &ix->flush);
-  if (!fl)
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < ix->nfiles; i++) {
+    struct ix_file *f = &ix->files[i];
+    nops += f->dirty;
+    if (f->slots && f->dirty_chunks) {
+      struct slot_run runs[IX_WRITE_RUNS_MAX];
+      uint64_t b;
+      nops += slot_runs(f, runs, &b);
+      bytes += b;
+    }
+  }
+  struct ix_flush_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx)
     return -ENOMEM;
-  return fy_syncset_start(fl, queue_syncs(ix, fl, aio));
+  *ctx = (struct ix_flush_ctx){.ix = ix, .gen = ++ix->flush_gen, .cb = cb, .arg = arg};
+  fy_syncset *fl = fy_syncset_new((unsigned)nops, "index", on_flushed, ctx, &ix->flush);
+  if (fl && bytes)
+    ctx->snap = snap_take(ix, (size_t)bytes, &ctx->snap_size);
+  if (!fl || (bytes && !ctx->snap)) {
+    if (fl)
+      fy_syncset_start(fl, 0); /* nothing added: frees it */
+    if (ctx->snap) {
+      ix->snap = ctx->snap;
+      ix->snap_size = ctx->snap_size;
+    }
+    free(ctx);
+    return -ENOMEM;
+  }
+  int err = fy_syncset_start(fl, queue_syncs(ix, fl, aio, ctx->snap));
+  if (err) {
+    if (ctx->snap) { /* nothing was queued: the buffer is free again */
+      ix->snap = ctx->snap;
+      ix->snap_size = ctx->snap_size;
+    }
+    free(ctx);
+    return err;
+  }
+  ix->flush_ctx = ctx;
+  return 0;
 }

@@ -13,8 +13,9 @@
  * started. The byte layout of the header is drawn in index.c. The key hash
  * is FNV-1a (32 bits) of the full key; slot = hash % slot_count. Files are
  * ordered by the first commit-log offset they index, not by name. Files are
- * sparse, all mapped shared; fy_index_flush makes them durable through
- * fy_aio. A file whose header does not validate is ignored with a warning.
+ * sparse, all mapped shared; the newest file's slot table is kept in
+ * anonymous memory and written to the file by fy_index_flush, which makes
+ * everything durable through fy_aio. A file whose header does not validate is ignored with a warning.
  *
  * Queries return candidate offsets only: a hash can collide and an entry may
  * refer to a record lost in a crash, so callers read each record and check
@@ -27,18 +28,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "store/aio.h"
 
 typedef struct fy_index fy_index;
 
 #define FY_INDEX_TRIM_MAX 4 /* files fy_index_trim_below deletes per call */
+#define FY_INDEX_KEYS_MAX 64 /* keys of one record */
 
 /* Opens all index files in dir (created if missing). slot_count and
  * max_entries apply to new files (maxHashSlotNum, maxIndexNum); existing
  * files keep the values in their headers. -EINVAL: slot_count 0, max_entries
  * below 2, or a file size above 64 GiB. Synchronous. */
 int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy_index **out);
-/* A flush still in flight completes on its own and its callback still runs. */
+/* Stores what was put since the last flush into the files' page cache (no
+ * I/O wait), so a later open sees it, then unmaps. A flush still in flight
+ * completes on its own and its callback still runs; its slot-table writes
+ * may then land after this close's stores (an index closed during a flush is
+ * that of a failed store: recovery re-dispatches, and queries verify every
+ * candidate, so at worst some older entries are not found). */
 void fy_index_close(fy_index *ix);
 
 /* Adds the keys of the record at phys (size bytes, stored at store_ts_ms).
@@ -46,9 +55,22 @@ void fy_index_close(fy_index *ix);
  * fy_index_max_phys is ignored (returns 0), which makes re-dispatch
  * idempotent. Keys are full keys ("topic#key"); empty keys are skipped;
  * nkeys may be 0 (the record then only advances max_phys). -EINVAL: size 0,
- * phys + size overflowing, or more keys than a file holds. */
+ * phys + size overflowing, more keys than a file holds, or more than
+ * FY_INDEX_KEYS_MAX. */
 int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, size_t nkeys,
                  uint64_t phys, uint32_t size, int64_t store_ts_ms);
+
+/* fy_index_put with the keys given as fy_index_key_hash values (n of them,
+ * none empty): for a caller that hashes keys ahead to prefetch. */
+int fy_index_put_hashed(fy_index *ix, const uint32_t *hashes, size_t n, uint64_t phys,
+                        uint32_t size, int64_t store_ts_ms);
+
+/* The hash of the full key "topic#key", without building it. */
+uint32_t fy_index_key_hash(const char *topic, size_t topic_len, const char *key, size_t key_len);
+
+/* Hints that a key with this hash is about to be put: starts loading its
+ * slot into the cache. A batch of puts hides the memory latency this way. */
+void fy_index_prefetch(const fy_index *ix, uint32_t hash);
 
 /* Candidate offsets, newest first, up to max, of records stored in
  * [begin_ms, end_ms]. Times are kept to the second, so an entry matches when
@@ -56,6 +78,10 @@ int fy_index_put(fy_index *ix, const char *const *keys, const size_t *key_lens, 
  * collisions, records lost in a crash). */
 size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64_t begin_ms,
                       int64_t end_ms, uint64_t *phys_out, size_t max);
+
+/* From now on retention (fy_index_trim_below) deletes files on loop's
+ * thread pool. Without it (tests, tools) deletes are synchronous. */
+void fy_index_use_loop(fy_index *ix, uv_loop_t *loop);
 
 /* End (phys + size) of the last record put (0 if none). */
 uint64_t fy_index_max_phys(const fy_index *ix);

@@ -40,8 +40,10 @@
 #define MOD "store"
 #define MAX_KEYS_PER_MSG 32
 #define MAX_KEY_LEN 512
+#define DISPATCH_BATCH 32 /* records read (and their index slots prefetched) at once */
 #define CLEAN_FILES_PER_PASS 10
 #define FORCE_CLEAN_SLACK_PCT 5
+#define QCACHE_SIZE 64 /* queue-table cache slots (a power of two) */
 
 struct queue {
   char *topic;
@@ -65,6 +67,9 @@ struct fy_store {
   fy_index *index;
   fy_ckpt_file *ckpt;
   fy_strmap *queues;
+  /* Recently used queues, in front of the table: every put and every
+   * dispatched record looks its queue up. Cleared when a queue is removed. */
+  struct queue *qcache[QCACHE_SIZE];
   int lock_fd;
   char path[600];
 
@@ -120,12 +125,27 @@ static size_t queue_key(char *buf, const char *topic, size_t topic_len, uint32_t
   return topic_len + 5;
 }
 
+static struct queue **qcache_slot(fy_store *s, const char *topic, size_t topic_len,
+                                  uint32_t queue_id) {
+  uint32_t h = queue_id * 2654435761u ^ (uint32_t)topic_len * 40503u ^
+               (topic_len ? (uint8_t)topic[topic_len - 1] : 0u);
+  return &s->qcache[(h >> 7) & (QCACHE_SIZE - 1)];
+}
+
 static struct queue *queue_find(fy_store *s, const char *topic, size_t topic_len,
                                 uint32_t queue_id) {
   char key[FY_TOPIC_MAX + 8];
   if (topic_len > FY_TOPIC_MAX)
     return NULL;
-  return fy_strmap_get(s->queues, key, queue_key(key, topic, topic_len, queue_id));
+  struct queue **c = qcache_slot(s, topic, topic_len, queue_id);
+  struct queue *q = *c;
+  if (q && q->queue_id == queue_id && q->topic_len == topic_len &&
+      memcmp(q->topic, topic, topic_len) == 0)
+    return q;
+  q = fy_strmap_get(s->queues, key, queue_key(key, topic, topic_len, queue_id));
+  if (q)
+    *c = q;
+  return q;
 }
 
 static struct queue *queue_get(fy_store *s, const char *topic, size_t topic_len,
@@ -153,6 +173,8 @@ static int queue_open_cq(fy_store *s, struct queue *q) {
     return 0;
   int err = fy_cq_open(s->cfg.root_dir, q->topic, q->queue_id,
                        s->cfg.cq_file_size / FY_CQ_ENTRY_SIZE, &q->cq);
+  if (!err)
+    fy_cq_use_loop(q->cq, s->loop);
   if (err)
     fy_error(MOD, "cannot open consume queue %s/%u: %s", q->topic, q->queue_id, fy_strerror(err));
   return err;
@@ -168,6 +190,7 @@ static void queue_free(struct queue *q) {
 /* Removes a queue that fy_store_put created for a put it then refused. */
 static void queue_forget(fy_store *s, struct queue *q) {
   fy_assert(q->cq == NULL && q->next_offset == 0);
+  memset(s->qcache, 0, sizeof s->qcache);
   char key[FY_TOPIC_MAX + 8];
   fy_strmap_del(s->queues, key, queue_key(key, q->topic, q->topic_len, q->queue_id));
   queue_free(q);
@@ -220,9 +243,9 @@ static int64_t tag_hash_of(const struct fy_msg *m) {
   return fy_tag_hash(v, n);
 }
 
-/* Builds "topic#key" strings for the index: each KEYS word and the UNIQ_KEY. */
-static size_t index_keys(const struct fy_msg *m, char bufs[][MAX_KEY_LEN], const char **keys,
-                         size_t *lens) {
+/* Hashes of the index keys "topic#key" of m: each KEYS word and the
+ * UNIQ_KEY (at most MAX_KEYS_PER_MSG; keys longer than MAX_KEY_LEN skipped). */
+static size_t index_hashes(const struct fy_msg *m, uint32_t *hashes) {
   size_t n = 0;
   const char *v;
   size_t vlen;
@@ -240,12 +263,7 @@ static size_t index_keys(const struct fy_msg *m, char bufs[][MAX_KEY_LEN], const
       size_t wlen = (size_t)(p - w);
       if (wlen == 0 || m->topic_len + 1 + wlen > MAX_KEY_LEN)
         continue;
-      memcpy(bufs[n], m->topic, m->topic_len);
-      bufs[n][m->topic_len] = '#';
-      memcpy(bufs[n] + m->topic_len + 1, w, wlen);
-      keys[n] = bufs[n];
-      lens[n] = m->topic_len + 1 + wlen;
-      n++;
+      hashes[n++] = fy_index_key_hash(m->topic, m->topic_len, w, wlen);
       if (k == 1)
         break; /* UNIQ_KEY is one key, spaces and all are not split */
     }
@@ -253,7 +271,18 @@ static size_t index_keys(const struct fy_msg *m, char bufs[][MAX_KEY_LEN], const
   return n;
 }
 
-static int dispatch_one(fy_store *s, const struct fy_msg *m) {
+/* A record read for dispatch, with its index key hashes. */
+struct dispatch_item {
+  struct fy_cl_slice sl;
+  struct fy_msg m;
+  bool blank;
+  uint64_t next; /* where dispatch continues after it */
+  size_t nhashes;
+  uint32_t hashes[MAX_KEYS_PER_MSG];
+};
+
+static int dispatch_one(fy_store *s, const struct dispatch_item *it) {
+  const struct fy_msg *m = &it->m;
   uint32_t tx = m->sys_flag & FY_SYSFLAG_TRANS_MASK;
   if (tx != FY_SYSFLAG_TRANS_PREPARED && tx != FY_SYSFLAG_TRANS_ROLLBACK) {
     struct queue *q = queue_get(s, m->topic, m->topic_len, m->queue_id);
@@ -274,11 +303,8 @@ static int dispatch_one(fy_store *s, const struct fy_msg *m) {
       q->next_offset = m->queue_offset + 1;
   }
   if (s->index) {
-    static char bufs[MAX_KEYS_PER_MSG][MAX_KEY_LEN];
-    const char *keys[MAX_KEYS_PER_MSG];
-    size_t lens[MAX_KEYS_PER_MSG];
-    size_t n = index_keys(m, bufs, keys, lens);
-    int err = fy_index_put(s->index, keys, lens, n, m->phys_offset, m->total_size, m->store_ts_ms);
+    int err = fy_index_put_hashed(s->index, it->hashes, it->nhashes, m->phys_offset,
+                                  m->total_size, m->store_ts_ms);
     if (err) {
       fy_error(MOD, "index rejected record at %" PRIu64 ": %s", m->phys_offset, fy_strerror(err));
       return err;
@@ -287,35 +313,76 @@ static int dispatch_one(fy_store *s, const struct fy_msg *m) {
   return 0;
 }
 
+/*
+ * Reads up to DISPATCH_BATCH records from `from` (below end) into items,
+ * hashing their index keys and prefetching the index slots they will hit:
+ * the slots are random cache lines in a table of many MB, and loading a
+ * batch's lines at once instead of one after the other is most of the
+ * index's cost. Stops at the first record that is incomplete (*stop = 0) or
+ * invalid (*stop = the error). Returns the number read.
+ */
+static size_t read_batch(fy_store *s, uint64_t from, uint64_t end, struct dispatch_item *items,
+                         int *stop) {
+  size_t n = 0;
+  *stop = 0;
+  while (n < DISPATCH_BATCH && from < end) {
+    struct dispatch_item *it = &items[n];
+    enum fy_record_kind kind;
+    int64_t r = fy_commitlog_read_record_own(s->cl, from, &it->sl, &kind, &it->m);
+    if (r == -EAGAIN)
+      break;
+    if (r < 0) {
+      fy_error(MOD, "record at %" PRIu64 " failed validation during dispatch: %s", from,
+               fy_strerror((int)r));
+      *stop = (int)r;
+      break;
+    }
+    it->blank = kind == FY_REC_BLANK;
+    it->next = it->blank ? fy_commitlog_next_segment(s->cl, from) : from + (uint64_t)r;
+    it->nhashes = 0;
+    if (!it->blank && s->index) {
+      it->nhashes = index_hashes(&it->m, it->hashes);
+      for (size_t k = 0; k < it->nhashes; k++)
+        fy_index_prefetch(s->index, it->hashes[k]);
+    }
+    from = it->next;
+    n++;
+  }
+  return n;
+}
+
 /* Dispatches records in [dispatched, end). Stops early (returning 0) at a
  * record that is not complete yet (a slave's log can end mid-record). */
 static int dispatch_to(fy_store *s, uint64_t end, uint64_t *count, bool notify) {
-  while (s->dispatched < end) {
-    struct fy_cl_slice sl;
-    enum fy_record_kind kind;
-    struct fy_msg m;
-    int64_t r = fy_commitlog_read_record(s->cl, s->dispatched, &sl, &kind, &m);
-    if (r == -EAGAIN)
-      return 0;
-    if (r < 0) {
-      fy_error(MOD, "record at %" PRIu64 " failed validation during dispatch: %s", s->dispatched,
-               fy_strerror((int)r));
-      return (int)r;
+  struct dispatch_item items[DISPATCH_BATCH];
+  while (s->dispatched < end) { /* bounded: each round dispatches >= 1 record or returns */
+    int stop;
+    size_t n = read_batch(s, s->dispatched, end, items, &stop);
+    int err = 0;
+    size_t i = 0;
+    for (; i < n && !err; i++) {
+      struct dispatch_item *it = &items[i];
+      if (!it->blank) {
+        err = dispatch_one(s, it);
+        if (!err && notify && s->arrival_cb)
+          s->arrival_cb(s->arrival_arg, it->m.topic, it->m.topic_len, it->m.queue_id,
+                        it->m.queue_offset + 1);
+      }
+      fy_cl_slice_release(&it->sl);
+      if (err)
+        break;
+      s->dispatched = it->next;
+      if (count && !it->blank)
+        (*count)++;
     }
-    if (kind == FY_REC_BLANK) {
-      fy_cl_slice_release(&sl);
-      s->dispatched = fy_commitlog_next_segment(s->cl, s->dispatched);
-      continue;
-    }
-    int err = dispatch_one(s, &m);
-    if (!err && notify && s->arrival_cb)
-      s->arrival_cb(s->arrival_arg, m.topic, m.topic_len, m.queue_id, m.queue_offset + 1);
-    fy_cl_slice_release(&sl);
+    for (size_t k = i + (err ? 1 : 0); k < n; k++)
+      fy_cl_slice_release(&items[k].sl);
     if (err)
       return err;
-    s->dispatched += (uint64_t)r;
-    if (count)
-      (*count)++;
+    if (stop)
+      return stop;
+    if (n < DISPATCH_BATCH)
+      return 0; /* reached end, or an incomplete record */
   }
   return 0;
 }
@@ -618,6 +685,8 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
     err = fy_index_open(ixdir, s->cfg.index_slots, s->cfg.index_entries, &s->index);
     if (!err)
       err = fy_index_truncate_phys(s->index, end);
+    if (!err)
+      fy_index_use_loop(s->index, s->loop);
     if (err)
       return err;
   }
@@ -1126,6 +1195,7 @@ int fy_store_delete_topic(fy_store *s, const char *topic) {
       victims[nv++] = q;
   }
   int err = 0;
+  memset(s->qcache, 0, sizeof s->qcache);
   for (size_t i = 0; i < nv; i++) {
     struct queue *q = victims[i];
     char k[FY_TOPIC_MAX + 8];

@@ -557,6 +557,43 @@ static void test_destroy(void **state) {
   assert_int_not_equal(stat(p, &st), 0);
 }
 
+/* With a loop, the next file is made on the thread pool once the queue is
+ * halfway through a file; puts go on into it; a queue destroyed while the
+ * next file is being made leaves nothing behind. */
+/* Runs the loop until the thread-pool work queued so far is done. */
+static bool exists_after_loop(uv_loop_t *loop, const char *file) {
+  uv_run(loop, UV_RUN_DEFAULT); /* nothing else keeps this loop alive */
+  return exists(file);
+}
+
+static void test_next_file_ahead(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_cq *cq = open_cq(8);
+  fy_cq_use_loop(cq, &loop);
+  put_range(cq, 0, 4);
+  assert_int_equal(uv_run(&loop, UV_RUN_NOWAIT), 0); /* nothing queued below half */
+  assert_false(exists("00000000000000000160"));
+  put_range(cq, 4, 5); /* halfway: the file at entry 8 (byte 160) is made ahead */
+  assert_true(exists_after_loop(&loop, "00000000000000000160"));
+  assert_int_equal(file_size("00000000000000000160"), 8 * FY_CQ_ENTRY_SIZE);
+  put_range(cq, 5, 13);
+  for (uint64_t q = 0; q < 13; q++)
+    expect_entry(cq, q);
+  assert_true(exists_after_loop(&loop, "00000000000000000320"));
+  fy_cq_close(cq);
+  cq = open_cq(8); /* an empty file made ahead reads as unwritten entries */
+  assert_int_equal(fy_cq_max(cq), 13);
+  for (uint64_t q = 0; q < 13; q++)
+    expect_entry(cq, q);
+  fy_cq_use_loop(cq, &loop);
+  put_range(cq, 13, 21); /* halfway through the third file: the fourth is being made */
+  assert_int_equal(fy_cq_destroy(cq), 0);
+  assert_int_equal(fy_test_loop_finish(&loop), 0); /* the late file is deleted, dirs too */
+  assert_false(exists(NULL));
+}
+
 /* ---- flush (needs fy_aio) ---- */
 
 struct flush_rec {
@@ -671,6 +708,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_trim_below, setup, teardown),
       cmocka_unit_test_setup_teardown(test_mappings_bounded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_next_file_ahead, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -515,6 +515,54 @@ static void test_flush(void **state) {
   assert_true(flush_on(FY_AIO_THREADS));
 }
 
+/* The newest file's slot table lives in memory: a flush writes it into the
+ * file (before its fdatasync), an older file's table is read from its file
+ * once a flush wrote it, and everything is there after a reopen. */
+static void test_flush_writes_slots(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_aio *aio;
+  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  const uint32_t slots = 8;
+  fy_index *ix = open_ix(slots, 4); /* 3 keys per file */
+  put_one(ix, 0, 1);
+  struct flush_rec r1 = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r1), 0);
+  assert_true(fy_test_run_until(&loop, &r1.done, 10000));
+  assert_int_equal(r1.status, 0);
+  char path[800];
+  first_file(path, sizeof path);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  uint32_t table[8];
+  assert_int_equal(pread(fd, table, sizeof table, HDR), (ssize_t)sizeof table);
+  close(fd);
+  size_t used = 0;
+  for (uint32_t i = 0; i < slots; i++) {
+    assert_true(table[i] == 0 || table[i] == 1);
+    used += table[i] == 1;
+  }
+  assert_int_equal(used, 1); /* entry 1, in the slot of its key */
+  for (uint64_t i = 1; i < 7; i++) /* three files */
+    put_one(ix, i, 1);
+  struct flush_rec r2 = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r2), 0);
+  assert_true(fy_test_run_until(&loop, &r2.done, 10000));
+  assert_int_equal(r2.status, 0);
+  uint64_t out[16];
+  assert_int_equal(query_all(ix, 1, out, 16), 7);
+  for (size_t j = 0; j < 7; j++)
+    assert_int_equal(out[j], (6 - j) * REC);
+  fy_index_close(ix);
+  ix = open_ix(slots, 4);
+  assert_int_equal(query_all(ix, 1, out, 16), 7);
+  assert_int_equal(fy_index_max_phys(ix), 7 * REC);
+  fy_index_close(ix);
+  fy_aio_close(aio);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_query, setup, teardown),
@@ -527,6 +575,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_trim_below, setup, teardown),
       cmocka_unit_test_setup_teardown(test_corrupt_chains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flush_writes_slots, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
