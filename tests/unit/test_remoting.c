@@ -893,9 +893,21 @@ static void test_tags(void **state) {
   assert_int_equal(fy_rmq_tags_parse("   ", buf, sizeof buf, tags, 4), 0);
   assert_int_equal(fy_rmq_tags_parse(NULL, buf, sizeof buf, tags, 4), 0);
   assert_int_equal(fy_rmq_tags_parse("a || *", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse("a || || b", buf, sizeof buf, tags, 4), -EINVAL);
-  assert_int_equal(fy_rmq_tags_parse("a ||", buf, sizeof buf, tags, 4), -EINVAL);
-  assert_int_equal(fy_rmq_tags_parse("|| a", buf, sizeof buf, tags, 4), -EINVAL);
+  /* Empty alternatives are skipped (RocketMQ's FilterAPI). */
+  assert_int_equal(fy_rmq_tags_parse("a || || b", buf, sizeof buf, tags, 4), 2);
+  assert_string_equal(tags[0], "a");
+  assert_string_equal(tags[1], "b");
+  assert_int_equal(fy_rmq_tags_parse("TagA ||", buf, sizeof buf, tags, 4), 1);
+  assert_string_equal(tags[0], "TagA");
+  assert_int_equal(fy_rmq_tags_parse("|| a", buf, sizeof buf, tags, 4), 1);
+  assert_string_equal(tags[0], "a");
+  assert_int_equal(fy_rmq_tags_parse("||||a||  ||", buf, sizeof buf, tags, 4), 1);
+  assert_int_equal(fy_rmq_tags_parse("a||||b||||c||||d", buf, sizeof buf, tags, 4), 4);
+  assert_int_equal(fy_rmq_tags_parse("|| *", buf, sizeof buf, tags, 4), 0);
+  /* Separators only: no tag at all. */
+  assert_int_equal(fy_rmq_tags_parse("||", buf, sizeof buf, tags, 4), -EINVAL);
+  assert_int_equal(fy_rmq_tags_parse(" || ", buf, sizeof buf, tags, 4), -EINVAL);
+  assert_int_equal(fy_rmq_tags_parse("|| ||||", buf, sizeof buf, tags, 4), -EINVAL);
   assert_int_equal(fy_rmq_tags_parse("a||b||c||d||e", buf, sizeof buf, tags, 4), -E2BIG);
   assert_int_equal(fy_rmq_tags_parse("a||b||c||d", buf, sizeof buf, tags, 4), 4);
   assert_int_equal(fy_rmq_tags_parse("TagA || TagB", buf, 12, tags, 4), -ENOSPC);
