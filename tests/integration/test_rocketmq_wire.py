@@ -509,6 +509,16 @@ def test_suggest_slave_when_far_behind(args):
     c.close()
 
 
+# SEND_MESSAGE_V2 exactly as the Java client's fastjson writes it (ali-ons
+# sends the same fields, without "m").
+WAKE_UP = frame(
+    b'{"code":310,"extFields":{"a":"WireProducer","b":"WireTopic","c":"TBW102","d":"4",'
+    b'"e":"2","f":"0","g":"1764633600000","h":"0","i":"TAGS\\u0001TagA\\u0002KEYS\\u0001'
+    b'k-wake\\u0002UNIQ_KEY\\u00017F000001000000000000000000004242\\u0002WAIT\\u0001true'
+    b'\\u0002","j":"0","k":"false","l":"16","m":"false"},"flag":0,"language":"JAVA",'
+    b'"opaque":4242,"serializeTypeCurrentRPC":"JSON","version":401}', b"wake-up")
+
+
 def test_long_poll_and_out_of_order_answers(args):
     p = pair(args)
     a, b = Conn(p.m_addr), Conn(p.m_addr)
@@ -522,11 +532,15 @@ def test_long_poll_and_out_of_order_answers(args):
     r = a.read()  # the later request is answered first
     check(r, later, 0)
     assert r.ext["offset"] == str(end)
-    send_v2(b, TOPIC, q, b"wake-up", "TagA", "k-wake")
+    b.send(WAKE_UP)
+    check(b.read(), 4242, 0)
     r = a.read()
     check(r, held, 0)
     m = decode_msgs(r.body)
     assert [x["body"] for x in m] == [b"wake-up"] and m[0]["queueOffset"] == end, m
+    assert m[0]["bornTs"] == 1764633600000 and m[0]["props"] == {
+        "TAGS": "TagA", "KEYS": "k-wake", "UNIQ_KEY": "7F000001000000000000000000004242",
+        "WAIT": "true"}, m
     assert r.ext["nextBeginOffset"] == str(end + 1), r
     a.close()
     b.close()
@@ -727,6 +741,11 @@ def test_bad_input_both_ports(args):
             alive(p, proc, addr, ns)
         # Errors that keep the connection open: the next request is answered.
         c = Conn(addr)
+        c.send(frame(java_header(105 if ns else 30, 9, {"queueId": "0"})))
+        assert c.read_raw() == frame(
+            b'{"code":1,"extFields":{},"flag":1,"language":"JAVA","opaque":9,'
+            b'"remark":"the custom field <topic> is null","serializeTypeCurrentRPC":"JSON",'
+            b'"version":401}')
         if ns:
             c.call(105, {}, want=1, remark="^the custom field <topic> is null$")
         else:
@@ -750,13 +769,26 @@ def test_bad_input_both_ports(args):
         alive(p, proc, addr, ns)
 
 
+def test_clean_shutdown(args):
+    """After all of the above, every process stops cleanly on SIGTERM (exit 0, and
+    no sanitizer report in the ASan build)."""
+    p = pair(args)
+    for proc in (p.slave, p.master, p.ns_proc):
+        assert proc.p.poll() is None, f"exited early:\n{proc.stderr_text()[-3000:]}"
+    p.stop()
+    for proc in (p.slave, p.master, p.ns_proc):
+        err = proc.stderr_text()
+        assert proc.p.returncode == 0, f"exit {proc.p.returncode}:\n{err[-3000:]}"
+        assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
+
+
 if __name__ == "__main__":
     try:
         main([test_helpers_match_literal_bytes, test_unsupported_codes_exact_bytes,
               test_name_server, test_send_pull_view_query, test_delay_property_is_delivered_at_once,
               test_suggest_slave_when_far_behind, test_long_poll_and_out_of_order_answers,
               test_send_back_retry_and_dlq, test_heartbeat_consumers_offsets_locks,
-              test_binary_header_encoding, test_bad_input_both_ports])
+              test_binary_header_encoding, test_bad_input_both_ports, test_clean_shutdown])
     finally:
         for p in _pair:
             p.stop()
