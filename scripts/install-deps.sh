@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config python3
       libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev libjansson-dev libxxhash-dev
       fio
+      iproute2 nftables   # the drill's and test_ha_netns's hosts as network namespaces, link cuts
       clang libclang-rt-14-dev) # clang's libFuzzer runtime, for scripts/fuzz.sh
 
 # Node.js runs the RocketMQ client the integration tests drive (ali-ons, from

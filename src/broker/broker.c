@@ -502,6 +502,10 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   if (err)
     goto out_free;
   fy_store_on_arrival(b->store, fy__pull_on_arrival, b);
+  fy_consumers_on_change(b->consumers, fy__rmq_group_changed, b);
+  err = fy__schedule_start(b);
+  if (err)
+    goto out_free;
 
   fy_conn_cfg cc = {.frame_max_bytes = b->cfg->max_frame_bytes, .max_conns = b->cfg->max_conns,
                     .on_frame = on_frame, .on_foreign = fy__rmq_on_bytes,
@@ -559,6 +563,7 @@ static void maybe_finish_stop(struct fy_broker *b) {
   int status = b->stop_status;
   fy__pull_free(b);
   fy__rmq_free(b);
+  fy__schedule_free(b);
   fy_topics_close(b->topics);
   fy_offsets_close(b->offsets);
   fy_groups_close(b->groups);
@@ -605,8 +610,9 @@ static void on_meta_saved(void *arg, int status) {
 
 static void stop_step(struct fy_broker *b) {
   b->closing_handles = true;
-  b->handles_open = 4;
+  b->handles_open = 5;
   fy__pull_close(b, on_handle_closed);
+  fy__schedule_close(b, on_handle_closed);
   uv_close((uv_handle_t *)&b->meta_timer, on_handle_closed);
   if (b->master_conn) {
     fy_conn_set_data(b->master_conn, NULL);

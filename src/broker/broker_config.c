@@ -2,6 +2,7 @@
 #include "broker/broker_config.h"
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,6 +52,8 @@ const struct fy_config_key fy_broker_config_keys[] = {
      NULL},
     {"haSyncAckOn", FY_CFG_ENUM, F(ha_ack_on), 0, 0, 0, "received", "received|durable"},
     {"slaveSyncMetadataInterval", FY_CFG_U32, F(metadata_sync_ms), 0, 100, 600000, "3000", NULL},
+    {"messageDelayLevel", FY_CFG_STRING, F(delay_levels), S(delay_levels), 0, 0,
+     "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h", NULL},
     FY_CFG_END,
 };
 
@@ -71,8 +74,36 @@ void fy_broker_settings_defaults(struct fy_broker_settings *s) {
   fy_config_defaults(sec, 1);
 }
 
+int fy_delay_levels_parse(const char *spec, uint64_t *out_ms, size_t max) {
+  size_t n = 0;
+  const char *p = spec;
+  for (;;) {
+    while (*p == ' ')
+      p++;
+    if (!*p)
+      break;
+    char *end;
+    unsigned long long v = strtoull(p, &end, 10);
+    uint64_t unit = *end == 's' ? 1000 : *end == 'm' ? 60000 : *end == 'h' ? 3600000
+                  : *end == 'd' ? 86400000 : 0;
+    if (end == p || !unit || v == 0 || v > 365ull * 86400 || (end[1] && end[1] != ' ') || n == max)
+      return -1;
+    out_ms[n++] = v * unit;
+    p = end + 1;
+  }
+  return n ? (int)n : -1;
+}
+
 int fy_broker_settings_check(const struct fy_broker_settings *s, char *err, size_t errlen) {
   const struct fy_broker_config *b = &s->broker;
+  uint64_t levels[FY_DELAY_LEVELS_MAX];
+  if (fy_delay_levels_parse(b->delay_levels, levels, FY_DELAY_LEVELS_MAX) < 0) {
+    snprintf(err, errlen,
+             "messageDelayLevel: '%s' is not 1 to %d delays like \"1s 5s 10s 1m 2h\" "
+             "(a positive number with s, m, h or d each, separated by spaces)",
+             b->delay_levels, FY_DELAY_LEVELS_MAX);
+    return -FY_ECONFIG;
+  }
   if (!b->broker_name[0] || !b->cluster[0]) {
     snprintf(err, errlen, "brokerName and brokerClusterName must not be empty");
     return -FY_ECONFIG;

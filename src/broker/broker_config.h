@@ -50,7 +50,16 @@ struct fy_broker_config {
   uint64_t ha_fallbehind_max;        /* haSlaveFallbehindMax: 268435456 */
   int ha_ack_on;                     /* haSyncAckOn: received */
   uint32_t metadata_sync_ms;         /* slaveSyncMetadataInterval: 3000 */
+  char delay_levels[512];            /* messageDelayLevel: "1s 5s 10s 30s 1m ... 2h" */
 };
+
+#define FY_DELAY_LEVELS_MAX 64
+
+/* Parses messageDelayLevel ("1s 5s 1m 2h ...": numbers with s, m, h or d,
+ * separated by spaces) into out_ms[0..]. Returns the number of levels
+ * (1..max), or -1 when a level is malformed, zero, or there are none or
+ * more than max. */
+int fy_delay_levels_parse(const char *spec, uint64_t *out_ms, size_t max);
 
 extern const struct fy_config_key fy_broker_config_keys[];
 

@@ -26,6 +26,9 @@
 
 struct pending_send;
 struct held_pull;
+struct fy__sched;
+
+#define FY_SCHEDULE_TOPIC "SCHEDULE_TOPIC_XXXX"
 
 /* The protocols a client port speaks, told apart by a connection's first
  * byte (net/conn.h): Ferry's own frames, or RocketMQ 4.x remoting. */
@@ -52,6 +55,7 @@ struct bconn {
   struct pending_send *sends;
   struct held_pull *held;
   uint8_t proto;           /* enum fy_proto, from the first bytes */
+  uint8_t rmq_serialize;   /* RocketMQ: the header encoding the client last used */
 };
 
 struct ns_link {
@@ -118,6 +122,7 @@ struct fy_broker {
 
   fy_strmap *resets; /* "group\0topic\0qid" -> uint64_t* offset to hand out */
   fy_strmap *rmq_locks; /* RocketMQ queue locks (rmq.c), created on first use */
+  struct fy__sched *sched; /* delayed messages (schedule.c) */
 
   /* HA: a master runs ha_master, a slave ha_slave and the metadata sync */
   struct fy_ha_config ha_cfg;
@@ -131,6 +136,7 @@ struct fy_broker {
   /* round-robin queue choice for sends without a queue id */
   uint32_t rr;
   uint32_t uniq_counter;
+  int32_t rmq_opaque; /* opaque of the requests the broker sends RocketMQ clients */
 
   bool stopping;
   int stop_status;
@@ -214,9 +220,29 @@ void fy__pull_run(struct fy_broker *b, struct bconn *bc, const struct pull_req *
 uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
                           const struct fy_get_result *res);
 
+/* schedule.c: delayed messages (delay levels) */
+int fy__schedule_start(struct fy_broker *b);
+void fy__schedule_close(struct fy_broker *b, uv_close_cb close_cb);
+void fy__schedule_free(struct fy_broker *b);
+/* An entry arrived in the schedule topic's queue_id (its level - 1). */
+void fy__schedule_wake(struct fy_broker *b, uint32_t queue_id);
+/* Rewrites each message with a DELAY level into the schedule topic (real
+ * topic and queue kept in REAL_TOPIC / REAL_QID); the new properties live
+ * in *scratch, which the caller frees after the put. Returns 0, or -EINVAL
+ * with why (a delayed message in a batch, properties too long). */
+int fy__schedule_rewrite(struct fy_broker *b, struct fy_msg *msgs, size_t n, char **scratch,
+                         const char **why);
+
+/* Sets the DELAY level of the properties props[0..*len) (capacity cap).
+ * 0, -ENOSPC or -ENOMEM. */
+int fy__schedule_set_level(char *props, size_t cap, size_t *len, int level);
+
 /* rmq.c: RocketMQ remoting on the client port */
 size_t fy__rmq_on_bytes(fy_conn *conn, const uint8_t *bytes, size_t len);
 void fy__rmq_free(struct fy_broker *b);
+/* A consumer joined or left group: RocketMQ clients in it are told
+ * (NOTIFY_CONSUMER_IDS_CHANGED) so they rebalance at once. */
+void fy__rmq_group_changed(void *arg, const char *group);
 void fy__rmq_reply_err(fy_conn *conn, const struct fy_reqref *ref, uint16_t status,
                        const char *text);
 void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqref *ref,

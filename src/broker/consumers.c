@@ -25,7 +25,31 @@ struct client {
 struct fy_consumers {
   struct client *clients;
   size_t n, max;
+  void (*changed)(void *arg, const char *group);
+  void *changed_arg;
 };
+
+void fy_consumers_on_change(fy_consumers *c, void (*cb)(void *arg, const char *group), void *arg) {
+  c->changed = cb;
+  c->changed_arg = arg;
+}
+
+static bool has_group(const struct fy_consumer_group_info *g, size_t n, const char *group) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(g[i].group, group) == 0)
+      return true;
+  return false;
+}
+
+/* Reports the groups in a[0..na) that are not in b[0..nb). */
+static void report_missing(fy_consumers *c, const struct fy_consumer_group_info *a, size_t na,
+                           const struct fy_consumer_group_info *b, size_t nb) {
+  if (!c->changed)
+    return;
+  for (size_t i = 0; i < na; i++)
+    if (!has_group(b, nb, a[i].group))
+      c->changed(c->changed_arg, a[i].group);
+}
 
 fy_consumers *fy_consumers_new(size_t max_clients) {
   fy_consumers *c = calloc(1, sizeof *c);
@@ -58,8 +82,11 @@ static struct client *find(const fy_consumers *c, const char *id) {
 
 static void remove_at(fy_consumers *c, size_t i, const char *why) {
   fy_info(MOD, "consumer client %s gone: %s", c->clients[i].id, why);
-  free(c->clients[i].groups);
+  struct fy_consumer_group_info *groups = c->clients[i].groups;
+  size_t n = c->clients[i].ngroups;
   c->clients[i] = c->clients[--c->n];
+  report_missing(c, groups, n, NULL, 0); /* after the removal: the group no longer lists it */
+  free(groups);
 }
 
 int fy_consumers_heartbeat(fy_consumers *c, const char *client_id, void *conn,
@@ -85,11 +112,15 @@ int fy_consumers_heartbeat(fy_consumers *c, const char *client_id, void *conn,
       return -ENOMEM;
     memcpy(copy, groups, n * sizeof *copy);
   }
-  free(cl->groups);
+  struct fy_consumer_group_info *old = cl->groups;
+  size_t nold = cl->ngroups;
   cl->groups = copy;
   cl->ngroups = n;
   cl->conn = conn;
   cl->last_ms = now_ms;
+  report_missing(c, old, nold, copy, n); /* groups left */
+  report_missing(c, copy, n, old, nold); /* groups joined */
+  free(old);
   return 0;
 }
 
@@ -104,11 +135,13 @@ void fy_consumers_unregister(fy_consumers *c, const char *client_id, const char 
     }
     for (size_t g = 0; g < cl->ngroups; g++)
       if (strcmp(cl->groups[g].group, group) == 0) {
+        struct fy_consumer_group_info left = cl->groups[g];
         cl->groups[g] = cl->groups[--cl->ngroups];
-        break;
+        if (cl->ngroups == 0)
+          remove_at(c, i, "left its last group");
+        report_missing(c, &left, 1, NULL, 0);
+        return;
       }
-    if (cl->ngroups == 0)
-      remove_at(c, i, "left its last group");
     return;
   }
 }
@@ -170,6 +203,14 @@ int fy_consumers_list(const fy_consumers *c, const char *group, char ***ids, siz
   *ids = arr;
   *n = count;
   return 0;
+}
+
+size_t fy_consumers_conns(const fy_consumers *c, const char *group, void **out, size_t max) {
+  size_t k = 0;
+  for (size_t i = 0; i < c->n && k < max; i++)
+    if (in_group(&c->clients[i], group))
+      out[k++] = c->clients[i].conn;
+  return k;
 }
 
 bool fy_consumers_subscription(const fy_consumers *c, const char *group, const char *topic,

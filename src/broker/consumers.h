@@ -60,4 +60,12 @@ bool fy_consumers_group_online(const fy_consumers *c, const char *group);
 
 size_t fy_consumers_count(const fy_consumers *c);
 
+/* cb(arg, group) runs whenever a client joins or leaves group (heartbeat,
+ * unregister, connection close, expiry), after the table has changed. cb
+ * must not change the table. */
+void fy_consumers_on_change(fy_consumers *c, void (*cb)(void *arg, const char *group), void *arg);
+
+/* The connections of up to max clients in group; returns how many. */
+size_t fy_consumers_conns(const fy_consumers *c, const char *group, void **out, size_t max);
+
 #endif

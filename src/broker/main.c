@@ -9,6 +9,7 @@
  * signal exits at once (the store recovers at the next start).
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,9 @@ static int set_kv(struct fy_config_section *sec, const char *kv_text) {
 }
 
 int main(int argc, char **argv) {
+  /* A peer that resets its connection while we write must cost an EPIPE
+   * on that connection, not the process (SIGPIPE's default is to die). */
+  signal(SIGPIPE, SIG_IGN);
   static struct fy_broker_settings cfg;
   fy_broker_settings_defaults(&cfg);
   struct fy_config_section sec[2];

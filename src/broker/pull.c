@@ -210,7 +210,16 @@ uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
 }
 
 static void reply_status(struct fy_broker *b, struct bconn *bc, const struct pull_req *r,
-                         uint16_t status, const struct fy_get_result *res) {
+                         uint16_t status, const struct fy_get_result *res_in) {
+  struct fy_get_result fixed = *res_in;
+  const struct fy_get_result *res = &fixed;
+  /* A slave never moves a consumer's offset (RocketMQ's nextOffsetCorrection
+   * rule): it may simply be behind its master, and sending the consumer back
+   * to the slave's end would deliver again what it already has. */
+  if (b->cfg->role == FY_ROLE_SLAVE &&
+      (fixed.status == FY_GET_NO_NEW || fixed.status == FY_GET_NO_QUEUE ||
+       fixed.status == FY_GET_OFFSET_TOO_SMALL || fixed.status == FY_GET_OFFSET_OVERFLOW))
+    fixed.next_offset = r->offset;
   if (r->ref.proto == FY_PROTO_RMQ) {
     fy__rmq_reply_pull(b, bc, r, status, res, NULL);
     return;
@@ -426,6 +435,8 @@ void fy__handle_pull(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
 void fy__pull_on_arrival(void *arg, const char *topic, size_t topic_len, uint32_t queue_id,
                          uint64_t max_offset) {
   struct fy_broker *b = arg;
+  if (topic_len == sizeof FY_SCHEDULE_TOPIC - 1 && memcmp(topic, FY_SCHEDULE_TOPIC, topic_len) == 0)
+    fy__schedule_wake(b, queue_id);
   if (b->nheld == 0)
     return;
   char key[FY_TOPIC_NAME_MAX + 8];

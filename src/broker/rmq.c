@@ -507,6 +507,13 @@ static void on_send_back(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd
     }
     rc |= fy_props_add(props, FY_PROPS_MAX, &plen, "ORIGIN_MESSAGE_ID", origin, strlen(origin));
   }
+  /* RocketMQ's back-off: level 3 + reconsume count (10 s, 30 s, 1 m, ...),
+   * or the level the client asked for. */
+  if (!dead)
+    rc |= fy__schedule_set_level(props, FY_PROPS_MAX, &plen,
+                                 delay_level > 0 ? (int)(delay_level > 1000 ? 1000 : delay_level)
+                                                 : 3 + (int)(old.reconsume_times > 1000
+                                                                 ? 1000 : old.reconsume_times));
   if (fy_props_get(props, plen, FY_PROP_UNIQ_KEY, &v, &vlen))
     snprintf(uniq, sizeof uniq, "%.*s", (int)(vlen < 32 ? vlen : 32), v);
   else
@@ -757,6 +764,31 @@ static void on_consumer_list(struct fy_broker *b, fy_conn *conn, const fy_rmq_cm
     json_array_append_new(list, json_string(ids[i]));
   free(ids);
   reply_json(conn, c, json_pack("{s:o}", "consumerIdList", list));
+}
+
+#define NOTIFY_MAX 1024
+
+void fy__rmq_group_changed(void *arg, const char *group) {
+  struct fy_broker *b = arg;
+  if (b->stopping)
+    return;
+  struct fy_group_config g;
+  if (fy_groups_get(b->groups, group, &g) == 0 && !g.notify_consumer_ids_changed_enable)
+    return;
+  void *conns[NOTIFY_MAX];
+  size_t n = fy_consumers_conns(b->consumers, group, conns, NOTIFY_MAX);
+  for (size_t i = 0; i < n; i++) {
+    fy_conn *conn = conns[i];
+    struct bconn *bc = fy_conn_data(conn);
+    if (!bc || bc->proto != FY_PROTO_RMQ || !fy_conn_is_open(conn))
+      continue;
+    fy_rmq_out o;
+    b->rmq_opaque = b->rmq_opaque == INT32_MAX ? 1 : b->rmq_opaque + 1;
+    fy_rmq_out_request(&o, FY_RMQ_REQ_NOTIFY_CONSUMER_IDS_CHANGED, b->rmq_opaque,
+                       bc->rmq_serialize, true);
+    fy_rmq_out_str(&o, "consumerGroup", group);
+    send_out(conn, &o, NULL, 0);
+  }
 }
 
 /* ---------------------------------------------------------------- offsets */
@@ -1196,7 +1228,8 @@ size_t fy__rmq_on_bytes(fy_conn *conn, const uint8_t *bytes, size_t len) {
       return len;
     }
     used += (size_t)n;
-    if (!(c.flag & FY_RMQ_FLAG_RESPONSE)) /* responses to nothing we asked are dropped */
+    bc->rmq_serialize = c.serialize;
+    if (!(c.flag & FY_RMQ_FLAG_RESPONSE)) /* answers to our notifications need nothing */
       handle(b, bc, &c);
     fy_rmq_cmd_free(&c);
     if (!fy_conn_is_open(conn))

@@ -269,7 +269,16 @@ uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_req
   p->ref = *ref;
   p->queue_id = msgs[0].queue_id;
   p->n = n;
+  char *scratch = NULL;
+  const char *reason = NULL;
+  if (fy__schedule_rewrite(b, msgs, n, &scratch, &reason) != 0) {
+    free(p);
+    free(scratch);
+    snprintf(why, whylen, "%s", reason);
+    return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
+  }
   int err = fy_store_put(b->store, msgs, n, on_stored, p);
+  free(scratch);
   if (err) {
     free(p);
     if (err == -FY_EBUSY)

@@ -53,6 +53,7 @@ struct send_op {
   char cur_broker[FY_CLIENT_NAME_MAX];
   char cur_addr[FY_CLIENT_ADDR_MAX];
   bool use_default;            /* routed through TBW102 */
+  bool refetched;              /* fetched the route again for want of a master */
   bool async;
   fy_send_cb cb;
   void *cb_arg;
@@ -214,6 +215,19 @@ static void on_route(struct fy__op *base, int err, struct fy__rentry *e) {
         tmp[m++] = list[i];
     list = tmp;
     n = m;
+  }
+  if (n == 0 && !op->refetched && !cl->loop_closing) {
+    /* A cached route without a master (it left while we were sending) is
+     * asked for again, as RocketMQ's producer does when its publish info has
+     * no queue: otherwise a restarted master would be unused until the next
+     * periodic refresh (route_refresh_ms, 30 s). Fetches are shared, so at
+     * most one per topic is in flight. */
+    op->refetched = true;
+    free(tmp);
+    int e2 = fy__route_get(base, op->use_default ? FY__DEFAULT_TOPIC : op->topic, true, on_route);
+    if (e2)
+      fy__op_complete(base, e2);
+    return;
   }
   if (n == 0) {
     fy__op_errtext(base, "topic '%s': no writable queue on a brokerName with a master", op->topic);

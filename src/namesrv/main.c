@@ -8,6 +8,7 @@
  * SIGTERM or SIGINT stops it.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,9 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  /* A peer that resets its connection while we write must cost an EPIPE
+   * on that connection, not the process (SIGPIPE's default is to die). */
+  signal(SIGPIPE, SIG_IGN);
   struct fy_namesrv_config cfg;
   struct fy_config_section sec = {fy_namesrv_config_keys, &cfg};
   fy_config_defaults(&sec, 1);

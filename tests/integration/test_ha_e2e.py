@@ -6,7 +6,17 @@
 - Link cut: the slave is frozen with SIGSTOP; the SYNC_MASTER answers
   SLAVE_NOT_AVAILABLE or FLUSH_SLAVE_TIMEOUT within its timeouts (no send
   hangs) and SEND_OK again by itself after SIGCONT; nothing acknowledged is
-  lost and the slave ends byte-identical (log digests).
+  lost and the slave ends where the master does.
+- Brokers and the name server ignore SIGPIPE (a peer's reset is an error
+  on that connection, not the end of the process).
+- Known gap (documented in docs/OPERATIONS.md, "What consumers see"):
+  records the master stored without a slave (SLAVE_NOT_AVAILABLE) are
+  hidden from consumers, but once the master restarts, recovery makes them
+  visible before any slave has acknowledged them.
+- The link cut between two real hosts (network namespaces, a firewall rule
+  and a link going down) is in test_ha_netns.py.
+
+Fixed ports (this file): 23200-23203, 23210-23213, 23220-23223.
 """
 import json
 import os
@@ -81,6 +91,13 @@ class Pair:
                 for l in r.stdout.splitlines() if ":" in l)
         wait_for(slave_knows, 30, "the slave to adopt the topic from the master")
 
+    def restart_master(self, extra_master=()):
+        """SIGKILLs the master and starts it again on the same store."""
+        p = self.procs["master"]
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
+
     def stop(self):
         for p in self.procs.values():
             if p.poll() is None:
@@ -101,7 +118,7 @@ def produce(pair, topic, lines, timeout_ms=3000):
 
 
 def test_redirect_to_slave_and_back(args):
-    pair = Pair(args, "ha-redirect", 31876,
+    pair = Pair(args, "ha-redirect", 23200,
                 extra_master=["-o", "slaveReadEnable=true", "-o", "slaveReadBehindBytes=20000"])
     try:
         pair.create_topic("Redirect")
@@ -128,9 +145,19 @@ def test_redirect_to_slave_and_back(args):
         pair.stop()
 
 
+def ignores_sigpipe(pid):
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(l.split()[1], 16) for l in f if l.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGPIPE - 1)))
+
+
 def test_link_cut_and_heal(args):
-    pair = Pair(args, "ha-linkcut", 24876)
+    pair = Pair(args, "ha-linkcut", 23210)
     try:
+        # A peer resetting a connection mid-write (a killed slave, master or
+        # client) must not kill a broker or name server with SIGPIPE.
+        for name, p in pair.procs.items():
+            assert ignores_sigpipe(p.pid), f"{name} dies of SIGPIPE when a peer resets"
         pair.create_topic("LinkCut")
         acked = []
         wait_for(lambda: produce(pair, "LinkCut", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
@@ -151,9 +178,51 @@ def test_link_cut_and_heal(args):
                       "--from", "first", "--format", "body", "--idle-exit-ms", "5000", timeout=120)
         got = set(r.stdout.split())
         assert set(acked) <= got and "warmup" in got and "healed" in got
+
+        def same_end():
+            ends = [pair.tool("mqadmin", "haStatus", "-n", pair.ns, "-b", f"127.0.0.1:{port}",
+                              check=False).stdout for port in (pair.m_port, pair.s_port)]
+            ends = [[l.split(":")[1].strip() for l in e.splitlines() if l.split(":")[0].strip() == "logEnd"]
+                    for e in ends]
+            return ends[0] and ends[0] == ends[1]
+        wait_for(same_end, 30, "the slave's log to end where the master's does", 0.1)
+    finally:
+        pair.stop()
+
+
+def consume_all(pair, topic, group):
+    r = pair.tool("mqconsume", "-n", pair.ns, "-t", topic, "-g", group, "--from", "first",
+                  "--format", "body", "--idle-exit-ms", "3000", timeout=120,
+                  check=False)  # its exit commit may wait for the frozen slave
+    return set(r.stdout.split())
+
+
+def test_known_gap_recovered_records_visible_before_slave_ack(args):
+    """Documents a known gap rather than a wish: if this test fails because
+    the hidden records stay hidden after the restart, the gap was closed:
+    flip the last assertion and update docs/OPERATIONS.md."""
+    pair = Pair(args, "ha-gap", 23220)
+    try:
+        pair.create_topic("Gap")
+        wait_for(lambda: produce(pair, "Gap", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
+        pair.procs["slave"].send_signal(signal.SIGSTOP)
+        lines = [f"gap-{i}" for i in range(10)]
+        statuses = produce(pair, "Gap", lines, timeout_ms=5000)
+        assert set(statuses) <= {"SLAVE_NOT_AVAILABLE", "FLUSH_SLAVE_TIMEOUT"}, statuses
+        # The rule that holds: stored on the master only, hidden from consumers.
+        seen = consume_all(pair, "Gap", "GapBefore")
+        assert "warmup" in seen and not seen & set(lines), seen
+        # The gap: after a master restart (slave still frozen, so no slave
+        # has acknowledged them), recovery dispatches them and they show.
+        pair.restart_master()
+        seen = wait_for(lambda: (lambda s: s if "warmup" in s else None)(consume_all(pair, "Gap", "GapAfter")),
+                        60, "a consumer to read from the restarted master")
+        assert set(lines) <= seen, \
+            f"the known gap is closed ({sorted(set(lines) - seen)} stay hidden): update this test and the docs"
     finally:
         pair.stop()
 
 
 if __name__ == "__main__":
-    main([test_redirect_to_slave_and_back, test_link_cut_and_heal])
+    main([test_redirect_to_slave_and_back, test_link_cut_and_heal,
+          test_known_gap_recovered_records_visible_before_slave_ack])

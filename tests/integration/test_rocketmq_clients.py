@@ -12,7 +12,9 @@ slaveReadBehindBytes so redirects happen on small backlogs), all on port 0:
   two consumers subscribed to "TagA || TagB" receives every TagA/TagB message
   and no TagC one, split across both, with keys intact;
 - a message whose handler fails once comes back through %RETRY%<group> with
-  reconsumeTimes 1 and its original topic;
+  reconsumeTimes 1 and its original topic, after RocketMQ's back-off (delay
+  level 3, 10 s);
+- a message sent with a delay level arrives no sooner than that delay;
 - a consumer far behind is redirected to the slave (its pulls go to the
   slave's address) and comes back to the master once caught up;
 - with the master killed (SIGKILL) mid-consumption, the consumer keeps
@@ -24,8 +26,11 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 
 from harness import Proc, fresh_dir, main, wait_for
 
@@ -109,9 +114,10 @@ class Pair:
                 p.kill9()
 
 
-def produce(pair, topic, count, prefix, tags="TagA"):
+def produce(pair, topic, count, prefix, tags="TagA", *extra):
     r = subprocess.run(["node", CLIENT, "produce", "--ns", pair.ns, "--topic", topic, "--count",
-                        str(count), "--prefix", prefix, "--tags", tags, "--inflight", "64"],
+                        str(count), "--prefix", prefix, "--tags", tags, "--inflight", "64"] +
+                       list(extra),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"producer exited {r.returncode}: {r.stderr[-3000:]}"
     lines = [json.loads(l) for l in r.stdout.splitlines()]
@@ -198,6 +204,25 @@ def test_failed_message_comes_back_through_retry(args, pair):
     assert back[0]["reconsumeTimes"] == 1, back
     assert back[0]["retryTopic"] == "RmqRetry", back
     assert back[0]["originMsgId"] == failed[0]["msgId"], (back, failed)
+    # RocketMQ's back-off: the first retry waits delay level 3 (10 s).
+    assert back[0]["t"] - failed[0]["t"] >= 9000, f"retried after {back[0]['t'] - failed[0]['t']} ms"
+
+
+def test_delayed_message(args, pair):
+    """A message sent with delay level 2 (5 s) arrives no sooner, on its own topic."""
+    pair.create_topic("RmqDelay", 2)
+    c = Consumer(pair, "delay", "RmqDelay", "RmqDelayGroup")
+    try:
+        sent = produce(pair, "RmqDelay", 3, "later", "TagD", "--delay-level", "2")
+        assert all(s["status"] == "SEND_OK" for s in sent), sent
+        wait_for(lambda: len(c.received()) >= 3, 60, "the delayed messages")
+    finally:
+        c.stop()
+    got = {m["body"]: m for m in c.received()}
+    for s in sent:
+        m = got[s["body"]]
+        assert m["t"] - s["t"] >= 4500, f"{s['body']} arrived {m['t'] - s['t']} ms after SEND_OK"
+        assert m["tags"] == "TagD" and m["keys"] == s["key"], m
 
 
 def test_redirect_to_slave_and_back(args, pair):
@@ -217,6 +242,75 @@ def test_redirect_to_slave_and_back(args, pair):
         assert pair.m_addr in late_from, f"did not come back to the master: {late_from}"
     finally:
         c.stop()
+
+
+def rmq_frame(code, opaque, ext, body=b""):
+    header = json.dumps({"code": code, "language": "JAVA", "version": 401, "opaque": opaque,
+                         "flag": 0, "extFields": ext}).encode()
+    return struct.pack(">II", 4 + len(header) + len(body), len(header)) + header + body
+
+
+_pending = {}
+
+
+def rmq_read(sock, deadline_s):
+    """One remoting frame: (header dict, body). Bytes past it stay for the next call."""
+    sock.settimeout(deadline_s)
+    buf = _pending.pop(sock, b"")
+    while len(buf) < 8 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+        chunk = sock.recv(65536)
+        assert chunk, "the broker closed the connection"
+        buf += chunk
+    total, hlen = struct.unpack(">II", buf[:8])
+    _pending[sock] = buf[4 + total:]
+    assert hlen >> 24 == 0, "answered in another header encoding than the request's"
+    return json.loads(buf[8:8 + hlen]), buf[8 + hlen:4 + total]
+
+
+def test_group_change_is_notified(args, pair):
+    """A RocketMQ consumer is told (NOTIFY_CONSUMER_IDS_CHANGED, one-way) when
+    another joins its group, so it rebalances at once instead of at its next
+    periodic rebalance."""
+    host, port = pair.m_addr.split(":")
+
+    def heartbeat(sock, client_id, opaque):
+        body = json.dumps({"clientID": client_id, "producerDataSet": [], "consumerDataSet": [{
+            "groupName": "RmqNotifyGroup", "consumeType": "CONSUME_PASSIVELY",
+            "messageModel": "CLUSTERING", "consumeFromWhere": "CONSUME_FROM_LAST_OFFSET",
+            "unitMode": False, "subscriptionDataSet": [{"topic": "RmqOrders", "subString": "*",
+                                                         "tagsSet": [], "codeSet": []}]}]}).encode()
+        sock.sendall(rmq_frame(34, opaque, {}, body))
+
+    def answer(sock, opaque):
+        """Reads up to the response to opaque; returns it and the notifications before it."""
+        notes = []
+        while True:
+            h, _ = rmq_read(sock, 10)
+            if h["flag"] & 1 and h["opaque"] == opaque:
+                return h, notes
+            notes.append(h)
+
+    def notified(sock):
+        h, _ = rmq_read(sock, 10)
+        assert h["code"] == 40 and h["flag"] == 2, h  # NOTIFY_CONSUMER_IDS_CHANGED, one-way
+        assert h["extFields"]["consumerGroup"] == "RmqNotifyGroup", h
+
+    a = socket.create_connection((host, int(port)), timeout=10)
+    b = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        heartbeat(a, "10.0.0.1@notify-a", 1)
+        h, notes = answer(a, 1)
+        assert h["code"] == 0, h
+        if not notes:  # a's own joining is announced too (RocketMQ notifies every member)
+            notified(a)
+        heartbeat(b, "10.0.0.1@notify-b", 1)
+        h, _ = answer(b, 1)
+        assert h["code"] == 0, h
+        notified(a)  # b joined
+    finally:
+        b.close()
+    notified(a)  # b's connection closed
+    a.close()
 
 
 def test_master_killed_consumer_keeps_reading_from_slave(args, pair):
@@ -256,7 +350,9 @@ if __name__ == "__main__":
     try:
         main([with_pair(t) for t in (test_group_of_two_with_tags_and_keys,
                                      test_failed_message_comes_back_through_retry,
+                                     test_delayed_message,
                                      test_redirect_to_slave_and_back,
+                                     test_group_change_is_notified,
                                      test_master_killed_consumer_keeps_reading_from_slave)])
     finally:
         for p in _pair:

@@ -247,6 +247,21 @@ static void test_async_replicas_are_identical(void **state) {
   assert_memory_equal(e->raw, slave_raw, slave_len);
   ferry__v1__pull_response__free_unpacked(pm, NULL);
   ferry__v1__pull_response__free_unpacked(ps, NULL);
+  /* Past the end: the master moves the consumer to its end; a slave, which
+   * may only be behind, never moves it (else a consumer redirected to a
+   * lagging slave would be sent back and read messages twice). */
+  pm = pull(e, &e->master, "Replicated", 300000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__PULL_OFFSET_MOVED);
+  assert_int_equal(pm->next_offset, 200000);
+  ferry__v1__pull_response__free_unpacked(pm, NULL);
+  ps = pull(e, &e->slave, "Replicated", 300000);
+  assert_int_equal(e->status, FERRY__V1__STATUS__PULL_RETRY_IMMEDIATELY);
+  assert_int_equal(ps->next_offset, 300000);
+  ferry__v1__pull_response__free_unpacked(ps, NULL);
+  ps = pull(e, &e->slave, "NotYetOnTheSlave", 42);
+  assert_int_equal(ps ? ps->next_offset : 0, 42);
+  if (ps)
+    ferry__v1__pull_response__free_unpacked(ps, NULL);
   /* The slave refuses sends. */
   Ferry__V1__SendMessage m = FERRY__V1__SEND_MESSAGE__INIT;
   m.body_len = 1;

@@ -4,12 +4,13 @@
  * pure-JavaScript RocketMQ 4.x client, driven from the integration tests.
  *
  *   client.js produce --ns ADDR --topic T --count N [--prefix P] [--tags A,B] [--inflight N]
+ *                     [--delay-level L]
  *       one JSON line per message, in input order:
- *       {"i","body","tag","key","status","msgId","queueId","queueOffset","broker"}
+ *       {"i","body","tag","key","t","status","msgId","queueId","queueOffset","broker"}
  *   client.js consume --ns ADDR --topic T --group G [--expr E] [--from first|last]
  *                     [--fail-once BODY] [--max N] [--idle-exit-ms MS] [--handler-delay-ms MS]
  *       one JSON line per message received:
- *       {"body","tags","keys","msgId","reconsumeTimes","retryTopic","originMsgId","queueId","queueOffset","broker","from"}
+ *       {"t","body","tags","keys","msgId","reconsumeTimes","retryTopic","originMsgId","queueId","queueOffset","broker","from"}
  *       where "from" is the broker address of the pull that brought it; exits
  *       after --max messages, or once idle for --idle-exit-ms after the first.
  *       SIGTERM closes the consumer (offsets committed) and exits.
@@ -44,9 +45,10 @@ async function produce(o) {
     const key = `key-${prefix}-${i}`;
     const msg = new ons.Message(o.topic, tag, body);
     msg.keys = [key];
+    if (o['delay-level']) msg.delayTimeLevel = Number(o['delay-level']);
     try {
       const r = await p.send(msg);
-      results[i] = { i, body, tag, key, status: r.sendStatus, msgId: r.msgId,
+      results[i] = { i, body, tag, key, t: Date.now(), status: r.sendStatus, msgId: r.msgId,
                      queueId: r.messageQueue.queueId, queueOffset: r.queueOffset, broker: r.messageQueue.brokerName };
     } catch (e) {
       results[i] = { i, body, tag, key, status: 'SEND_FAILED', error: String(e.message || e) };
@@ -87,13 +89,13 @@ async function consume(o) {
     const body = msg.body ? msg.body.toString() : '';
     if (o['fail-once'] === body && !failed) {
       failed = true;
-      out({ failed: body, msgId: msg.msgId });
+      out({ failed: body, msgId: msg.msgId, t: Date.now() });
       throw new Error(`handler fails once for ${body}`);
     }
     if (delay) await new Promise(r => setTimeout(r, delay));
     got++;
     last = Date.now();
-    out({ body, tags: msg.tags || '', keys: msg.keys || '', msgId: msg.msgId, reconsumeTimes: msg.reconsumeTimes,
+    out({ t: Date.now(), body, tags: msg.tags || '', keys: msg.keys || '', msgId: msg.msgId, reconsumeTimes: msg.reconsumeTimes,
           retryTopic: msg.retryTopic || '', originMsgId: msg.originMessageId || '', queueId: msg.queueId,
           queueOffset: msg.queueOffset, broker: msg.storeHost, from: msg.__from || '' });
     if (max && got >= max) setTimeout(finish, 100);
