@@ -77,6 +77,8 @@ def test_helpers_match_literal_bytes(args):
 
 
 class Resp:
+    """A parsed command (a response, or a request the broker sends)."""
+
     def __init__(self, raw):
         self.raw = raw
         total, word = struct.unpack_from(">II", raw)
@@ -123,6 +125,7 @@ class Conn:
     def __init__(self, addr, timeout_s=20):
         host, port = addr.rsplit(":", 1)
         self.s = socket.create_connection((host, int(port)), timeout=timeout_s)
+        self.notices = []  # requests the broker sent us (NOTIFY_CONSUMER_IDS_CHANGED)
 
     def close(self):
         self.s.close()
@@ -143,7 +146,12 @@ class Conn:
         return head + self._exact(struct.unpack(">I", head)[0])
 
     def read(self):
-        return Resp(self.read_raw())
+        """The next response; requests from the peer are kept in notices."""
+        while True:
+            r = Resp(self.read_raw())
+            if r.flag & RESPONSE:
+                return r
+            self.notices.append(r)
 
     def request(self, code, ext=None, body=b"", stype=JSON, flag=0, opaque=None):
         """Sends a request; returns its opaque."""
@@ -484,15 +492,28 @@ def test_send_pull_view_query(args):
     c.close()
 
 
-def test_delay_property_is_delivered_at_once(args):
-    """Delay levels are not implemented (docs/ROCKETMQ_COMPAT.md): DELAY is kept as a
-    property and the message is readable as soon as it is stored."""
+def test_delay_level_send(args):
+    """A DELAY=1 (1 s) send goes through SCHEDULE_TOPIC_XXXX and reaches its own topic and
+    queue no sooner than 1 s after it was sent, without the schedule's properties."""
     p = pair(args)
     c = Conn(p.m_addr)
     start = max_offset(c, TOPIC, 3)
-    send_v2(c, TOPIC, 3, b"delayed", "TagA", "k-delay", props(DELAY="3"))
-    m = decode_msgs(pull(c, TOPIC, 3, start).body)
-    assert m[0]["body"] == b"delayed" and m[0]["topic"] == TOPIC and m[0]["props"]["DELAY"] == "3"
+    sent_ms = int(time.time() * 1000)
+    send_v2(c, TOPIC, 3, b"delayed", "TagA", "k-delay", props(DELAY="1"))
+
+    def arrived():
+        r = pull(c, TOPIC, 3, start, want=None)
+        return decode_msgs(r.body) if r.code == 0 else None
+    m = wait_for(arrived, 30, "the delayed message on its own topic", interval_s=0.1)
+    assert [x["body"] for x in m] == [b"delayed"], m
+    m = m[0]
+    assert m["topic"] == TOPIC and m["queueId"] == 3 and m["queueOffset"] == start, m
+    assert m["storeTs"] - sent_ms >= 950, f"delivered {m['storeTs'] - sent_ms} ms after the send"
+    assert m["props"]["TAGS"] == "TagA" and m["props"]["KEYS"] == "k-delay", m
+    assert not {"DELAY", "REAL_TOPIC", "REAL_QID"} & set(m["props"]), m["props"]
+    # A delayed message cannot be part of a batch.
+    c.call(320, {"b": TOPIC, "e": "3", "m": "true"},
+           batch_entry(b"d", props(DELAY="1")) * 2, want=13, remark="batch")
     c.close()
 
 
@@ -555,19 +576,25 @@ def test_send_back_retry_and_dlq(args):
     orig = decode_msgs(pull(c, TOPIC, 1, start, group=group).body)[0]
     assert orig["body"] == b"fail-me"
     phys, retry_off = orig["phys"], 0
-    for times in (1, 2):  # delayLevel 3 (10 s in RocketMQ): readable at once in Ferry
-        c.call(36, {"group": group, "offset": str(phys), "delayLevel": "3",
+    for times in (1, 2):  # delayLevel 1: back in the retry topic after 1 s
+        back_ms = int(time.time() * 1000)
+        c.call(36, {"group": group, "offset": str(phys), "delayLevel": "1",
                     "originMsgId": r.ext["msgId"], "originTopic": TOPIC, "unitMode": "false",
                     "maxReconsumeTimes": "2"})
-        got = decode_msgs(pull(c, retry, 0, retry_off, group=group).body)
+
+        def retried():
+            x = pull(c, retry, 0, retry_off, group=group, want=None)
+            return decode_msgs(x.body) if x.code == 0 else None
+        got = wait_for(retried, 30, f"retry {times} in {retry}", interval_s=0.1)
         assert len(got) == 1, got
         m = got[0]
+        assert m["storeTs"] - back_ms >= 950, f"retried after {m['storeTs'] - back_ms} ms"
         assert m["topic"] == retry and m["body"] == b"fail-me" and m["reconsumeTimes"] == times, m
         assert m["props"]["RETRY_TOPIC"] == TOPIC and m["props"]["UNIQ_KEY"] == uniq, m
         assert m["props"]["ORIGIN_MESSAGE_ID"] == r.ext["msgId"], m
         phys, retry_off = m["phys"], retry_off + 1
-    # reconsumeTimes 2 = maxReconsumeTimes: the next failure goes to the DLQ
-    # (write-only, like RocketMQ's).
+    # reconsumeTimes 2 = maxReconsumeTimes: the next failure goes to the DLQ at
+    # once (write-only, like RocketMQ's).
     c.call(36, {"group": group, "offset": str(phys), "delayLevel": "3",
                 "originMsgId": r.ext["msgId"], "maxReconsumeTimes": "2"})
     assert max_offset(c, dlq, 0) == 1
@@ -604,6 +631,20 @@ def test_heartbeat_consumers_offsets_locks(args):
     q, start = 0, 0
     got = decode_msgs(pull(c, TOPIC, q, start, group=group).body)
     assert got and {m["props"]["TAGS"] for m in got} == {"TagA"}, got
+    # A second client joins: the first one's connection is told (one-way request 40).
+    d = Conn(p.m_addr)
+    d.call(34, body=heartbeat_body("127.0.0.1@wire-2", group, "TagA"))
+    ids = sorted(c.call(38, {"consumerGroup": group}).json()["consumerIdList"])
+    assert ids == sorted([cid, "127.0.0.1@wire-2"]), ids
+    def notified():
+        if not c.notices:  # reading any answer collects what came before it
+            c.call(30, {"topic": TOPIC, "queueId": "0"})
+        return c.notices
+    wait_for(notified, 10, "NOTIFY_CONSUMER_IDS_CHANGED on the first client's connection")
+    n = c.notices[0]
+    assert n.code == 40 and n.flag == ONEWAY and n.ext == {"consumerGroup": group}, n
+    d.call(35, {"clientID": "127.0.0.1@wire-2", "consumerGroup": group})
+    d.close()
     c.call(35, {"clientID": cid, "producerGroup": "WireProducer", "consumerGroup": group})
     c.call(38, {"consumerGroup": group}, want=1, remark="no consumer for this group")
     # Offsets.
@@ -785,7 +826,7 @@ def test_clean_shutdown(args):
 if __name__ == "__main__":
     try:
         main([test_helpers_match_literal_bytes, test_unsupported_codes_exact_bytes,
-              test_name_server, test_send_pull_view_query, test_delay_property_is_delivered_at_once,
+              test_name_server, test_send_pull_view_query, test_delay_level_send,
               test_suggest_slave_when_far_behind, test_long_poll_and_out_of_order_answers,
               test_send_back_retry_and_dlq, test_heartbeat_consumers_offsets_locks,
               test_binary_header_encoding, test_bad_input_both_ports, test_clean_shutdown])
