@@ -633,12 +633,10 @@ int fy_rmq_tags_parse(const char *expr, char *buf, size_t bufsize, const char **
     char *sep = strstr(alt, "||");
     char *a = alt, *z = sep ? sep : buf + n;
     trim(&a, &z);
-    if (a == z)
-      return -EINVAL;
     *z = '\0';
     if (z - a == 1 && *a == '*')
       return 0;
-    bool dup = false;
+    bool dup = a == z; /* an empty alternative is skipped, as RocketMQ's FilterAPI does */
     for (size_t i = 0; i < count && !dup; i++)
       dup = strcmp(tags[i], a) == 0;
     if (!dup) {
@@ -650,5 +648,7 @@ int fy_rmq_tags_parse(const char *expr, char *buf, size_t bufsize, const char **
       break;
     alt = sep + 2;
   }
-  return (int)count;
+  /* Only separators ("||", " || "): RocketMQ refuses the first ("subString
+   * split error") and matches nothing with the second; both are refused. */
+  return count ? (int)count : -EINVAL;
 }

@@ -156,9 +156,12 @@ int fy_rmq_batch_next(const uint8_t **p, size_t *len, fy_rmq_batch_msg *m);
 
 /*
  * Subscription expression "TagA || TagB" / "*" / "" -> tags, trimmed of
- * spaces, duplicates dropped. Returns the count (0 means "all": NULL, empty,
- * blank, or an alternative "*"), -E2BIG over max, -EINVAL on an empty
- * alternative ("A || || B"), -ENOSPC when expr does not fit in buf.
+ * spaces, duplicates dropped. Empty alternatives ("A || || B", "A ||") are
+ * skipped, as RocketMQ's FilterAPI does. Returns the count (0 means "all":
+ * NULL, empty, blank, or an alternative "*"), -E2BIG over max, -EINVAL when
+ * there is no tag but only separators ("||", " || ": RocketMQ refuses the
+ * first and matches nothing with the second), -ENOSPC when expr does not fit
+ * in buf.
  * tags[i] point into the copy kept in buf (size bufsize).
  */
 int fy_rmq_tags_parse(const char *expr, char *buf, size_t bufsize, const char **tags, size_t max);

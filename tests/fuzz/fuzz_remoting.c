@@ -165,8 +165,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *tags[8];
     int r = fy_rmq_tags_parse(expr, buf, sizeof buf, tags, 8);
     fy_assert(r == -E2BIG || r == -EINVAL || (r >= 0 && r <= 8));
-    for (int k = 0; k < r; k++)
-      fy_assert(tags[k] >= buf && tags[k] < buf + sizeof buf && tags[k][0] != '\0');
+    /* Tags are non-empty (empty alternatives are skipped), trimmed, and
+     * never span a separator. */
+    for (int k = 0; k < r; k++) {
+      size_t tl = strlen(tags[k]);
+      fy_assert(tags[k] >= buf && tags[k] + tl < buf + sizeof buf && tl > 0);
+      fy_assert(tags[k][0] != ' ' && tags[k][tl - 1] != ' ' && !strstr(tags[k], "||"));
+    }
   }
   return 0;
 }

@@ -877,27 +877,51 @@ static void test_batch(void **state) {
 
 static void test_tags(void **state) {
   (void)state;
-  char buf[64];
+  /* expr -> result and the tags, in order, joined by ',' ("" when none). */
+  static const struct {
+    const char *expr;
+    int want;
+    const char *tags;
+  } cases[] = {
+      {"TagA || TagB", 2, "TagA,TagB"},
+      {"TagA", 1, "TagA"},
+      {"a||b||\tc ", 3, "a,b,c"},
+      {"a || a || b", 2, "a,b"},
+      {"a|||b", 2, "a,|b"}, /* split on the first "||", as Java's split does */
+      /* "All": NULL, empty, blank, or an alternative "*". */
+      {"*", 0, ""},
+      {" * ", 0, ""},
+      {"", 0, ""},
+      {"   ", 0, ""},
+      {NULL, 0, ""},
+      {"a || *", 0, ""},
+      {"|| *", 0, ""},
+      /* Empty alternatives are skipped (RocketMQ's FilterAPI). */
+      {"a || || b", 2, "a,b"},
+      {"TagA ||", 1, "TagA"},
+      {"|| a", 1, "a"},
+      {"||||a||  ||", 1, "a"},
+      {"a||||b||||c||||d", 4, "a,b,c,d"},
+      /* Separators only: no tag at all. */
+      {"||", -EINVAL, ""},
+      {" || ", -EINVAL, ""},
+      {"|| ||||", -EINVAL, ""},
+      /* Limits: 4 tags, 64 bytes of buffer. */
+      {"a||b||c||d||e", -E2BIG, ""},
+      {"a||b||c||d", 4, "a,b,c,d"},
+  };
+  char buf[64], joined[64];
   const char *tags[4];
-  assert_int_equal(fy_rmq_tags_parse("TagA || TagB", buf, sizeof buf, tags, 4), 2);
-  assert_string_equal(tags[0], "TagA");
-  assert_string_equal(tags[1], "TagB");
-  assert_int_equal(fy_rmq_tags_parse("TagA", buf, sizeof buf, tags, 4), 1);
-  assert_string_equal(tags[0], "TagA");
-  assert_int_equal(fy_rmq_tags_parse("a||b||\tc ", buf, sizeof buf, tags, 4), 3);
-  assert_string_equal(tags[2], "c");
-  assert_int_equal(fy_rmq_tags_parse("a || a || b", buf, sizeof buf, tags, 4), 2);
-  assert_int_equal(fy_rmq_tags_parse("*", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse(" * ", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse("", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse("   ", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse(NULL, buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse("a || *", buf, sizeof buf, tags, 4), 0);
-  assert_int_equal(fy_rmq_tags_parse("a || || b", buf, sizeof buf, tags, 4), -EINVAL);
-  assert_int_equal(fy_rmq_tags_parse("a ||", buf, sizeof buf, tags, 4), -EINVAL);
-  assert_int_equal(fy_rmq_tags_parse("|| a", buf, sizeof buf, tags, 4), -EINVAL);
-  assert_int_equal(fy_rmq_tags_parse("a||b||c||d||e", buf, sizeof buf, tags, 4), -E2BIG);
-  assert_int_equal(fy_rmq_tags_parse("a||b||c||d", buf, sizeof buf, tags, 4), 4);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int r = fy_rmq_tags_parse(cases[i].expr, buf, sizeof buf, tags, 4);
+    size_t len = 0;
+    joined[0] = '\0';
+    for (int k = 0; k < r; k++)
+      len += (size_t)snprintf(joined + len, sizeof joined - len, "%s%s", k ? "," : "", tags[k]);
+    if (r != cases[i].want || strcmp(joined, cases[i].tags) != 0)
+      fail_msg("'%s': %d [%s], want %d [%s]", cases[i].expr ? cases[i].expr : "(null)", r, joined,
+               cases[i].want, cases[i].tags);
+  }
   assert_int_equal(fy_rmq_tags_parse("TagA || TagB", buf, 12, tags, 4), -ENOSPC);
   assert_int_equal(fy_rmq_tags_parse("TagA || TagB", buf, 13, tags, 4), 2);
 }
