@@ -11,7 +11,8 @@
  *                     [--fail-once BODY] [--max N] [--idle-exit-ms MS] [--handler-delay-ms MS]
  *       one JSON line per message received:
  *       {"t","body","tags","keys","msgId","reconsumeTimes","retryTopic","originMsgId","queueId","queueOffset","broker","from"}
- *       where "from" is the broker address of the pull that brought it; exits
+ *       where "from" is the broker address of the pull that brought it, and
+ *       {"allocated": [...], "members": N} after each rebalance of the topic; exits
  *       after --max messages, or once idle for --idle-exit-ms after the first.
  *       SIGTERM closes the consumer (offsets committed) and exits.
  */
@@ -68,7 +69,20 @@ async function consume(o) {
     for (const m of r.msgFoundList) m.__from = addr;
     return r;
   };
+  /* The default allocation, reporting what this client took, so a test can
+   * wait for a group's rebalance to settle before it produces. */
+  const Avg = require(path.join(__dirname, 'node_modules', 'ali-ons', 'lib', 'consumer', 'rebalance',
+    'allocate_message_queue_averagely'));
+  const avg = new Avg();
+  const strategy = { get name() { return avg.name; },
+    allocate(group, cid, mqAll, cidAll) {
+      const r = avg.allocate(group, cid, mqAll, cidAll);
+      if (mqAll.length && mqAll[0].topic === o.topic)
+        out({ allocated: r.map(q => `${q.brokerName}/${q.queueId}`).sort(), members: cidAll.length });
+      return r;
+    } };
   const c = new ons.Consumer({
+    allocateMessageQueueStrategy: strategy,
     httpclient: {}, nameSrv: o.ns, consumerGroup: o.group, instanceName: `c${process.pid}`,
     consumeFromWhere: o.from === 'last' ? 'CONSUME_FROM_LAST_OFFSET' : 'CONSUME_FROM_FIRST_OFFSET',
     pollNameServerInteval: 1000, heartbeatBrokerInterval: 1000, rebalanceInterval: 1000,
