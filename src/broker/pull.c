@@ -445,16 +445,20 @@ void fy__pull_on_arrival(void *arg, const char *topic, size_t topic_len, uint32_
   struct held_queue *hq = fy_strmap_get(b->held_queues, key, queue_key(key, topic, topic_len, queue_id));
   if (!hq)
     return;
-  /* Collect first: answering may free the queue entry. */
-  struct held_pull *ready[256];
-  size_t n = 0;
-  for (struct held_pull *h = hq->head; h && n < 256; h = h->q_next)
-    if (h->r.offset < max_offset)
-      ready[n++] = h;
-  for (size_t i = 0; i < n; i++) {
-    unhold(b, ready[i]);
-    execute(b, ready[i]->bc, &ready[i]->r, false);
-    free(ready[i]);
+  /* In rounds of up to 256: collect, then answer (answering may free the
+   * queue entry, but never a pull not collected, so `next` stays valid).
+   * Every pull held on the queue is looked at once. */
+  for (struct held_pull *next = hq->head; next;) {
+    struct held_pull *ready[256];
+    size_t n = 0;
+    for (; next && n < 256; next = next->q_next)
+      if (next->r.offset < max_offset)
+        ready[n++] = next;
+    for (size_t i = 0; i < n; i++) {
+      unhold(b, ready[i]);
+      execute(b, ready[i]->bc, &ready[i]->r, false);
+      free(ready[i]);
+    }
   }
   arm_timer(b);
 }

@@ -583,6 +583,8 @@ static void on_pull(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
   char tagbuf[1024];
   const char *tags[FY_PULL_TAGS_MAX];
   int ntags = fy_rmq_tags_parse(expr, tagbuf, sizeof tagbuf, tags, FY_PULL_TAGS_MAX);
+  if (ntags == -E2BIG || ntags == -ENOSPC)
+    ntags = 0; /* more tags than Ferry filters by: unfiltered (the client checks tags again) */
   if (ntags < 0) {
     reply(conn, c, FY_RMQ_RESP_SUBSCRIPTION_PARSE_FAILED, NULL, 0,
           "subscription '%s' does not parse (at most %d tags joined by ||)", expr ? expr : "",
@@ -707,8 +709,12 @@ static void on_heartbeat(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c
     for (size_t s = 0; s < json_array_size(subs); s++) {
       json_t *sd = json_array_get(subs, s);
       copy_str(g->subs[s].topic, sizeof g->subs[s].topic, json_object_get(sd, "topic"));
-      copy_str(g->subs[s].expression, sizeof g->subs[s].expression,
-               json_object_get(sd, "subString"));
+      /* An expression too long to keep whole is kept as "*": cut, it would
+       * filter out tags it names. Unfiltered is safe, as RocketMQ clients
+       * check the tags of what they pull again. */
+      const char *expr = json_string_value(json_object_get(sd, "subString")); /* NULL: none */
+      snprintf(g->subs[s].expression, sizeof g->subs[s].expression, "%s",
+               !expr ? "" : strlen(expr) < sizeof g->subs[s].expression ? expr : "*");
     }
     g->nsubs = json_array_size(subs);
     struct fy_group_config gc;
@@ -739,8 +745,12 @@ static void on_unregister(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *
   const char *cid = need_str(conn, c, "clientID");
   if (!cid)
     return;
+  /* As RocketMQ's ClientManageProcessor: only a named consumer group is
+   * left. A producer shutting down sends its producerGroup alone, and a
+   * client instance shared by a producer and a consumer keeps consuming. */
   const char *group = fy_rmq_ext(c, "consumerGroup");
-  fy_consumers_unregister(b->consumers, cid, group && *group ? group : NULL);
+  if (group && *group)
+    fy_consumers_unregister(b->consumers, cid, group);
   reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, 0, NULL);
 }
 

@@ -45,6 +45,8 @@ struct level {
   unsigned inflight;  /* re-puts not yet completed */
   uint64_t advance_to; /* cursor once they have */
   bool failed;        /* one of them failed: keep the cursor, try again later */
+  bool refused;       /* the store refused the next put (busy): what was queued before it
+                         still moves the cursor; the rest is tried again later */
 };
 
 struct fy__sched {
@@ -165,14 +167,13 @@ int fy__schedule_rewrite(struct fy_broker *b, struct fy_msg *msgs, size_t n, cha
 
 static void level_done(struct fy__sched *s, uint32_t l) {
   struct level *lv = &s->lv[l];
-  if (lv->failed) {
-    lv->failed = false;
-    lv->due_ms = now_ms() + RETRY_AFTER_ERROR_MS;
-  } else {
+  if (!lv->failed && lv->advance_to != lv->cursor) {
     lv->cursor = lv->advance_to;
     fy_offsets_commit(s->b->offsets, SCHED_GROUP, FY_SCHEDULE_TOPIC, l, (int64_t)lv->cursor);
-    lv->due_ms = 1; /* look again at once */
   }
+  /* look again at once, or a little later after an error */
+  lv->due_ms = lv->failed || lv->refused ? now_ms() + RETRY_AFTER_ERROR_MS : 1;
+  lv->failed = lv->refused = false;
   if (!s->closing)
     arm(s);
 }
@@ -263,7 +264,9 @@ static void run_level(struct fy__sched *s, uint32_t l) {
   }
   struct fy_get_msg msgs[BATCH_MAX];
   struct fy_get_result res;
-  fy_store_get(b->store, FY_SCHEDULE_TOPIC, l, lv->cursor, BATCH_MAX, 0, NULL, 0, msgs, &res);
+  /* max_bytes bounds a batch (0 would mean one message per pass) */
+  fy_store_get(b->store, FY_SCHEDULE_TOPIC, l, lv->cursor, BATCH_MAX, b->cfg->pull_max_bytes, NULL,
+               0, msgs, &res);
   switch (res.status) {
   case FY_GET_NO_NEW:
   case FY_GET_NO_QUEUE:
@@ -292,14 +295,14 @@ static void run_level(struct fy__sched *s, uint32_t l) {
     }
     int rc = deliver(s, l, &d);
     if (rc < 0) {
-      lv->failed = true;
+      lv->refused = true; /* nothing of it stored; the puts before it stand */
       break;
     }
     lv->inflight += (unsigned)rc;
     lv->advance_to = msgs[i].queue_offset + 1;
   }
   fy_store_get_release(msgs, res.count);
-  if (lv->inflight == 0 && (lv->advance_to != lv->cursor || lv->failed))
+  if (lv->inflight == 0 && (lv->advance_to != lv->cursor || lv->refused))
     level_done(s, l); /* only drops, or a put refused at once */
 }
 
