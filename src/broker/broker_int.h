@@ -122,6 +122,7 @@ struct fy_broker {
 
   fy_strmap *resets; /* "group\0topic\0qid" -> uint64_t* offset to hand out */
   fy_strmap *rmq_locks; /* RocketMQ queue locks (rmq.c), created on first use */
+  uint64_t rmq_locks_swept_ms;
   struct fy__sched *sched; /* delayed messages (schedule.c) */
 
   /* HA: a master runs ha_master, a slave ha_slave and the metadata sync */

@@ -907,6 +907,31 @@ static size_t lock_key(char *buf, size_t cap, const char *group, const char *top
   return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
 }
 
+/* A full lock table drops its expired locks, at most once a second (the
+ * keys come from clients, so the table must not fill up for good). */
+static void sweep_locks(struct fy_broker *b, uint64_t now) {
+  if (fy_strmap_size(b->rmq_locks) < LOCKS_MAX || now < b->rmq_locks_swept_ms + 1000)
+    return;
+  b->rmq_locks_swept_ms = now;
+  size_t n = fy_strmap_size(b->rmq_locks), k = 0, pos = 0, klen;
+  char **keys = calloc(n, sizeof *keys);
+  size_t *lens = calloc(n, sizeof *lens);
+  const char *key;
+  void *v;
+  while (keys && lens && k < n && fy_strmap_next(b->rmq_locks, &pos, &key, &klen, &v)) {
+    if (((struct qlock *)v)->expires_ms > now || !(keys[k] = malloc(klen)))
+      continue;
+    memcpy(keys[k], key, klen);
+    lens[k++] = klen;
+  }
+  for (size_t i = 0; i < k; i++) {
+    free(fy_strmap_del(b->rmq_locks, keys[i], lens[i]));
+    free(keys[i]);
+  }
+  free(keys);
+  free(lens);
+}
+
 static void on_lock(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c, bool lock) {
   json_error_t jerr;
   json_t *root = json_loadb((const char *)c->body, c->body_len, 0, &jerr);
@@ -949,6 +974,7 @@ static void on_lock(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c, boo
     if (l && strcmp(l->client, cid) != 0 && l->expires_ms > now)
       continue; /* held by another live client */
     if (!l) {
+      sweep_locks(b, now);
       if (fy_strmap_size(b->rmq_locks) >= LOCKS_MAX || !(l = calloc(1, sizeof *l)) ||
           fy_strmap_put(b->rmq_locks, key, klen, l)) {
         free(l);
@@ -1131,6 +1157,41 @@ static void on_runtime_info(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd
   reply_json(conn, c, json_pack("{s:o}", "table", t));
 }
 
+/* A growing text buffer for bodies built by hand. */
+struct sbuf {
+  char *buf;
+  size_t len, cap;
+  bool failed;
+};
+
+static void sbuf_printf(struct sbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sbuf_printf(struct sbuf *sb, const char *fmt, ...) {
+  if (sb->failed)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0 || sb->len + (size_t)n + 1 > (64u << 20)) {
+    sb->failed = true;
+    return;
+  }
+  if (sb->len + (size_t)n + 1 > sb->cap) {
+    size_t cap = (sb->len + (size_t)n + 1) * 2;
+    char *p = realloc(sb->buf, cap);
+    if (!p) {
+      sb->failed = true;
+      return;
+    }
+    sb->buf = p;
+    sb->cap = cap;
+  }
+  va_start(ap, fmt);
+  vsnprintf(sb->buf + sb->len, sb->cap - sb->len, fmt, ap);
+  va_end(ap);
+  sb->len += (size_t)n;
+}
+
 /* GET_CONSUME_STATS: the group's offsets and the queues' ends. The body is
  * fastjson's shape for a map keyed by MessageQueue (an object as a key),
  * which RocketMQ's admin tools parse; it is not strict JSON. */
@@ -1146,39 +1207,37 @@ static void on_consume_stats(struct fy_broker *b, fy_conn *conn, const fy_rmq_cm
     reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "%s", fy_strerror(err));
     return;
   }
-  size_t cap = 64 + n * (2 * FY_TOPIC_NAME_MAX + 256), len = 0;
-  char *out = malloc(cap);
-  if (!out) {
-    free(items);
-    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "out of memory");
-    return;
-  }
-  len += (size_t)snprintf(out + len, cap - len, "{\"consumeTps\":0.0,\"offsetTable\":{");
+  struct sbuf out = {0};
+  json_t *bn = json_string(b->cfg->broker_name);
+  char *qb = json_dumps(bn, JSON_ENCODE_ANY);
+  json_decref(bn);
+  sbuf_printf(&out, "{\"consumeTps\":0.0,\"offsetTable\":{");
   bool first = true;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; qb && i < n; i++) {
     if (topic && *topic && strcmp(topic, items[i].topic) != 0)
       continue;
     json_t *name = json_string(items[i].topic);
     char *qt = json_dumps(name, JSON_ENCODE_ANY);
     json_decref(name);
-    json_t *bn = json_string(b->cfg->broker_name);
-    char *qb = json_dumps(bn, JSON_ENCODE_ANY);
-    json_decref(bn);
-    if (qt && qb)
-      len += (size_t)snprintf(
-          out + len, cap - len,
-          "%s{\"brokerName\":%s,\"queueId\":%u,\"topic\":%s}:{\"brokerOffset\":%" PRIu64
-          ",\"consumerOffset\":%" PRId64 ",\"lastTimestamp\":%" PRId64 "}",
-          first ? "" : ",", qb, items[i].queue_id, qt,
-          fy_store_max_offset(b->store, items[i].topic, items[i].queue_id), items[i].offset,
-          items[i].updated_ms);
+    if (qt)
+      sbuf_printf(&out,
+                  "%s{\"brokerName\":%s,\"queueId\":%u,\"topic\":%s}:{\"brokerOffset\":%" PRIu64
+                  ",\"consumerOffset\":%" PRId64 ",\"lastTimestamp\":%" PRId64 "}",
+                  first ? "" : ",", qb, items[i].queue_id, qt,
+                  fy_store_max_offset(b->store, items[i].topic, items[i].queue_id),
+                  items[i].offset, items[i].updated_ms);
     free(qt);
-    free(qb);
     first = false;
   }
-  len += (size_t)snprintf(out + len, cap - len, "}}");
+  sbuf_printf(&out, "}}");
+  free(qb);
   free(items);
-  reply(conn, c, FY_RMQ_RESP_SUCCESS, out, len < cap ? len : cap - 1, NULL);
+  if (out.failed || !qb) {
+    free(out.buf);
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "out of memory");
+    return;
+  }
+  reply(conn, c, FY_RMQ_RESP_SUCCESS, out.buf, out.len, NULL);
 }
 
 /* ---------------------------------------------------------------- dispatch */
