@@ -70,19 +70,6 @@ static int32_t code_of_status(uint16_t st) {
   }
 }
 
-struct wbuf {
-  uint8_t *hdr;
-  void *body;
-};
-
-static void on_written(void *arg, int status) {
-  (void)status;
-  struct wbuf *w = arg;
-  free(w->hdr);
-  free(w->body);
-  free(w);
-}
-
 /* Sends o's header and body (malloc'd or NULL; owned from here on) and
  * frees o. A reply that cannot be queued is dropped: the client's own
  * timeout covers it, as for a lost packet. */
@@ -91,20 +78,13 @@ static void send_out(fy_conn *conn, fy_rmq_out *o, void *body, size_t body_len) 
   size_t hlen = 0;
   int err = body_len > UINT32_MAX ? -EMSGSIZE : fy_rmq_out_encode(o, (uint32_t)body_len, &hdr, &hlen);
   fy_rmq_out_free(o);
-  struct wbuf *w = err ? NULL : malloc(sizeof *w);
-  if (!w) {
+  if (err) {
     free(hdr);
     free(body);
-    fy_warn(MOD, "%s: reply dropped: %s", fy_conn_peer(conn), fy_strerror(err ? err : -ENOMEM));
+    fy_warn(MOD, "%s: reply dropped: %s", fy_conn_peer(conn), fy_strerror(err));
     return;
   }
-  w->hdr = hdr;
-  w->body = body;
-  uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, (unsigned)hlen),
-                      uv_buf_init(body, (unsigned)body_len)};
-  err = fy_conn_write(conn, bufs, body_len ? 2 : 1, on_written, w);
-  if (err)
-    on_written(w, err);
+  fy_conn_write_owned(conn, hdr, hlen, body, body_len);
 }
 
 /* A response header for ref with code and an optional remark. */

@@ -19,19 +19,6 @@
 #define MOD "namesrv"
 #define FRAMES_PER_CALL 64
 
-struct wbuf {
-  uint8_t *hdr;
-  char *body;
-};
-
-static void on_written(void *arg, int status) {
-  (void)status;
-  struct wbuf *w = arg;
-  free(w->hdr);
-  free(w->body);
-  free(w);
-}
-
 /* Answers c with code, remark (may be NULL) and body (owned from here on). */
 static void reply(fy_conn *conn, const fy_rmq_cmd *c, int32_t code, const char *remark,
                   char *body) {
@@ -49,17 +36,12 @@ static void reply(fy_conn *conn, const fy_rmq_cmd *c, int32_t code, const char *
   size_t hlen = 0;
   int err = fy_rmq_out_encode(&o, (uint32_t)blen, &hdr, &hlen);
   fy_rmq_out_free(&o);
-  struct wbuf *w = err ? NULL : malloc(sizeof *w);
-  if (!w) {
+  if (err) {
     free(hdr);
     free(body);
     return;
   }
-  w->hdr = hdr;
-  w->body = body;
-  uv_buf_t bufs[2] = {uv_buf_init((char *)hdr, (unsigned)hlen), uv_buf_init(body, (unsigned)blen)};
-  if (fy_conn_write(conn, bufs, blen ? 2 : 1, on_written, w) != 0)
-    on_written(w, -1);
+  fy_conn_write_owned(conn, hdr, hlen, body, blen);
 }
 
 static void reply_json(fy_conn *conn, const fy_rmq_cmd *c, json_t *j) {

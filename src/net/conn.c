@@ -1008,3 +1008,31 @@ const char *fy_conn_peer(const fy_conn *c) { return c->peer; }
 struct fy__rpc **fy__conn_rpc(fy_conn *c) { return &c->rpc; }
 uv_timer_t *fy__conn_rpc_timer(fy_conn *c) { return &c->rpc_timer; }
 const fy_conn_cfg *fy__conn_cfg(const fy_conn *c) { return &c->cfg; }
+
+struct owned_bufs {
+  void *hdr, *body;
+};
+
+static void on_owned_written(void *arg, int status) {
+  (void)status;
+  struct owned_bufs *o = arg;
+  free(o->hdr);
+  free(o->body);
+  free(o);
+}
+
+int fy_conn_write_owned(fy_conn *conn, void *hdr, size_t hdr_len, void *body, size_t body_len) {
+  struct owned_bufs *o = malloc(sizeof *o);
+  if (!o) {
+    free(hdr);
+    free(body);
+    return -ENOMEM;
+  }
+  o->hdr = hdr;
+  o->body = body;
+  uv_buf_t bufs[2] = {uv_buf_init(hdr, (unsigned)hdr_len), uv_buf_init(body, (unsigned)body_len)};
+  int err = fy_conn_write(conn, bufs, body_len ? 2 : 1, on_owned_written, o);
+  if (err)
+    on_owned_written(o, err);
+  return err;
+}

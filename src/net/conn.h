@@ -165,6 +165,12 @@ int fy_conn_send(fy_conn *conn, enum fy_frame_kind kind, uint64_t request_id, ui
 int fy_conn_write(fy_conn *conn, const uv_buf_t *bufs, unsigned nbufs, fy_release_cb release_cb,
                   void *release_arg);
 
+/* fy_conn_write for two malloc'd buffers (body may be NULL) that the
+ * connection owns from the call on: both are freed once written, or at once
+ * when the write cannot be queued. Returns 0 or fy_conn_write's errors (or
+ * -ENOMEM); the buffers are freed either way. */
+int fy_conn_write_owned(fy_conn *conn, void *hdr, size_t hdr_len, void *body, size_t body_len);
+
 /* Closes the connection: stops reading, cancels queued writes (their
  * release callbacks get UV_ECANCELED), fails pending rpc calls
  * (-FY_ECLOSED), then runs on_close(conn, reason), all from the loop.
