@@ -551,6 +551,87 @@ static void test_query_key(void **state) {
     fy_cl_slice_release(&out[i]);
 }
 
+/* Runs the loop until topic/qid's max offset reaches want (or fails). */
+static void run_until_max(struct fx *fx, const char *topic, uint32_t qid, uint64_t want) {
+  uint64_t deadline = uv_hrtime() + (uint64_t)DEADLINE_MS * 1000000u;
+  while (fy_store_max_offset(fx->s, topic, qid) < want && uv_hrtime() < deadline)
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(fy_store_max_offset(fx->s, topic, qid), want);
+}
+
+static void expect_key(struct fx *fx, const char *topic, const char *key, uint64_t phys) {
+  struct fy_cl_slice out[4];
+  size_t n = fy_store_query_key(fx->s, topic, key, 0, INT64_MAX, out, 4);
+  assert_int_equal(n, 1);
+  assert_int_equal(out[0].offset, phys);
+  fy_cl_slice_release(&out[0]);
+}
+
+/*
+ * Dispatch takes most records from what fy_store_put kept and reads the
+ * others back from the log: more records than the store keeps before one is
+ * dispatched, a record with more keys than it keeps, a prepared
+ * transaction, and records of a topic deleted before their dispatch. Every
+ * record must land in its queue and the index, in order, either way (debug
+ * builds also check each kept record against the log).
+ */
+static void test_dispatch_kept_and_read_back(void **state) {
+  struct fx *fx = *state;
+  open_store(fx);
+  enum { N = 40000 }; /* more than the store keeps (32768) */
+  static struct msgbuf b;
+  char uniq[32];
+  uint64_t phys[N];
+  for (uint64_t i = 0; i < N; i++) {
+    snprintf(uniq, sizeof uniq, "U-%" PRIu64, i);
+    make_msg(&b, "Dk", (uint32_t)(i % 3), i, 20, i % 2 ? "odd" : "even", NULL, uniq);
+    assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+    phys[i] = b.m.phys_offset;
+  }
+  uint64_t many_phys, prepared_phys;
+  make_msg(&b, "Dk", 0, N, 20, NULL, "a1 a2 a3 a4 a5 a6", "U-many");
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  many_phys = b.m.phys_offset;
+  make_msg(&b, "Dk", 1, N + 1, 20, NULL, "prep", NULL);
+  b.m.sys_flag = FY_SYSFLAG_TRANS_PREPARED;
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  prepared_phys = b.m.phys_offset;
+  make_msg(&b, "Gone", 0, 0, 20, NULL, NULL, "U-gone");
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  assert_int_equal(fy_store_delete_topic(fx->s, "Gone"), 0); /* its kept facts are dropped */
+
+  uint64_t per_q[3] = {(N + 2) / 3 + 1, (N + 1) / 3, N / 3}; /* + the many-keys record */
+  for (uint32_t q = 0; q < 3; q++)
+    run_until_max(fx, "Dk", q, per_q[q]);
+  static const uint64_t probe[] = {0, 1, 32766, 32767, 32768, 32769, N - 1};
+  for (size_t k = 0; k < sizeof probe / sizeof probe[0]; k++) {
+    uint64_t i = probe[k];
+    check_get(fx, "Dk", (uint32_t)(i % 3), i / 3, i, 20, phys[i]);
+    snprintf(uniq, sizeof uniq, "U-%" PRIu64, i);
+    expect_key(fx, "Dk", uniq, phys[i]);
+  }
+  check_get(fx, "Dk", 0, per_q[0] - 1, N, 20, many_phys);
+  expect_key(fx, "Dk", "a1", many_phys);
+  expect_key(fx, "Dk", "a6", many_phys);
+  expect_key(fx, "Dk", "U-many", many_phys);
+  expect_key(fx, "Dk", "prep", prepared_phys); /* indexed, not queued */
+  assert_int_equal(fy_store_max_offset(fx->s, "Dk", 1), per_q[1]);
+  /* Tags kept at the put filter as well as tags read back. */
+  struct fy_get_msg g[8];
+  struct fy_get_result res;
+  int64_t odd = fy_tag_hash("odd", 3);
+  assert_int_equal(fy_store_get(fx->s, "Dk", 1, 0, 4, 1 << 20, &odd, 1, g, &res), 0);
+  assert_int_equal(res.status, FY_GET_FOUND);
+  assert_true(res.count > 0);
+  for (uint32_t k = 0; k < res.count; k++) {
+    enum fy_record_kind kind;
+    struct fy_msg m;
+    assert_true(fy_record_decode(g[k].slice.data, g[k].slice.len, g[k].slice.offset, &kind, &m) > 0);
+    assert_int_equal(m.flag % 2, 1);
+  }
+  fy_store_get_release(g, res.count);
+}
+
 /* ---- retention --------------------------------------------------------------- */
 
 static bool seg_gone(void *arg) { return !file_exists(arg); }
@@ -928,6 +1009,7 @@ static const struct CMUnitTest tests[] = {
     T(test_batch_put_atomic),
     T(test_offset_for_time),
     T(test_query_key),
+    T(test_dispatch_kept_and_read_back),
     T(test_retention),
     T(test_sticky_write_error),
     T(test_sticky_fdatasync_error),
