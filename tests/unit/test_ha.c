@@ -3,6 +3,8 @@
  * on one loop. Async replication yields byte-identical logs and identical
  * consume queues; SYNC_MASTER answers SEND_OK only with a slave, and
  * SLAVE_NOT_AVAILABLE without one; a slave whose log diverged is refused.
+ * SYNC_MASTER with SYNC_FLUSH and a slow master fdatasync: FLUSH_DISK_TIMEOUT
+ * when the slave has the message, the slave's status when it has not.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "broker/broker_int.h" /* the master's store, to slow its fdatasync down */
 #include "common/err.h"
 #include "common/record.h"
 #include "ferry.pb-c.h"
@@ -33,6 +36,7 @@ struct env {
   uv_loop_t loop;
   char dir[400];
   fy_namesrv *ns;
+  uint32_t master_flush_timeout_ms; /* nonzero: the master runs SYNC_FLUSH with it */
   struct node master, slave;
   bool done;
   int err;
@@ -86,6 +90,10 @@ static void start_node(struct env *e, struct node *n, const char *name, int role
   s.broker.metadata_sync_ms = 200;
   s.broker.ha_heartbeat_ms = 200;
   s.broker.ha_timeout_ms = 2000;
+  if (role != FY_ROLE_SLAVE && e->master_flush_timeout_ms) {
+    s.store.flush_disk_type = FY_SYNC_FLUSH;
+    s.broker.sync_flush_timeout_ms = e->master_flush_timeout_ms;
+  }
   snprintf(s.broker.broker_ip, sizeof s.broker.broker_ip, "127.0.0.1");
   snprintf(s.broker.listen_address, sizeof s.broker.listen_address, "127.0.0.1");
   snprintf(s.broker.namesrv_addr, sizeof s.broker.namesrv_addr, "127.0.0.1:%d",
@@ -97,8 +105,9 @@ static void start_node(struct env *e, struct node *n, const char *name, int role
   connect_node(e, n);
 }
 
-static int setup_role(void **state, int master_role) {
+static int setup_role(void **state, int master_role, uint32_t flush_timeout_ms) {
   struct env *e = calloc(1, sizeof *e);
+  e->master_flush_timeout_ms = flush_timeout_ms;
   uv_loop_init(&e->loop);
   snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("ha"));
   struct fy_namesrv_config nc;
@@ -113,8 +122,12 @@ static int setup_role(void **state, int master_role) {
   return 0;
 }
 
-static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER); }
-static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER); }
+static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER, 0); }
+static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER, 0); }
+#define FLUSH_TIMEOUT_MS 200
+static int setup_sync_flush(void **state) {
+  return setup_role(state, FY_ROLE_SYNC_MASTER, FLUSH_TIMEOUT_MS);
+}
 
 static void on_stopped(void *arg, int status) {
   (void)status;
@@ -308,6 +321,41 @@ static void test_sync_master(void **state) {
   }
 }
 
+/* SYNC_MASTER and SYNC_FLUSH, the master's fdatasync slower than
+ * syncFlushTimeout. The slave wait follows the flush wait; a send the slave
+ * holds is FLUSH_DISK_TIMEOUT, one it does not gets the slave's status
+ * (here SLAVE_NOT_AVAILABLE), as in RocketMQ. */
+static void test_sync_master_flush_timeout(void **state) {
+  struct env *e = *state;
+  fy_aio *aio = fy_store_aio(e->master.b->store);
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  uint16_t st;
+  while ((st = send_batch(e, "SyncF", 1, 0)) != FERRY__V1__STATUS__OK) {
+    assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  uv_update_time(&e->loop);
+  uint64_t t0 = uv_now(&e->loop);
+  assert_int_equal(send_batch(e, "SyncF", 5, 10), FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT);
+  assert_true(uv_now(&e->loop) - t0 >= FLUSH_TIMEOUT_MS);
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  assert_int_equal(send_batch(e, "SyncF", 5, 20), FERRY__V1__STATUS__OK);
+
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  stop_node(e, &e->slave);
+  deadline = uv_now(&e->loop) + 10000;
+  while ((st = send_batch(e, "SyncF", 1, 30)) != FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE) {
+    /* until the master notices the slave has gone */
+    assert_true(st == FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT ||
+                st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
+    assert_true(uv_now(&e->loop) < deadline);
+  }
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0); /* the store's close waits for its fdatasync */
+}
+
 static void test_diverged_slave_refused(void **state) {
   struct env *e = *state;
   assert_int_equal(send_batch(e, "Div", 100, 0), FERRY__V1__STATUS__OK);
@@ -452,6 +500,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_async_replicas_are_identical, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_master_flush_timeout, setup_sync_flush, teardown),
       cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_ha_bad_input, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_offsets_committed_on_slave_merge_into_master,
