@@ -134,13 +134,18 @@ static void update_ref(fy_aio *aio) {
 
 /* ---- the wait FIFO ---------------------------------------------------- */
 
-static void wait_push_tail(fy_aio *aio, fy_aio_req *req) {
+/* Appends req to the list head..tail (the wait FIFO, or the held list). */
+static void list_push_tail(fy_aio_req **head, fy_aio_req **tail, fy_aio_req *req) {
   req->next = NULL;
-  if (aio->wait_tail)
-    aio->wait_tail->next = req;
+  if (*tail)
+    (*tail)->next = req;
   else
-    aio->wait_head = req;
-  aio->wait_tail = req;
+    *head = req;
+  *tail = req;
+}
+
+static void wait_push_tail(fy_aio *aio, fy_aio_req *req) {
+  list_push_tail(&aio->wait_head, &aio->wait_tail, req);
 }
 
 static void wait_push_head(fy_aio *aio, fy_aio_req *req) {
@@ -451,12 +456,7 @@ static void complete(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b)
   }
   req->res = res;
   req->held_until_ms = hold == FY_AIO_HOLD_UNTIL_RELEASED ? UINT64_MAX : uv_now(aio->loop) + hold;
-  req->next = NULL;
-  if (aio->held_tail)
-    aio->held_tail->next = req;
-  else
-    aio->held_head = req;
-  aio->held_tail = req;
+  list_push_tail(&aio->held_head, &aio->held_tail, req);
   aio->nheld++;
   hold_arm(aio);
 }

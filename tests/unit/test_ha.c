@@ -299,17 +299,25 @@ static void test_slave_restart_resumes(void **state) {
   wait_caught_up(e); /* equal digests: no gap and no duplicate byte */
 }
 
-static void test_sync_master(void **state) {
-  struct env *e = *state;
-  /* Wait until the slave is attached, then SEND_OK means the slave has it. */
+/* SYNC_MASTER: sends n messages to topic until they are SEND_OK, i.e. until
+ * the slave is attached (SLAVE_NOT_AVAILABLE before). */
+static void wait_slave_attached(struct env *e, const char *topic, size_t n) {
   uint64_t deadline = uv_now(&e->loop) + 10000;
   uint16_t st;
-  while ((st = send_batch(e, "Sync", 10, 0)) != FERRY__V1__STATUS__OK) {
+  while ((st = send_batch(e, topic, n, 0)) != FERRY__V1__STATUS__OK) {
     assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
     assert_true(uv_now(&e->loop) < deadline);
     bool never = false;
     fy_test_run_until(&e->loop, &never, 50);
   }
+}
+
+static void test_sync_master(void **state) {
+  struct env *e = *state;
+  /* Wait until the slave is attached, then SEND_OK means the slave has it. */
+  wait_slave_attached(e, "Sync", 10);
+  uint64_t deadline;
+  uint16_t st;
   for (int i = 0; i < 20; i++)
     assert_int_equal(send_batch(e, "Sync", 50, 100 + 50 * (size_t)i), FERRY__V1__STATUS__OK);
   /* Without a slave: stored on the master only, said so at once. */
@@ -328,14 +336,9 @@ static void test_sync_master(void **state) {
 static void test_sync_master_flush_timeout(void **state) {
   struct env *e = *state;
   fy_aio *aio = fy_store_aio(e->master.b->store);
-  uint64_t deadline = uv_now(&e->loop) + 10000;
+  wait_slave_attached(e, "SyncF", 1);
+  uint64_t deadline;
   uint16_t st;
-  while ((st = send_batch(e, "SyncF", 1, 0)) != FERRY__V1__STATUS__OK) {
-    assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
-    assert_true(uv_now(&e->loop) < deadline);
-    bool never = false;
-    fy_test_run_until(&e->loop, &never, 50);
-  }
   fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
   uv_update_time(&e->loop);
   uint64_t t0 = uv_now(&e->loop);
