@@ -601,6 +601,24 @@ static enum fy_aio_backend backend_from_env(void) {
   return FY_AIO_AUTO;
 }
 
+/* Tests only: FERRY_TEST_FDATASYNC_DELAY_MS=N (1..600000) makes every
+ * fdatasync of this process complete N ms late, a slow disk for integration
+ * tests of FLUSH_DISK_TIMEOUT. Never set it in production. */
+static void delay_from_env(fy_aio *aio) {
+  const char *e = getenv("FERRY_TEST_FDATASYNC_DELAY_MS");
+  if (!e || !*e)
+    return;
+  char *end;
+  unsigned long ms = strtoul(e, &end, 10);
+  if (*end || ms == 0 || ms > 600000) {
+    fy_warn("aio", "ignoring FERRY_TEST_FDATASYNC_DELAY_MS=%s (want 1..600000)", e);
+    return;
+  }
+  fy_warn("aio", "FERRY_TEST_FDATASYNC_DELAY_MS=%lu: every fdatasync completes %lu ms late "
+                 "(a test setting, never for production)", ms, ms);
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, (uint32_t)ms);
+}
+
 int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out) {
   static atomic_bool fallback_logged;
   if (!loop || queue_depth == 0 || queue_depth > QUEUE_DEPTH_MAX)
@@ -635,6 +653,7 @@ int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_dep
   aio->idle.data = aio;
   uv_timer_init(loop, &aio->hold_timer);
   aio->hold_timer.data = aio;
+  delay_from_env(aio);
   *out = aio;
   return 0;
 }
