@@ -87,8 +87,8 @@ struct cl_buf {
 };
 
 /* An append awaiting its callback. Waiters form a FIFO in log order, so
- * `end` grows along it and, for timed ones (all with the same timeout),
- * so does deadline_ms. A timed waiter whose deadline passes is answered
+ * `end` grows along it and, for timed ones (all with the same timeout
+ * while any waits), so does deadline_ms. A timed waiter whose deadline passes is answered
  * -FY_ETIMEOUT and left in place with cb NULL (answered): it keeps its slot
  * until the flush covers it, then goes without a second call. */
 struct waiter {
@@ -524,6 +524,8 @@ static void release_waiters(fy_commitlog *cl, uint64_t upto, int status) {
     if (w.cb)
       w.cb(w.arg, status, w.phys, w.size);
   }
+  if (cl->w_count == 0 && cl->cfg.sync_flush)
+    uv_timer_stop(&cl->h->timer); /* no deadline left: the next timed append arms it afresh */
 }
 
 /* SYNC_FLUSH: answers -FY_ETIMEOUT to the timed waiters whose deadline has

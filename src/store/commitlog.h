@@ -145,8 +145,11 @@ int fy_commitlog_append(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_
  * their durability is unconfirmed. cb runs exactly once either way: the
  * flush that comes later does not call it again. A timed-out append keeps
  * its waiter slot (max_waiters) until the flush covers it. flush_timeout_ms
- * 0, or ASYNC_FLUSH, waits as fy_commitlog_append does. Pass the same
- * timeout to every timed append (expiry is checked in append order).
+ * 0, or ASYNC_FLUSH, waits as fy_commitlog_append does. Expiry is checked
+ * in append order: pass the same timeout to every timed append while any
+ * waits (a shorter one than an earlier waiter's may be answered as late as
+ * that waiter's deadline); a new timeout applies exactly once no append is
+ * waiting.
  */
 int fy_commitlog_append_timed(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
                               uint32_t flush_timeout_ms, fy_append_cb cb, void *arg);

@@ -124,9 +124,30 @@ static int setup_role(void **state, int master_role, uint32_t flush_timeout_ms) 
 
 static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER, 0); }
 static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER, 0); }
-#define FLUSH_TIMEOUT_MS 200
+#define FLUSH_TIMEOUT_MS 200         /* while the test holds fdatasyncs back */
+#define FLUSH_TIMEOUT_LONG_MS 60000  /* otherwise: long enough for any real fdatasync */
 static int setup_sync_flush(void **state) {
-  return setup_role(state, FY_ROLE_SYNC_MASTER, FLUSH_TIMEOUT_MS);
+  return setup_role(state, FY_ROLE_SYNC_MASTER, FLUSH_TIMEOUT_LONG_MS);
+}
+
+/* Holds the master's fdatasyncs back with the short syncFlushTimeout
+ * (hold), or lets them through with the long one. The timeout is changed
+ * once everything is flushed: with no send waiting it applies at once. */
+static void slow_master_disk(struct env *e, bool hold) {
+  fy_aio *aio = fy_store_aio(e->master.b->store);
+  fy_commitlog *cl = fy_store_commitlog(e->master.b->store);
+  if (!hold)
+    fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  while (fy_commitlog_flushed(cl) < fy_commitlog_end(cl)) {
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 5);
+  }
+  e->master.b->settings.broker.sync_flush_timeout_ms = hold ? FLUSH_TIMEOUT_MS
+                                                            : FLUSH_TIMEOUT_LONG_MS;
+  if (hold)
+    fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
 }
 
 static void on_stopped(void *arg, int status) {
@@ -335,28 +356,26 @@ static void test_sync_master(void **state) {
  * (here SLAVE_NOT_AVAILABLE), as in RocketMQ. */
 static void test_sync_master_flush_timeout(void **state) {
   struct env *e = *state;
-  fy_aio *aio = fy_store_aio(e->master.b->store);
   wait_slave_attached(e, "SyncF", 1);
-  uint64_t deadline;
-  uint16_t st;
-  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  slow_master_disk(e, true);
   uv_update_time(&e->loop);
   uint64_t t0 = uv_now(&e->loop);
   assert_int_equal(send_batch(e, "SyncF", 5, 10), FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT);
   assert_true(uv_now(&e->loop) - t0 >= FLUSH_TIMEOUT_MS);
-  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  slow_master_disk(e, false);
   assert_int_equal(send_batch(e, "SyncF", 5, 20), FERRY__V1__STATUS__OK);
 
-  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  slow_master_disk(e, true);
   stop_node(e, &e->slave);
-  deadline = uv_now(&e->loop) + 10000;
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  uint16_t st;
   while ((st = send_batch(e, "SyncF", 1, 30)) != FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE) {
     /* until the master notices the slave has gone */
     assert_true(st == FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT ||
                 st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
     assert_true(uv_now(&e->loop) < deadline);
   }
-  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0); /* the store's close waits for its fdatasync */
+  slow_master_disk(e, false); /* the store's close waits for its fdatasync */
 }
 
 static void test_diverged_slave_refused(void **state) {
