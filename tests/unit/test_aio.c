@@ -365,15 +365,7 @@ static void test_close_from_callback(void **state) {
   /* teardown checks the loop closes with no handle left */
 }
 
-/* Runs the loop until n completions are held (or the deadline passes). */
-static bool run_until_held(struct fixture *f, unsigned n) {
-  uint64_t deadline = uv_now(&f->loop) + DEADLINE_MS;
-  while (fy_aio_held(f->aio) < n && uv_now(&f->loop) < deadline) {
-    bool never = false;
-    fy_test_run_until(&f->loop, &never, 5);
-  }
-  return fy_aio_held(f->aio) == n;
-}
+static bool one_held(void *aio) { return fy_aio_held(aio) == 1; }
 
 /* A slow device for tests: held fdatasync completions keep their slot and
  * stay pending until released (never from inside the release call) or
@@ -389,7 +381,7 @@ static void test_delay_injection(void **state) {
   assert_int_equal(fy_aio_write(f->aio, &wreq, f->fd, b, sizeof b, 0, on_done), 0);
   assert_true(fy_test_run_until(&f->loop, &dw.called, DEADLINE_MS)); /* writes not held */
   assert_int_equal(dw.res, sizeof b);
-  assert_true(run_until_held(f, 1));
+  assert_true(fy_test_run_until_pred(&f->loop, one_held, f->aio, DEADLINE_MS));
   assert_false(ds.called);
   assert_int_equal(fy_aio_pending(f->aio), 1);
   assert_int_equal(fy_aio_inflight(f->aio), 1);

@@ -473,15 +473,14 @@ static void test_namesrv_drops_broker_on_close(void **state) {
   fy_conn_close(w2.conn, 0);
 }
 
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
 /* Runs the loop until the store has flushed everything appended. */
 static void wait_all_flushed(struct env *e) {
-  fy_commitlog *cl = fy_store_commitlog(e->broker->store);
-  uint64_t deadline = uv_now(&e->loop) + 10000;
-  while (fy_commitlog_flushed(cl) < fy_commitlog_end(cl)) {
-    assert_true(uv_now(&e->loop) < deadline);
-    bool never = false;
-    fy_test_run_until(&e->loop, &never, 5);
-  }
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed,
+                                     fy_store_commitlog(e->broker->store), 10000));
 }
 
 /* SYNC_FLUSH with an fdatasync slower than syncFlushTimeout: the send is

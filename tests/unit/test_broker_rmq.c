@@ -434,6 +434,10 @@ static void tune_sync_flush(struct fy_broker_settings *s) {
 }
 static const struct settings_fn sync_flush = {tune_sync_flush};
 
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
 static void test_flush_disk_timeout(void **state) {
   struct env *e = *state;
   create_topic(e, "TopicF", "1");
@@ -458,12 +462,7 @@ static void test_flush_disk_timeout(void **state) {
   assert_memory_equal(m[0].body, "slow", 4);
 
   fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
-  uint64_t deadline = uv_now(&e->loop) + 10000;
-  while (fy_commitlog_flushed(cl) < fy_commitlog_end(cl)) {
-    assert_true(uv_now(&e->loop) < deadline);
-    bool never = false;
-    fy_test_run_until(&e->loop, &never, 5);
-  }
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed, cl, 10000));
   assert_false(read_frame(e, 300)); /* the late flush answers nothing */
   e->broker->settings.broker.sync_flush_timeout_ms = FLUSH_TIMEOUT_LONG_MS; /* none waits */
   send_msg(e, "TopicF", "on time", "");

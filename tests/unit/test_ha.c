@@ -130,6 +130,10 @@ static int setup_sync_flush(void **state) {
   return setup_role(state, FY_ROLE_SYNC_MASTER, FLUSH_TIMEOUT_LONG_MS);
 }
 
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
 /* Holds the master's fdatasyncs back with the short syncFlushTimeout
  * (hold), or lets them through with the long one. The timeout is changed
  * once everything is flushed: with no send waiting it applies at once. */
@@ -138,12 +142,7 @@ static void slow_master_disk(struct env *e, bool hold) {
   fy_commitlog *cl = fy_store_commitlog(e->master.b->store);
   if (!hold)
     fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
-  uint64_t deadline = uv_now(&e->loop) + 10000;
-  while (fy_commitlog_flushed(cl) < fy_commitlog_end(cl)) {
-    assert_true(uv_now(&e->loop) < deadline);
-    bool never = false;
-    fy_test_run_until(&e->loop, &never, 5);
-  }
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed, cl, 10000));
   e->master.b->settings.broker.sync_flush_timeout_ms = hold ? FLUSH_TIMEOUT_MS
                                                             : FLUSH_TIMEOUT_LONG_MS;
   if (hold)
