@@ -429,6 +429,7 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("sendRequests", "%" PRIu64, b->sends);
   KV("sendFailures", "%" PRIu64, b->send_failures);
   KV("sendBusy", "%" PRIu64, b->send_busy);
+  KV("sendFlushDiskTimeouts", "%" PRIu64, b->send_flush_timeouts);
   KV("pullRequests", "%" PRIu64, b->pulls);
   KV("pullsHeldTotal", "%" PRIu64, b->pulls_held);
   KV("pullsHeldNow", "%zu", b->nheld);

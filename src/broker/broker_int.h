@@ -150,6 +150,8 @@ struct fy_broker {
 
   uint64_t started_ms;
   uint64_t sends, send_msgs, send_failures, send_busy;
+  uint64_t send_flush_timeouts;   /* sends answered FLUSH_DISK_TIMEOUT */
+  int64_t flush_timeout_logged_ms; /* last warning about them (rate limit) */
   uint64_t pulls, pulled_msgs, pulls_held;
 };
 

@@ -5,6 +5,14 @@
  * flush rule. The reply waits in a pending_send on the connection; if the
  * connection closes first the entry is orphaned and dropped when the store
  * answers.
+ *
+ * Waits and their answers (RocketMQ's): under SYNC_FLUSH the store answers
+ * once the group commit's fdatasync covers the records, or after
+ * syncFlushTimeout with "stored, not yet durable" (-FY_ETIMEOUT; the store
+ * never answers the same send twice). Then, on a SYNC_MASTER, the send waits
+ * for a slave (slaveTimeout, started when the flush wait ends). The answer is
+ * the slave's when that wait fails (FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE),
+ * else FLUSH_DISK_TIMEOUT if the flush wait timed out, else OK.
  */
 #include "broker/broker_int.h"
 
@@ -28,6 +36,7 @@ struct pending_send {
   struct fy_reqref ref;
   uint32_t queue_id;
   uint64_t end; /* commit-log offset after the last record */
+  bool flush_timed_out; /* stored, but not flushed within syncFlushTimeout */
   size_t n;
   struct fy_send_result results[];
 };
@@ -144,10 +153,30 @@ static void reply_stored(struct pending_send *p, uint16_t status) {
   free(p);
 }
 
+/* The answer for a stored send whose slave wait (if any) succeeded. */
+static uint16_t status_stored(const struct pending_send *p) {
+  return p->flush_timed_out ? FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT : FERRY__V1__STATUS__OK;
+}
+
 static void on_replicated(void *arg, int status) {
-  reply_stored(arg, status == 0 ? FERRY__V1__STATUS__OK
-                    : status == -FY_ETIMEOUT ? FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT
-                                             : FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+  struct pending_send *p = arg;
+  reply_stored(p, status == 0 ? status_stored(p)
+                  : status == -FY_ETIMEOUT ? FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT
+                                           : FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+}
+
+#define FLUSH_TIMEOUT_LOG_MS 10000 /* at most one warning per this long */
+
+static void note_flush_timeout(struct fy_broker *b) {
+  b->send_flush_timeouts++;
+  int64_t now = fy__now_ms();
+  if (b->flush_timeout_logged_ms && now - b->flush_timeout_logged_ms < FLUSH_TIMEOUT_LOG_MS)
+    return;
+  b->flush_timeout_logged_ms = now;
+  fy_warn(MOD,
+          "fdatasync slower than syncFlushTimeout (%u ms): sends answered FLUSH_DISK_TIMEOUT "
+          "(stored, durability unconfirmed), %" PRIu64 " so far",
+          b->cfg->sync_flush_timeout_ms, b->send_flush_timeouts);
 }
 
 static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
@@ -155,6 +184,11 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
   struct fy_broker *b = p->b;
   (void)phys;
   (void)size;
+  if (status == -FY_ETIMEOUT) { /* SYNC_FLUSH: in the log, the fdatasync is late */
+    p->flush_timed_out = true;
+    note_flush_timeout(b);
+    status = 0;
+  }
   if (status) {
     b->send_failures++;
     if (p->bc)
@@ -165,7 +199,7 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
     return;
   }
   if (!fy__is_sync_master(b)) {
-    reply_stored(p, FERRY__V1__STATUS__OK);
+    reply_stored(p, status_stored(p));
     return;
   }
   /* SYNC_MASTER: SEND_OK only once a slave holds the records. */
@@ -175,7 +209,7 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
   }
   int rc = fy_ha_master_wait(b->ha_master, p->end, b->cfg->slave_timeout_ms, on_replicated, p);
   if (rc == 1)
-    reply_stored(p, FERRY__V1__STATUS__OK);
+    reply_stored(p, status_stored(p));
   else if (rc != 0)
     reply_stored(p, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
 }
@@ -277,7 +311,7 @@ uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_req
     snprintf(why, whylen, "%s", reason);
     return FERRY__V1__STATUS__MESSAGE_ILLEGAL;
   }
-  int err = fy_store_put(b->store, msgs, n, on_stored, p);
+  int err = fy_store_put_timed(b->store, msgs, n, b->cfg->sync_flush_timeout_ms, on_stored, p);
   free(scratch);
   if (err) {
     free(p);

@@ -22,6 +22,10 @@
  * `pending` counts requests from accept until their callback starts;
  * `inflight` counts slots taken (<= queue_depth).
  *
+ * Tests can hold completions back (fy_aio_inject_delay): a completed request
+ * then waits on the held list, keeping its slot, until a timer releases it
+ * onto a completion batch; this is how tests get a slow fdatasync.
+ *
  * io_uring wiring: SQEs are prepared as requests are accepted and submitted
  * by a uv_prepare_t once per loop iteration. An idle handle is active while
  * SQEs wait for submission or CQEs wait to be drained, so the loop never
@@ -66,6 +70,11 @@ struct fy_aio {
   fy_aio_req *wait_head;
   fy_aio_req *wait_tail;
   struct fault faults[FY_AIO_OP_COUNT];
+  uint32_t hold_ms[FY_AIO_OP_COUNT]; /* tests: fy_aio_inject_delay */
+  fy_aio_req *held_head;             /* tests: held completions, in arrival order */
+  fy_aio_req *held_tail;
+  unsigned nheld;
+  uv_timer_t hold_timer;             /* releases held completions */
   bool closing;
   unsigned handles_open;
   uv_idle_t idle; /* io_uring: work outstanding; threads: only used to defer the free */
@@ -78,6 +87,7 @@ struct fy_aio {
 };
 
 static void fill_from_wait(fy_aio *aio);
+static void on_hold_timer(uv_timer_t *t);
 
 const char *fy_aio_backend_name(enum fy_aio_backend b) {
   switch (b) {
@@ -124,13 +134,18 @@ static void update_ref(fy_aio *aio) {
 
 /* ---- the wait FIFO ---------------------------------------------------- */
 
-static void wait_push_tail(fy_aio *aio, fy_aio_req *req) {
+/* Appends req to the list head..tail (the wait FIFO, or the held list). */
+static void list_push_tail(fy_aio_req **head, fy_aio_req **tail, fy_aio_req *req) {
   req->next = NULL;
-  if (aio->wait_tail)
-    aio->wait_tail->next = req;
+  if (*tail)
+    (*tail)->next = req;
   else
-    aio->wait_head = req;
-  aio->wait_tail = req;
+    *head = req;
+  *tail = req;
+}
+
+static void wait_push_tail(fy_aio *aio, fy_aio_req *req) {
+  list_push_tail(&aio->wait_head, &aio->wait_tail, req);
 }
 
 static void wait_push_head(fy_aio *aio, fy_aio_req *req) {
@@ -417,9 +432,78 @@ static void fill_from_wait(fy_aio *aio) {
   }
 }
 
+/* ---- held completions (tests: fy_aio_inject_delay) ------------------------ */
+
+static void hold_arm(fy_aio *aio) {
+  uint64_t next = UINT64_MAX;
+  for (fy_aio_req *r = aio->held_head; r; r = r->next) /* bounded by queue_depth */
+    if (r->held_until_ms < next)
+      next = r->held_until_ms;
+  if (next == UINT64_MAX) {
+    uv_timer_stop(&aio->hold_timer);
+    return;
+  }
+  uint64_t now = uv_now(aio->loop);
+  uv_timer_start(&aio->hold_timer, on_hold_timer, next > now ? next - now : 0, 0);
+}
+
+/* Finishes req onto b, or parks it on the held list while its op is held. */
+static void complete(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b) {
+  uint32_t hold = aio->hold_ms[req->op];
+  if (hold == 0) {
+    finish(aio, req, res, b);
+    return;
+  }
+  req->res = res;
+  req->held_until_ms = hold == FY_AIO_HOLD_UNTIL_RELEASED ? UINT64_MAX : uv_now(aio->loop) + hold;
+  list_push_tail(&aio->held_head, &aio->held_tail, req);
+  aio->nheld++;
+  hold_arm(aio);
+}
+
+static void on_hold_timer(uv_timer_t *t) {
+  fy_aio *aio = t->data;
+  uint64_t now = uv_now(aio->loop);
+  struct batch b;
+  batch_init(&b);
+  fy_aio_req **link = &aio->held_head, *prev = NULL;
+  while (*link) { /* bounded by queue_depth: held requests keep their slots */
+    fy_aio_req *req = *link;
+    if (req->held_until_ms > now) {
+      prev = req;
+      link = &req->next;
+      continue;
+    }
+    *link = req->next;
+    if (aio->held_tail == req)
+      aio->held_tail = prev;
+    aio->nheld--;
+    finish(aio, req, req->res, &b);
+  }
+  hold_arm(aio);
+  fill_from_wait(aio);
+  if (aio->backend == FY_AIO_URING)
+    update_idle(aio);
+  run_callbacks(aio, &b);
+}
+
+void fy_aio_inject_delay(fy_aio *aio, enum fy_aio_op op, uint32_t hold_ms) {
+  fy_assert(op < FY_AIO_OP_COUNT);
+  fy_assert(!aio->closing);
+  aio->hold_ms[op] = hold_ms;
+  if (hold_ms != 0)
+    return;
+  for (fy_aio_req *r = aio->held_head; r; r = r->next)
+    if (r->op == (int)op)
+      r->held_until_ms = 0;
+  hold_arm(aio);
+}
+
+unsigned fy_aio_held(const fy_aio *aio) { return aio->nheld; }
+
 static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b) {
   if (req->fault) {
-    finish(aio, req, req->fault, b);
+    complete(aio, req, req->fault, b);
     return;
   }
   if ((res == -EAGAIN || res == -EINTR) && req->retries < RETRY_MAX) {
@@ -428,11 +512,11 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
     return;
   }
   if (req->op != FY_AIO_WRITE) {
-    finish(aio, req, res < 0 ? res : 0, b);
+    complete(aio, req, res < 0 ? res : 0, b);
     return;
   }
   if (res <= 0) {
-    finish(aio, req, res == 0 ? -EIO : res, b); /* no progress: the disk is not taking it */
+    complete(aio, req, res == 0 ? -EIO : res, b); /* no progress: the disk is not taking it */
     return;
   }
   fy_assert((uint64_t)res <= req->len - req->done);
@@ -442,7 +526,7 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
     issue(aio, req); /* short write: resume with the rest */
     return;
   }
-  finish(aio, req, (int64_t)req->len, b);
+  complete(aio, req, (int64_t)req->len, b);
 }
 
 static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, fy_aio_cb cb) {
@@ -517,6 +601,24 @@ static enum fy_aio_backend backend_from_env(void) {
   return FY_AIO_AUTO;
 }
 
+/* Tests only: FERRY_TEST_FDATASYNC_DELAY_MS=N (1..600000) makes every
+ * fdatasync of this process complete N ms late, a slow disk for integration
+ * tests of FLUSH_DISK_TIMEOUT. Never set it in production. */
+static void delay_from_env(fy_aio *aio) {
+  const char *e = getenv("FERRY_TEST_FDATASYNC_DELAY_MS");
+  if (!e || !*e)
+    return;
+  char *end;
+  unsigned long ms = strtoul(e, &end, 10);
+  if (*end || ms == 0 || ms > 600000) {
+    fy_warn("aio", "ignoring FERRY_TEST_FDATASYNC_DELAY_MS=%s (want 1..600000)", e);
+    return;
+  }
+  fy_warn("aio", "FERRY_TEST_FDATASYNC_DELAY_MS=%lu: every fdatasync completes %lu ms late "
+                 "(a test setting, never for production)", ms, ms);
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, (uint32_t)ms);
+}
+
 int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out) {
   static atomic_bool fallback_logged;
   if (!loop || queue_depth == 0 || queue_depth > QUEUE_DEPTH_MAX)
@@ -549,6 +651,9 @@ int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_dep
   }
   uv_idle_init(loop, &aio->idle);
   aio->idle.data = aio;
+  uv_timer_init(loop, &aio->hold_timer);
+  aio->hold_timer.data = aio;
+  delay_from_env(aio);
   *out = aio;
   return 0;
 }
@@ -569,9 +674,11 @@ void fy_aio_close(fy_aio *aio) {
   fy_assert(aio->pending == 0);
   fy_assert(aio->wait_head == NULL);
   fy_assert(!aio->closing);
+  fy_assert(aio->held_head == NULL);
   aio->closing = true;
-  aio->handles_open = 1;
+  aio->handles_open = 2;
   uv_close((uv_handle_t *)&aio->idle, on_handle_closed);
+  uv_close((uv_handle_t *)&aio->hold_timer, on_handle_closed);
   if (aio->backend == FY_AIO_URING) {
     aio->handles_open += 2;
     uv_close((uv_handle_t *)&aio->poll, on_handle_closed);

@@ -51,7 +51,8 @@ struct fy_aio_req {
   int fault;         /* injected error (negative errno) or 0 */
   int64_t res;       /* the result handed to cb (threads: also a work job's) */
   unsigned retries;  /* io_uring: -EAGAIN/-EINTR resubmissions */
-  fy_aio_req *next;  /* wait queue / completion batch link */
+  uint64_t held_until_ms; /* tests: a held completion's release time (loop ms) */
+  fy_aio_req *next;  /* wait queue / completion batch / held list link */
   union {
     uv_fs_t fs;
     uv_work_t work;
@@ -96,6 +97,24 @@ unsigned fy_aio_inflight(const fy_aio *aio);
  * normally, complete with error err (negative errno) without reaching the disk.
  */
 void fy_aio_inject_fault(fy_aio *aio, enum fy_aio_op op, unsigned skip, unsigned count, int err);
+
+/*
+ * Tests only: a slow device. From now on, completions of requests of kind op
+ * are held back: the I/O is done (or failed, or faulted) but its callback
+ * waits, and the request keeps its slot and counts as pending, as if the
+ * device took that long. hold_ms > 0 holds each completion hold_ms (loop
+ * time) after it arrives; FY_AIO_HOLD_UNTIL_RELEASED holds it until a later
+ * call with hold_ms 0, which stops holding op and releases what is held of
+ * it. Released callbacks run from a timer callback, never from inside this
+ * call. Everything held must be released before fy_aio_close.
+ */
+#define FY_AIO_HOLD_UNTIL_RELEASED UINT32_MAX
+void fy_aio_inject_delay(fy_aio *aio, enum fy_aio_op op, uint32_t hold_ms);
+/* Integration tests set the same hold for fdatasync in every context a
+ * process creates with the environment variable
+ * FERRY_TEST_FDATASYNC_DELAY_MS=N (ms, 1..600000; logged as a warning). */
+/* Tests only: completions currently held back by fy_aio_inject_delay. */
+unsigned fy_aio_held(const fy_aio *aio);
 
 /* Stops the backend. All requests must have completed (fy_aio_pending == 0);
  * may be called from a request's callback. Handles are closed asynchronously:

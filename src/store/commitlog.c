@@ -86,11 +86,17 @@ struct cl_buf {
   uint64_t seg_end; /* end of the segment the bytes belong to */
 };
 
+/* An append awaiting its callback. Waiters form a FIFO in log order, so
+ * `end` grows along it and, for timed ones (all with the same timeout
+ * while any waits), so does deadline_ms. A timed waiter whose deadline passes is answered
+ * -FY_ETIMEOUT and left in place with cb NULL (answered): it keeps its slot
+ * until the flush covers it, then goes without a second call. */
 struct waiter {
   uint64_t end;
   uint64_t phys;
   uint64_t size;
-  fy_append_cb cb;
+  uint64_t deadline_ms; /* loop time (uv_now); 0: waits for the flush however long */
+  fy_append_cb cb;      /* NULL once answered by the timeout */
   void *arg;
 };
 
@@ -98,7 +104,7 @@ struct waiter {
  * a log that never ran and return at once. */
 struct cl_handles {
   uv_prepare_t prepare;
-  uv_timer_t timer;
+  uv_timer_t timer;     /* ASYNC_FLUSH: periodic fdatasync; SYNC_FLUSH: flush timeouts */
   uv_idle_t fail_idle; /* delivers the sticky error to waiters, next iteration */
   fy_commitlog *cl;
   unsigned open;
@@ -137,6 +143,8 @@ struct fy_commitlog {
 
   struct waiter *waiters;
   uint32_t w_head, w_count;
+  uint64_t w_seq;     /* sequence number of the waiter at w_head (counts pops) */
+  uint64_t w_scanned; /* no waiter numbered below this still has a deadline to meet */
 
   struct fy_cl_stats stats;
 
@@ -480,17 +488,27 @@ static int place_raw(fy_commitlog *cl, struct cursor *c, const uint8_t *bytes, s
 
 /* ---- waiters -------------------------------------------------------------- */
 
-static void waiter_push(fy_commitlog *cl, uint64_t phys, uint64_t size, fy_append_cb cb,
-                        void *arg) {
+static void on_flush_timeout(uv_timer_t *t);
+
+static void waiter_push(fy_commitlog *cl, uint64_t phys, uint64_t size, uint32_t timeout_ms,
+                        fy_append_cb cb, void *arg) {
   fy_assert(cl->w_count < cl->cfg.max_waiters);
   uint32_t i = (cl->w_head + cl->w_count) % cl->cfg.max_waiters;
-  cl->waiters[i] = (struct waiter){.end = cl->end, .phys = phys, .size = size, .cb = cb, .arg = arg};
+  uint64_t deadline = 0;
+  if (timeout_ms && cl->cfg.sync_flush) {
+    deadline = uv_now(cl->loop) + timeout_ms;
+    /* An armed timer is due no later than this deadline (FIFO order). */
+    if (!uv_is_active((uv_handle_t *)&cl->h->timer))
+      uv_timer_start(&cl->h->timer, on_flush_timeout, timeout_ms, 0);
+  }
+  cl->waiters[i] = (struct waiter){
+      .end = cl->end, .phys = phys, .size = size, .deadline_ms = deadline, .cb = cb, .arg = arg};
   cl->w_count++;
 }
 
 /* Completes, in order, the waiters whose bytes end at or before upto (all of
- * them when status is an error). Callbacks may append: new waiters end past
- * upto and are not counted. */
+ * them when status is an error); those the timeout answered go silently.
+ * Callbacks may append: new waiters end past upto and are not counted. */
 static void release_waiters(fy_commitlog *cl, uint64_t upto, int status) {
   uint32_t n = 0;
   for (uint32_t i = cl->w_head; n < cl->w_count; n++) {
@@ -502,8 +520,36 @@ static void release_waiters(fy_commitlog *cl, uint64_t upto, int status) {
     struct waiter w = cl->waiters[cl->w_head];
     cl->w_head = cl->w_head + 1 == cl->cfg.max_waiters ? 0 : cl->w_head + 1;
     cl->w_count--;
-    w.cb(w.arg, status, w.phys, w.size);
+    cl->w_seq++;
+    if (w.cb)
+      w.cb(w.arg, status, w.phys, w.size);
   }
+  if (cl->w_count == 0 && cl->cfg.sync_flush)
+    uv_timer_stop(&cl->h->timer); /* no deadline left: the next timed append arms it afresh */
+}
+
+/* SYNC_FLUSH: answers -FY_ETIMEOUT to the timed waiters whose deadline has
+ * passed, then re-arms for the next deadline. Scanning resumes where the
+ * last one stopped (w_scanned), so each waiter is looked at about once. The
+ * callbacks may append (new waiters join the tail with later deadlines);
+ * nothing here pops a waiter. */
+static void on_flush_timeout(uv_timer_t *t) {
+  fy_commitlog *cl = t->data;
+  uint64_t now = uv_now(cl->loop);
+  uint32_t k = cl->w_scanned > cl->w_seq ? (uint32_t)(cl->w_scanned - cl->w_seq) : 0;
+  for (; k < cl->w_count; k++) { /* bounded by max_waiters */
+    struct waiter *w = &cl->waiters[(cl->w_head + k) % cl->cfg.max_waiters];
+    if (!w->cb || !w->deadline_ms)
+      continue;
+    if (w->deadline_ms > now) {
+      uv_timer_start(t, on_flush_timeout, w->deadline_ms - now, 0);
+      break;
+    }
+    fy_append_cb cb = w->cb;
+    w->cb = NULL;
+    cb(w->arg, -FY_ETIMEOUT, w->phys, w->size);
+  }
+  cl->w_scanned = cl->w_seq + k;
 }
 
 /* ---- the write path -------------------------------------------------------- */
@@ -714,15 +760,21 @@ static int check_writable(const fy_commitlog *cl) {
   return 0;
 }
 
-static void appended(fy_commitlog *cl, uint64_t phys, uint64_t size, fy_append_cb cb, void *arg) {
+static void appended(fy_commitlog *cl, uint64_t phys, uint64_t size, uint32_t timeout_ms,
+                     fy_append_cb cb, void *arg) {
   if (cb)
-    waiter_push(cl, phys, size, cb, arg);
+    waiter_push(cl, phys, size, timeout_ms, cb, arg);
   if (!uv_has_ref((uv_handle_t *)&cl->h->prepare))
     uv_ref((uv_handle_t *)&cl->h->prepare);
 }
 
 int fy_commitlog_append(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
                         fy_append_cb cb, void *arg) {
+  return fy_commitlog_append_timed(cl, msgs, n, phys_out, 0, cb, arg);
+}
+
+int fy_commitlog_append_timed(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
+                              uint32_t flush_timeout_ms, fy_append_cb cb, void *arg) {
   int r = check_writable(cl);
   if (r < 0)
     return r;
@@ -740,7 +792,7 @@ int fy_commitlog_append(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_
   r = place_records(cl, &c, msgs, n, now_ms(), phys_out, &size);
   fy_assert(r == 0);
   cursor_done(cl, &c);
-  appended(cl, msgs[0].phys_offset, size, cb, arg);
+  appended(cl, msgs[0].phys_offset, size, flush_timeout_ms, cb, arg);
   return 0;
 }
 
@@ -767,7 +819,7 @@ int fy_commitlog_append_raw(fy_commitlog *cl, uint64_t offset, const void *bytes
   fy_assert(r == 0);
   cursor_done(cl, &c);
   cl->own_from = cl->end; /* replicated bytes are validated when read */
-  appended(cl, offset, len, cb, arg);
+  appended(cl, offset, len, 0, cb, arg);
   return 0;
 }
 
@@ -1321,10 +1373,11 @@ static void init_handles(fy_commitlog *cl) {
   h->fail_idle.data = cl;
   uv_prepare_start(&h->prepare, on_prepare);
   uv_unref((uv_handle_t *)&h->prepare);
-  if (!cl->cfg.sync_flush) {
+  /* Never keeps the loop alive by itself: under SYNC_FLUSH a waiter with a
+   * deadline also has bytes to write or sync, which ref the prepare. */
+  uv_unref((uv_handle_t *)&h->timer);
+  if (!cl->cfg.sync_flush)
     uv_timer_start(&h->timer, on_flush_timer, cl->cfg.flush_interval_ms, cl->cfg.flush_interval_ms);
-    uv_unref((uv_handle_t *)&h->timer);
-  }
 }
 
 static void free_resources(fy_commitlog *cl) {

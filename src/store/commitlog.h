@@ -24,7 +24,9 @@
  *     flushed  bytes covered by a completed fdatasync
  *
  * An append's callback runs once its bytes are written (ASYNC_FLUSH) or
- * flushed (SYNC_FLUSH), or with an error. Under ASYNC_FLUSH a timer issues
+ * flushed (SYNC_FLUSH), or with an error; under SYNC_FLUSH an append made
+ * with a flush timeout (fy_commitlog_append_timed) may instead be answered
+ * -FY_ETIMEOUT when the fdatasync is slow. Under ASYNC_FLUSH a timer issues
  * fdatasync every flush_interval_ms when there is unflushed data.
  *
  * Errors are sticky: a failed write, fdatasync or preallocation puts the log
@@ -133,6 +135,24 @@ typedef void (*fy_append_cb)(void *arg, int status, uint64_t phys, uint64_t size
  */
 int fy_commitlog_append(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
                         fy_append_cb cb, void *arg);
+
+/*
+ * As fy_commitlog_append, with a bound on the wait for the flush
+ * (RocketMQ's syncFlushTimeout). Under SYNC_FLUSH, if the records are not
+ * flushed (or failed) within flush_timeout_ms of the call (loop time), cb
+ * runs with -FY_ETIMEOUT instead: the records are in the log, readable once
+ * written and made durable by a later fdatasync unless the log fails, but
+ * their durability is unconfirmed. cb runs exactly once either way: the
+ * flush that comes later does not call it again. A timed-out append keeps
+ * its waiter slot (max_waiters) until the flush covers it. flush_timeout_ms
+ * 0, or ASYNC_FLUSH, waits as fy_commitlog_append does. Expiry is checked
+ * in append order: pass the same timeout to every timed append while any
+ * waits (a shorter one than an earlier waiter's may be answered as late as
+ * that waiter's deadline); a new timeout applies exactly once no append is
+ * waiting.
+ */
+int fy_commitlog_append_timed(fy_commitlog *cl, struct fy_msg *msgs, size_t n, uint64_t *phys_out,
+                              uint32_t flush_timeout_ms, fy_append_cb cb, void *arg);
 
 /*
  * Replication: appends raw log bytes received from a master. offset must equal

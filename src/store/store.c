@@ -1073,6 +1073,11 @@ void fy_store_free(fy_store *s) {
 /* ---- put ---- */
 
 int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, void *arg) {
+  return fy_store_put_timed(s, msgs, n, 0, cb, arg);
+}
+
+int fy_store_put_timed(fy_store *s, struct fy_msg *msgs, size_t n, uint32_t flush_timeout_ms,
+                       fy_append_cb cb, void *arg) {
   if (s->close_state != OPEN)
     return -FY_ESHUTDOWN;
   if (s->error)
@@ -1112,7 +1117,7 @@ int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, vo
   }
   uint64_t phys[n ? n : 1];
   if (!err)
-    err = fy_commitlog_append(s->cl, msgs, n, phys, cb, arg);
+    err = fy_commitlog_append_timed(s->cl, msgs, n, phys, flush_timeout_ms, cb, arg);
   if (err) {
     for (size_t j = i; j-- > 0;)
       if (qs[j])

@@ -94,6 +94,11 @@ void fy_store_free(fy_store *s);
  * is assigned when an error is returned.
  */
 int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, void *arg);
+/* As fy_store_put, with a bound on the wait for the flush: under SYNC_FLUSH
+ * cb may run with -FY_ETIMEOUT (stored, durability unconfirmed), as for
+ * fy_commitlog_append_timed. */
+int fy_store_put_timed(fy_store *s, struct fy_msg *msgs, size_t n, uint32_t flush_timeout_ms,
+                       fy_append_cb cb, void *arg);
 
 enum fy_get_status {
   FY_GET_FOUND,

@@ -4,8 +4,8 @@
  *
  *   STATUS MSGID BROKERNAME QUEUEID QUEUEOFFSET
  *
- * STATUS is SEND_OK, a "stored on the master only" status
- * (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE), or
+ * STATUS is SEND_OK, a "stored, but not confirmed durable or replicated"
+ * status (FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT, SLAVE_NOT_AVAILABLE), or
  * SEND_FAILED (not stored; the reason goes to stderr, as
  * "mqproduce: line N: not sent: TOPIC_NOT_EXIST: ..."). Unknown fields are
  * "-". A failed send never stops the others; the exit status is 1 if any

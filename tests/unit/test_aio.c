@@ -365,6 +365,52 @@ static void test_close_from_callback(void **state) {
   /* teardown checks the loop closes with no handle left */
 }
 
+static bool one_held(void *aio) { return fy_aio_held(aio) == 1; }
+
+/* A slow device for tests: held fdatasync completions keep their slot and
+ * stay pending until released (never from inside the release call) or
+ * until their hold time has passed; other kinds are not held. */
+static void test_delay_injection(void **state) {
+  struct fixture *f = fixture(state);
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  struct done ds = {0}, dw = {0};
+  fy_aio_req sreq = {.data = &ds}, wreq = {.data = &dw};
+  uint8_t b[64];
+  fill(b, sizeof b, 3);
+  assert_int_equal(fy_aio_fdatasync(f->aio, &sreq, f->fd, on_done), 0);
+  assert_int_equal(fy_aio_write(f->aio, &wreq, f->fd, b, sizeof b, 0, on_done), 0);
+  assert_true(fy_test_run_until(&f->loop, &dw.called, DEADLINE_MS)); /* writes not held */
+  assert_int_equal(dw.res, sizeof b);
+  assert_true(fy_test_run_until_pred(&f->loop, one_held, f->aio, DEADLINE_MS));
+  assert_false(ds.called);
+  assert_int_equal(fy_aio_pending(f->aio), 1);
+  assert_int_equal(fy_aio_inflight(f->aio), 1);
+  bool never = false;
+  fy_test_run_until(&f->loop, &never, 50);
+  assert_false(ds.called); /* held however long the loop runs */
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, 0);
+  assert_false(ds.called);
+  assert_true(fy_test_run_until(&f->loop, &ds.called, DEADLINE_MS));
+  assert_int_equal(ds.res, 0);
+  assert_int_equal(fy_aio_held(f->aio), 0);
+  assert_int_equal(fy_aio_pending(f->aio), 0);
+
+  /* A timed hold: the callback comes no earlier than hold_ms after the
+   * request, with the real result (here an injected fault's). */
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, 150);
+  fy_aio_inject_fault(f->aio, FY_AIO_FDATASYNC, 0, 1, -EIO);
+  struct done dt = {0};
+  sreq.data = &dt;
+  uv_update_time(&f->loop);
+  uint64_t t0 = uv_now(&f->loop);
+  assert_int_equal(fy_aio_fdatasync(f->aio, &sreq, f->fd, on_done), 0);
+  assert_true(fy_test_run_until(&f->loop, &dt.called, DEADLINE_MS));
+  assert_true(uv_now(&f->loop) - t0 >= 150);
+  assert_int_equal(dt.res, -EIO);
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, 0);
+  assert_int_equal(fy_aio_pending(f->aio), 0);
+}
+
 /* An idle context does not keep the loop alive; a pending request does. */
 static void test_loop_liveness(void **state) {
   struct fixture *f = fixture(state);
@@ -419,6 +465,7 @@ int main(void) {
       BOTH(test_many_requests, setup_depth4),
       BOTH(test_many_requests, setup_depth1024),
       BOTH(test_fault_injection, setup),
+      BOTH(test_delay_injection, setup),
       BOTH(test_callbacks_not_reentrant, setup),
       BOTH(test_rejected_requests, setup),
       BOTH(test_short_write_resumed, setup),

@@ -1,7 +1,8 @@
 /*
  * The broker in-process: a name server and a broker on one loop, driven by a
  * raw protocol client (fy_rpc_call). Covers send, pull, long polling,
- * consumer offsets, registration, bad input, and a clean stop.
+ * consumer offsets, registration, bad input, SYNC_FLUSH's FLUSH_DISK_TIMEOUT
+ * (with a slow fdatasync injected into the store's fy_aio), and a clean stop.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "broker/broker_int.h" /* the broker's store, to slow its fdatasync down */
 #include "common/err.h"
 #include "common/record.h"
 #include "ferry.pb-c.h"
@@ -25,6 +27,7 @@
 struct env {
   uv_loop_t loop;
   char dir[400];
+  uint32_t sync_flush_timeout_ms; /* nonzero: a SYNC_FLUSH broker with this syncFlushTimeout */
   fy_namesrv *ns;
   fy_broker *broker;
   fy_conn *client;
@@ -72,6 +75,10 @@ static void start_broker(struct env *e, bool auto_create) {
   s.store.write_buffer_size = 5 << 20;
   s.broker.listen_port = 0;
   s.broker.auto_create_topic = auto_create;
+  if (e->sync_flush_timeout_ms) {
+    s.store.flush_disk_type = FY_SYNC_FLUSH;
+    s.broker.sync_flush_timeout_ms = e->sync_flush_timeout_ms;
+  }
   snprintf(s.broker.broker_ip, sizeof s.broker.broker_ip, "127.0.0.1");
   snprintf(s.broker.listen_address, sizeof s.broker.listen_address, "127.0.0.1");
   snprintf(s.broker.namesrv_addr, sizeof s.broker.namesrv_addr, "127.0.0.1:%d",
@@ -79,8 +86,9 @@ static void start_broker(struct env *e, bool auto_create) {
   assert_int_equal(fy_broker_start(&e->loop, &s, &e->broker), 0);
 }
 
-static int setup(void **state) {
+static int setup_with(void **state, uint32_t sync_flush_timeout_ms) {
   struct env *e = calloc(1, sizeof *e);
+  e->sync_flush_timeout_ms = sync_flush_timeout_ms;
   uv_loop_init(&e->loop);
   snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("broker"));
   struct fy_namesrv_config nc;
@@ -96,6 +104,19 @@ static int setup(void **state) {
   assert_true(fy_test_run_until(&e->loop, &e->connected, 5000));
   *state = e;
   return 0;
+}
+
+static int setup(void **state) { return setup_with(state, 0); }
+
+/* syncFlushTimeout: long enough for any real fdatasync, except while the
+ * test holds fdatasyncs back (with no send waiting, a new value applies at
+ * once). */
+#define SYNC_FLUSH_TIMEOUT_MS 200
+#define SYNC_FLUSH_TIMEOUT_LONG_MS 60000
+static int setup_sync_flush(void **state) { return setup_with(state, SYNC_FLUSH_TIMEOUT_LONG_MS); }
+
+static void set_flush_timeout(struct env *e, uint32_t ms) {
+  e->broker->settings.broker.sync_flush_timeout_ms = ms;
 }
 
 static void on_stopped(void *arg, int status) {
@@ -452,6 +473,60 @@ static void test_namesrv_drops_broker_on_close(void **state) {
   fy_conn_close(w2.conn, 0);
 }
 
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
+/* Runs the loop until the store has flushed everything appended. */
+static void wait_all_flushed(struct env *e) {
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed,
+                                     fy_store_commitlog(e->broker->store), 10000));
+}
+
+/* SYNC_FLUSH with an fdatasync slower than syncFlushTimeout: the send is
+ * answered FLUSH_DISK_TIMEOUT (with its results: it is stored) no earlier
+ * than the timeout, the message can be pulled, the late fdatasync answers
+ * nothing twice (ASan would see the freed send), and a later send gets OK. */
+static void test_flush_disk_timeout(void **state) {
+  struct env *e = *state;
+  fy_aio *aio = fy_store_aio(e->broker->store);
+  Ferry__V1__SendResponse *r = send_one(e, "Slow", 0, "warm-up", "", ""); /* topic created */
+  assert_non_null(r);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+
+  wait_all_flushed(e); /* nothing waits: the short timeout applies */
+  set_flush_timeout(e, SYNC_FLUSH_TIMEOUT_MS);
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  uv_update_time(&e->loop);
+  uint64_t t0 = uv_now(&e->loop);
+  assert_null(send_one(e, "Slow", 0, "late", "", ""));
+  assert_int_equal(e->status, FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT);
+  assert_true(uv_now(&e->loop) - t0 >= SYNC_FLUSH_TIMEOUT_MS);
+  r = ferry__v1__send_response__unpack(NULL, e->header_len, e->header);
+  assert_non_null(r);
+  assert_int_equal(r->n_results, 1);
+  assert_int_equal(r->results[0]->queue_offset, 1);
+  assert_int_equal(strlen(r->results[0]->offset_msg_id), 32);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  assert_int_equal(e->broker->send_flush_timeouts, 1);
+  fy_commitlog *cl = fy_store_commitlog(e->broker->store);
+  assert_true(fy_commitlog_flushed(cl) < fy_commitlog_end(cl)); /* still not durable */
+
+  Ferry__V1__PullResponse *p = pull(e, "Slow", 0, 1, 0, NULL, 0);
+  assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+  assert_int_equal(p->count, 1);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  wait_all_flushed(e);
+  set_flush_timeout(e, SYNC_FLUSH_TIMEOUT_LONG_MS);
+  r = send_one(e, "Slow", 0, "on time", "", "");
+  assert_non_null(r); /* SEND_OK */
+  assert_int_equal(r->results[0]->queue_offset, 2);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  assert_int_equal(e->broker->send_flush_timeouts, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_send_then_pull, setup, teardown),
@@ -462,6 +537,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
       cmocka_unit_test_setup_teardown(test_registration_gives_route, setup, teardown),
       cmocka_unit_test_setup_teardown(test_namesrv_drops_broker_on_close, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flush_disk_timeout, setup_sync_flush, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

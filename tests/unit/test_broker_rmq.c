@@ -5,7 +5,8 @@
  * the Java client and ali-ons send them). Each test is a case a RocketMQ
  * client meets: a producer leaving while its instance keeps consuming,
  * long or many-tag subscriptions, many pulls held on one queue, delayed
- * messages re-stored while the store pushes back.
+ * messages re-stored while the store pushes back, a SYNC_FLUSH send whose
+ * fdatasync is slow (FLUSH_DISK_TIMEOUT).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "broker/broker.h"
+#include "broker/broker_int.h" /* the broker's store, to slow its fdatasync down */
 #include "common/record.h"
 #include "namesrv/namesrv.h"
 #include "remoting/remoting.h"
@@ -489,6 +491,51 @@ static void test_delayed_messages_stored_once_when_store_pushes_back(void **stat
   assert_string_equal(fy_rmq_ext(r, "offset"), off);
 }
 
+/* SYNC_FLUSH, fdatasync slower than syncFlushTimeout: RocketMQ's
+ * FLUSH_DISK_TIMEOUT (code 10) with the send's msgId and offset (stored),
+ * one answer only, even once the fdatasync completes; then SUCCESS again. */
+#define FLUSH_TIMEOUT_MS 200
+#define FLUSH_TIMEOUT_LONG_MS 60000 /* for sends that must be SUCCESS, whatever the disk */
+static void tune_sync_flush(struct fy_broker_settings *s) {
+  s->store.flush_disk_type = FY_SYNC_FLUSH;
+  s->broker.sync_flush_timeout_ms = FLUSH_TIMEOUT_LONG_MS;
+}
+static const struct settings_fn sync_flush = {tune_sync_flush};
+
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
+static void test_flush_disk_timeout(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicF", "1");
+  fy_aio *aio = fy_store_aio(e->broker->store);
+  fy_commitlog *cl = fy_store_commitlog(e->broker->store);
+  e->broker->settings.broker.sync_flush_timeout_ms = FLUSH_TIMEOUT_MS; /* no send waits */
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  uv_update_time(&e->loop);
+  uint64_t t0 = uv_now(&e->loop);
+  const fy_rmq_cmd *r =
+      call(e, FY_RMQ_REQ_SEND_MESSAGE_V2, "slow", "a", "PG", "b", "TopicF", "e", "0", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_FLUSH_DISK_TIMEOUT);
+  assert_int_equal(r->code, 10);
+  assert_true(uv_now(&e->loop) - t0 >= FLUSH_TIMEOUT_MS);
+  assert_int_equal(strlen(fy_rmq_ext(r, "msgId")), 32);
+  assert_string_equal(fy_rmq_ext(r, "queueOffset"), "0");
+  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGF", "topic", "TopicF", "queueId",
+           "0", "queueOffset", "0", "maxMsgNums", "32", "sysFlag", "2", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[4];
+  assert_int_equal(decode_msgs(r, m, 4), 1);
+  assert_memory_equal(m[0].body, "slow", 4);
+
+  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed, cl, 10000));
+  assert_false(read_frame(e, 300)); /* the late flush answers nothing */
+  e->broker->settings.broker.sync_flush_timeout_ms = FLUSH_TIMEOUT_LONG_MS; /* none waits */
+  send_msg(e, "TopicF", "on time", "");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_producer_unregister_keeps_consumer, setup, teardown),
@@ -500,6 +547,8 @@ int main(void) {
       cmocka_unit_test_prestate_setup_teardown(
           test_delayed_messages_stored_once_when_store_pushes_back, setup, teardown,
           (void *)&busy_store),
+      cmocka_unit_test_prestate_setup_teardown(test_flush_disk_timeout, setup, teardown,
+                                               (void *)&sync_flush),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

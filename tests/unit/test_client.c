@@ -191,6 +191,10 @@ static void test_send_results(void **state) {
   atomic_store(&b->send_status, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
   assert_int_equal(fy_producer_send(p, &m, NULL, &r), 0);
   assert_int_equal(r.status, FY_SEND_SLAVE_NOT_AVAILABLE);
+  atomic_store(&b->send_status, FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT);
+  assert_int_equal(fy_producer_send(p, &m, NULL, &r), 0);
+  assert_int_equal(r.status, FY_SEND_FLUSH_DISK_TIMEOUT);
+  assert_int_equal(r.attempts, 1); /* stored: not sent again */
   atomic_store(&b->send_status, 0);
 
   /* batch: one queue, consecutive offsets */

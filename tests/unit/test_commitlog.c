@@ -448,6 +448,62 @@ static void test_sync_flush_acks_after_flush(void **state) {
   free(phys);
 }
 
+/* SYNC_FLUSH with a slow fdatasync: a timed append is answered -FY_ETIMEOUT
+ * once its timeout has passed (its record written and readable), exactly
+ * once; an untimed one keeps waiting; when the fdatasync completes the
+ * untimed one gets 0, the timed-out ones are not called again, and later
+ * timed appends are answered 0. */
+static void test_sync_flush_timeout(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.sync_flush = true;
+  assert_int_equal(open_log(fx, 0), 0);
+  enum { N = 40, TIMEOUT_MS = 100 };
+  struct ack timed[N] = {0}, plain = {.cl = fx->cl}, later = {.cl = fx->cl};
+  uint64_t phys[N], plain_phys, later_phys;
+  fy_aio_inject_delay(fx->aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  uv_update_time(&fx->loop);
+  uint64_t t0 = uv_now(&fx->loop);
+  for (uint32_t i = 0; i < N; i++) {
+    struct fy_msg m = make_msg(100, i);
+    timed[i].cl = fx->cl;
+    assert_int_equal(
+        fy_commitlog_append_timed(fx->cl, &m, 1, &phys[i], TIMEOUT_MS, on_ack, &timed[i]), 0);
+    if (i == N / 2) { /* an untimed waiter among the timed ones */
+      struct fy_msg p = make_msg(100, 1000);
+      assert_int_equal(fy_commitlog_append(fx->cl, &p, 1, &plain_phys, on_ack, &plain), 0);
+      uv_run(&fx->loop, UV_RUN_NOWAIT);
+    }
+  }
+  assert_true(fy_test_run_until(&fx->loop, &timed[N - 1].called, DEADLINE_MS));
+  assert_true(uv_now(&fx->loop) - t0 >= TIMEOUT_MS); /* not answered early */
+  for (uint32_t i = 0; i < N; i++) {
+    assert_true(timed[i].called);
+    assert_int_equal(timed[i].status, -FY_ETIMEOUT);
+    assert_int_equal(timed[i].phys, phys[i]);
+    assert_true(timed[i].flushed_at < phys[i] + size_for_body(100)); /* not durable yet */
+  }
+  assert_false(plain.called);
+  assert_true(run_until(&fx->loop, all_written, fx->cl));
+  for (uint32_t i = 0; i < N; i++)
+    check_record(fx->cl, phys[i], 100, i); /* stored and readable */
+  assert_true(fy_commitlog_flushed(fx->cl) < fy_commitlog_end(fx->cl));
+
+  fy_aio_inject_delay(fx->aio, FY_AIO_FDATASYNC, 0);
+  assert_true(fy_test_run_until(&fx->loop, &plain.called, DEADLINE_MS));
+  assert_int_equal(plain.status, 0);
+  assert_true(plain.flushed_at >= plain_phys + size_for_body(100));
+  assert_true(run_until(&fx->loop, all_flushed, fx->cl)); /* on_ack asserts one call each */
+
+  /* Nothing waits now, so a new timeout applies at once: one long enough
+   * for any real fdatasync. */
+  struct fy_msg m = make_msg(100, 7);
+  assert_int_equal(fy_commitlog_append_timed(fx->cl, &m, 1, &later_phys, 60000, on_ack, &later),
+                   0);
+  assert_true(fy_test_run_until(&fx->loop, &later.called, DEADLINE_MS));
+  assert_int_equal(later.status, 0);
+  assert_true(later.flushed_at >= later_phys + size_for_body(100));
+}
+
 /* Counters: one group commit is one write and one fdatasync; failures are
  * not counted. */
 static void test_stats(void **state) {
@@ -1319,6 +1375,7 @@ static const struct CMUnitTest tests[] = {
     T(test_many_rollovers),
     T(test_buffers_larger_than_segments),
     T(test_sync_flush_acks_after_flush),
+    T(test_sync_flush_timeout),
     T(test_stats),
     T(test_sync_queued_before_on_written),
     T(test_async_flush_timer),

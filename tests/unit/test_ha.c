@@ -3,6 +3,8 @@
  * on one loop. Async replication yields byte-identical logs and identical
  * consume queues; SYNC_MASTER answers SEND_OK only with a slave, and
  * SLAVE_NOT_AVAILABLE without one; a slave whose log diverged is refused.
+ * SYNC_MASTER with SYNC_FLUSH and a slow master fdatasync: FLUSH_DISK_TIMEOUT
+ * when the slave has the message, the slave's status when it has not.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "broker/broker_int.h" /* the master's store, to slow its fdatasync down */
 #include "common/err.h"
 #include "common/record.h"
 #include "ferry.pb-c.h"
@@ -33,6 +36,7 @@ struct env {
   uv_loop_t loop;
   char dir[400];
   fy_namesrv *ns;
+  uint32_t master_flush_timeout_ms; /* nonzero: the master runs SYNC_FLUSH with it */
   struct node master, slave;
   bool done;
   int err;
@@ -86,6 +90,10 @@ static void start_node(struct env *e, struct node *n, const char *name, int role
   s.broker.metadata_sync_ms = 200;
   s.broker.ha_heartbeat_ms = 200;
   s.broker.ha_timeout_ms = 2000;
+  if (role != FY_ROLE_SLAVE && e->master_flush_timeout_ms) {
+    s.store.flush_disk_type = FY_SYNC_FLUSH;
+    s.broker.sync_flush_timeout_ms = e->master_flush_timeout_ms;
+  }
   snprintf(s.broker.broker_ip, sizeof s.broker.broker_ip, "127.0.0.1");
   snprintf(s.broker.listen_address, sizeof s.broker.listen_address, "127.0.0.1");
   snprintf(s.broker.namesrv_addr, sizeof s.broker.namesrv_addr, "127.0.0.1:%d",
@@ -97,8 +105,9 @@ static void start_node(struct env *e, struct node *n, const char *name, int role
   connect_node(e, n);
 }
 
-static int setup_role(void **state, int master_role) {
+static int setup_role(void **state, int master_role, uint32_t flush_timeout_ms) {
   struct env *e = calloc(1, sizeof *e);
+  e->master_flush_timeout_ms = flush_timeout_ms;
   uv_loop_init(&e->loop);
   snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("ha"));
   struct fy_namesrv_config nc;
@@ -113,8 +122,32 @@ static int setup_role(void **state, int master_role) {
   return 0;
 }
 
-static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER); }
-static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER); }
+static int setup_async(void **state) { return setup_role(state, FY_ROLE_ASYNC_MASTER, 0); }
+static int setup_sync(void **state) { return setup_role(state, FY_ROLE_SYNC_MASTER, 0); }
+#define FLUSH_TIMEOUT_MS 200         /* while the test holds fdatasyncs back */
+#define FLUSH_TIMEOUT_LONG_MS 60000  /* otherwise: long enough for any real fdatasync */
+static int setup_sync_flush(void **state) {
+  return setup_role(state, FY_ROLE_SYNC_MASTER, FLUSH_TIMEOUT_LONG_MS);
+}
+
+static bool all_flushed(void *cl) {
+  return fy_commitlog_flushed(cl) == fy_commitlog_end(cl);
+}
+
+/* Holds the master's fdatasyncs back with the short syncFlushTimeout
+ * (hold), or lets them through with the long one. The timeout is changed
+ * once everything is flushed: with no send waiting it applies at once. */
+static void slow_master_disk(struct env *e, bool hold) {
+  fy_aio *aio = fy_store_aio(e->master.b->store);
+  fy_commitlog *cl = fy_store_commitlog(e->master.b->store);
+  if (!hold)
+    fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
+  assert_true(fy_test_run_until_pred(&e->loop, all_flushed, cl, 10000));
+  e->master.b->settings.broker.sync_flush_timeout_ms = hold ? FLUSH_TIMEOUT_MS
+                                                            : FLUSH_TIMEOUT_LONG_MS;
+  if (hold)
+    fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+}
 
 static void on_stopped(void *arg, int status) {
   (void)status;
@@ -286,17 +319,25 @@ static void test_slave_restart_resumes(void **state) {
   wait_caught_up(e); /* equal digests: no gap and no duplicate byte */
 }
 
-static void test_sync_master(void **state) {
-  struct env *e = *state;
-  /* Wait until the slave is attached, then SEND_OK means the slave has it. */
+/* SYNC_MASTER: sends n messages to topic until they are SEND_OK, i.e. until
+ * the slave is attached (SLAVE_NOT_AVAILABLE before). */
+static void wait_slave_attached(struct env *e, const char *topic, size_t n) {
   uint64_t deadline = uv_now(&e->loop) + 10000;
   uint16_t st;
-  while ((st = send_batch(e, "Sync", 10, 0)) != FERRY__V1__STATUS__OK) {
+  while ((st = send_batch(e, topic, n, 0)) != FERRY__V1__STATUS__OK) {
     assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
     assert_true(uv_now(&e->loop) < deadline);
     bool never = false;
     fy_test_run_until(&e->loop, &never, 50);
   }
+}
+
+static void test_sync_master(void **state) {
+  struct env *e = *state;
+  /* Wait until the slave is attached, then SEND_OK means the slave has it. */
+  wait_slave_attached(e, "Sync", 10);
+  uint64_t deadline;
+  uint16_t st;
   for (int i = 0; i < 20; i++)
     assert_int_equal(send_batch(e, "Sync", 50, 100 + 50 * (size_t)i), FERRY__V1__STATUS__OK);
   /* Without a slave: stored on the master only, said so at once. */
@@ -306,6 +347,34 @@ static void test_sync_master(void **state) {
     assert_true(st == FERRY__V1__STATUS__OK || st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
     assert_true(uv_now(&e->loop) < deadline);
   }
+}
+
+/* SYNC_MASTER and SYNC_FLUSH, the master's fdatasync slower than
+ * syncFlushTimeout. The slave wait follows the flush wait; a send the slave
+ * holds is FLUSH_DISK_TIMEOUT, one it does not gets the slave's status
+ * (here SLAVE_NOT_AVAILABLE), as in RocketMQ. */
+static void test_sync_master_flush_timeout(void **state) {
+  struct env *e = *state;
+  wait_slave_attached(e, "SyncF", 1);
+  slow_master_disk(e, true);
+  uv_update_time(&e->loop);
+  uint64_t t0 = uv_now(&e->loop);
+  assert_int_equal(send_batch(e, "SyncF", 5, 10), FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT);
+  assert_true(uv_now(&e->loop) - t0 >= FLUSH_TIMEOUT_MS);
+  slow_master_disk(e, false);
+  assert_int_equal(send_batch(e, "SyncF", 5, 20), FERRY__V1__STATUS__OK);
+
+  slow_master_disk(e, true);
+  stop_node(e, &e->slave);
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  uint16_t st;
+  while ((st = send_batch(e, "SyncF", 1, 30)) != FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE) {
+    /* until the master notices the slave has gone */
+    assert_true(st == FERRY__V1__STATUS__FLUSH_DISK_TIMEOUT ||
+                st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
+    assert_true(uv_now(&e->loop) < deadline);
+  }
+  slow_master_disk(e, false); /* the store's close waits for its fdatasync */
 }
 
 static void test_diverged_slave_refused(void **state) {
@@ -452,6 +521,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_async_replicas_are_identical, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_master_flush_timeout, setup_sync_flush, teardown),
       cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_ha_bad_input, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_offsets_committed_on_slave_merge_into_master,

@@ -43,6 +43,18 @@ bool fy_test_run_until(uv_loop_t *loop, const bool *flag, uint64_t timeout_ms) {
   return *flag;
 }
 
+bool fy_test_run_until_pred(uv_loop_t *loop, bool (*pred)(void *arg), void *arg,
+                            uint64_t timeout_ms) {
+  uint64_t deadline = uv_now(loop) + timeout_ms;
+  while (!pred(arg)) {
+    if (uv_now(loop) >= deadline)
+      return false;
+    bool never = false;
+    fy_test_run_until(loop, &never, 5);
+  }
+  return true;
+}
+
 int fy_test_loop_finish(uv_loop_t *loop) {
   uv_run(loop, UV_RUN_DEFAULT);
   return uv_loop_close(loop);

@@ -14,6 +14,10 @@ const char *fy_test_mkdtemp(const char *tag);
 void fy_test_rmtree(const char *path);
 /* Runs loop until *flag becomes true or timeout_ms passes; returns *flag. */
 bool fy_test_run_until(uv_loop_t *loop, const bool *flag, uint64_t timeout_ms);
+/* Runs loop until pred(arg) holds (checked every few ms) or timeout_ms
+ * passes; returns whether it holds. */
+bool fy_test_run_until_pred(uv_loop_t *loop, bool (*pred)(void *arg), void *arg,
+                            uint64_t timeout_ms);
 /* Runs the loop until nothing is left to do, then closes it; returns
  * uv_loop_close's result (0 = no leaked handles). */
 int fy_test_loop_finish(uv_loop_t *loop);
