@@ -16,12 +16,13 @@
 - The link cut between two real hosts (network namespaces, a firewall rule
   and a link going down) is in test_ha_netns.py.
 
-Fixed ports (this file): 23200-23203, 23210-23213, 23220-23223.
+Every process listens on port 0 and the test reads the port it printed, so
+runs from several worktrees at once do not collide.
 """
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import time
 
@@ -31,21 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Pair:
-    def __init__(self, args, name, base, extra_master=()):
+    def __init__(self, args, name, extra_master=()):
         self.args = args
         self.dir = fresh_dir(args.tmp, name)
-        self.ns_port, self.m_port, self.ha_port, self.s_port = base, base + 1, base + 2, base + 3
-        self.ns = f"127.0.0.1:{self.ns_port}"
         self.procs = {}
-        self._start("namesrv", ["mqnamesrv", "-o", f"listenPort={self.ns_port}",
-                                "-o", "listenAddress=127.0.0.1"], self.ns_port)
-        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
-        self._start("slave", self._broker("slave", False), self.s_port)
+        self.ns_port = self._start("namesrv", ["mqnamesrv", "-o", "listenPort=0",
+                                               "-o", "listenAddress=127.0.0.1"])
+        self.ns = f"127.0.0.1:{self.ns_port}"
+        self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
+        self.s_port = self._start("slave", self._broker("slave", False))
 
     def _broker(self, name, master):
         conf = os.path.join(ROOT, "conf", "broker-a.conf" if master else "broker-a-s.conf")
-        argv = ["mqbroker", "-c", conf, "-o", f"namesrvAddr={self.ns}",
-                "-o", f"listenPort={self.m_port if master else self.s_port}",
+        argv = ["mqbroker", "-c", conf, "-o", f"namesrvAddr={self.ns}", "-o", "listenPort=0",
                 "-o", "listenAddress=127.0.0.1", "-o", "brokerIP1=127.0.0.1",
                 "-o", f"storePathRootDir={self.dir}/{name}", "-o", f"pidFile={self.dir}/{name}.pid",
                 "-o", "registerNameServerPeriod=1000", "-o", "slaveSyncMetadataInterval=300",
@@ -54,23 +53,25 @@ class Pair:
                 "-o", "maxHashSlotNum=10007", "-o", "maxIndexNum=400000",
                 "-o", "autoCreateTopicEnable=false"]
         if master:
-            argv += ["-o", f"haListenPort={self.ha_port}"]
+            argv += ["-o", "haListenPort=0"]  # the slave learns it from the name server
         return argv
 
-    def _start(self, name, argv, port):
+    def _start(self, name, argv):
+        """Starts a process and returns the port it printed it listens on."""
         argv = [os.path.join(self.args.bin, argv[0])] + argv[1:]
-        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        path = os.path.join(self.dir, f"{name}.log")
+        start_at = os.path.getsize(path) if os.path.exists(path) else 0  # a restart appends
+        log = open(path, "ab")
         p = subprocess.Popen(argv, stdout=log, stderr=log)
         self.procs[name] = p
 
-        def up():
-            assert p.poll() is None, f"{name} exited; see {self.dir}/{name}.log"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, 30, f"{name} listening on {port}")
+        def port():
+            assert p.poll() is None, f"{name} exited; see {path}"
+            with open(path, "rb") as f:
+                f.seek(start_at)
+                m = re.search(rb"^mq(?:namesrv|broker) listening on port (\d+)$", f.read(), re.M)
+            return int(m.group(1)) if m else None
+        return wait_for(port, 30, f"{name} to print its port")
 
     def tool(self, *argv, input=None, timeout=60, check=True):
         r = subprocess.run([os.path.join(self.args.bin, argv[0])] + list(argv[1:]), input=input,
@@ -97,7 +98,7 @@ class Pair:
         p = self.procs["master"]
         p.send_signal(sig)
         p.wait(timeout=60)
-        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
+        self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
 
     def stop(self):
         for p in self.procs.values():
@@ -119,7 +120,7 @@ def produce(pair, topic, lines, timeout_ms=3000):
 
 
 def test_redirect_to_slave_and_back(args):
-    pair = Pair(args, "ha-redirect", 23200,
+    pair = Pair(args, "ha-redirect",
                 extra_master=["-o", "slaveReadEnable=true", "-o", "slaveReadBehindBytes=20000"])
     try:
         pair.create_topic("Redirect")
@@ -153,7 +154,7 @@ def ignores_sigpipe(pid):
 
 
 def test_link_cut_and_heal(args):
-    pair = Pair(args, "ha-linkcut", 23210)
+    pair = Pair(args, "ha-linkcut")
     try:
         # A peer resetting a connection mid-write (a killed slave, master or
         # client) must not kill a broker or name server with SIGPIPE.
@@ -210,7 +211,7 @@ def test_sync_master_shows_nothing_unacknowledged_across_restarts(args):
     """The SYNC_MASTER rule across restarts: what the master stored without
     a slave stays hidden after it restarts (the slave still frozen), and
     shows, none lost, once the slave is back and has acknowledged it."""
-    pair = Pair(args, "ha-gap", 23220)
+    pair = Pair(args, "ha-gap")
     try:
         pair.create_topic("Gap")
         wait_for(lambda: produce(pair, "Gap", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
