@@ -233,6 +233,14 @@ static int copy_props(struct fy_broker *b, const char *p, size_t len, char *buf,
   return (int)n;
 }
 
+/* The room copy_props needs for len bytes of properties: them, a final
+ * separator and a UNIQ_KEY it may add, at most FY_PROPS_MAX (so a longer
+ * input still fails there with its clear reason). */
+static size_t props_room(size_t len) {
+  size_t room = len + 1 + sizeof FY_PROP_UNIQ_KEY + 1 + 32 + 1;
+  return room < FY_PROPS_MAX ? room : FY_PROPS_MAX;
+}
+
 /* SEND_MESSAGE carries long field names; SEND_MESSAGE_V2 and batches the
  * one-letter ones. Either is accepted in either. */
 static const char *send_field(const fy_rmq_cmd *c, const char *name) {
@@ -283,16 +291,24 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
     fy__reply_err(conn, &ref, st, "%s", why);
     return;
   }
-  /* Count the messages first: one, or a batch's entries. */
+  /* Count the messages first (one, or a batch's entries), and the bytes
+   * their properties can take here: what they carry plus what copy_props
+   * adds, each at most FY_PROPS_MAX (not FY_PROPS_MAX each up front: that
+   * was 32 MiB for a batch of 1,024). */
+  const char *hp = send_field(c, "properties");
   size_t n = 1;
+  size_t props_total = props_room(hp ? strlen(hp) : 0);
   if (batch) {
     const uint8_t *p = c->body;
     size_t left = c->body_len;
     fy_rmq_batch_msg bm;
     int rc;
     n = 0;
-    while ((rc = fy_rmq_batch_next(&p, &left, &bm)) == 1 && n <= BATCH_MAX)
+    props_total = 0;
+    while ((rc = fy_rmq_batch_next(&p, &left, &bm)) == 1 && n <= BATCH_MAX) {
       n++;
+      props_total += props_room(bm.props_len);
+    }
     if (rc < 0 || n == 0 || n > BATCH_MAX) {
       reply(conn, c, FY_RMQ_RESP_MESSAGE_ILLEGAL, NULL, 0,
             rc < 0 ? "malformed batch body" : "a batch carries 1 to %d messages", BATCH_MAX);
@@ -301,7 +317,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
   }
   struct fy_msg *msgs = calloc(n, sizeof *msgs);
   char (*ids)[33] = calloc(n, sizeof *ids);
-  char *props = malloc(n * (size_t)FY_PROPS_MAX);
+  char *props = malloc(props_total);
   if (!msgs || !ids || !props) {
     reply(conn, c, FY_RMQ_RESP_SYSTEM_BUSY, NULL, 0, "out of memory");
     goto out;
@@ -310,7 +326,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
   fy__peer_host(conn, &born);
   fy__store_host(b, &store_host);
   int64_t born_ts = send_i64(c, "bornTimestamp", 0);
-  const char *hp = send_field(c, "properties");
+  char *pb = props;
   const uint8_t *p = c->body;
   size_t left = c->body_len;
   for (size_t i = 0; i < n; i++) {
@@ -330,8 +346,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
       m->body_len = bm.body_len;
     }
     const char *reason = NULL;
-    char *pb = props + i * FY_PROPS_MAX;
-    int plen = copy_props(b, src, srclen, pb, FY_PROPS_MAX, ids[i], &reason);
+    int plen = copy_props(b, src, srclen, pb, props_room(srclen), ids[i], &reason);
     if (plen < 0) {
       reply(conn, c, FY_RMQ_RESP_MESSAGE_ILLEGAL, NULL, 0, "message %zu: %s", i, reason);
       goto out;
@@ -346,6 +361,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
     m->reconsume_times = (uint32_t)send_i64(c, "reconsumeTimes", 0);
     m->props = pb;
     m->props_len = (uint16_t)plen;
+    pb += plen;
   }
   st = fy__send_put(b, bc, &ref, msgs, n, ids, why, sizeof why);
   if (st)

@@ -49,6 +49,8 @@
 #define CLEAN_FILES_PER_PASS 10
 #define FORCE_CLEAN_SLACK_PCT 5
 #define QCACHE_SIZE 64 /* queue-table cache slots (a power of two) */
+#define PEND_MAX 32768u   /* put-time dispatch facts kept (a power of two); 2 MiB */
+#define PEND_KEYS 4       /* index keys a kept record may have (more: read back) */
 
 struct queue {
   char *topic;
@@ -60,6 +62,23 @@ struct queue {
   /* queue_min's answer, valid while the log's and the queue's mins are these */
   bool min_cached;
   uint64_t min, min_for_cl, min_for_cq;
+};
+
+/*
+ * What dispatch needs of a record fy_store_put appended, kept from the put
+ * so dispatch does not read the record back from the commit log and parse
+ * it again (that re-read was the largest single cost of a put). Only a
+ * cache: a record without one (the ring was full, more than PEND_KEYS keys,
+ * a slave's raw append, recovery) is read from the log as before, and the
+ * ring is emptied whenever a queue it may point at is freed.
+ */
+struct pend {
+  struct queue *q; /* NULL: a prepared or rolled-back transaction (index only) */
+  uint64_t phys, queue_offset;
+  int64_t tag_hash, store_ts_ms;
+  uint32_t size;
+  uint32_t nhashes;
+  uint32_t hashes[PEND_KEYS];
 };
 
 enum close_state { OPEN, CLOSING_LOG, CLOSING_QUEUES, CLOSING_CHECKPOINT, CLOSED };
@@ -79,6 +98,8 @@ struct fy_store {
   char path[600];
 
   uint64_t dispatched;
+  struct pend *pend; /* ring of PEND_MAX, allocated at the first put */
+  uint32_t pend_head, pend_count;
   bool confirm_required;
   uint64_t confirmed;
   int error;
@@ -122,6 +143,8 @@ static int64_t now_ms(void) {
 }
 
 /* ---- queue table ---- */
+
+static void pend_reset(fy_store *s);
 
 static size_t queue_key(char *buf, const char *topic, size_t topic_len, uint32_t queue_id) {
   memcpy(buf, topic, topic_len);
@@ -196,6 +219,7 @@ static void queue_free(struct queue *q) {
 static void queue_forget(fy_store *s, struct queue *q) {
   fy_assert(q->cq == NULL && q->next_offset == 0);
   memset(s->qcache, 0, sizeof s->qcache);
+  pend_reset(s);
   char key[FY_TOPIC_MAX + 8];
   fy_strmap_del(s->queues, key, queue_key(key, q->topic, q->topic_len, q->queue_id));
   queue_free(q);
@@ -276,55 +300,180 @@ static size_t index_hashes(const struct fy_msg *m, uint32_t *hashes) {
   return n;
 }
 
-/* A record read for dispatch, with its index key hashes. */
+/* A record to dispatch: kept at its put (struct pend) or read back. */
 struct dispatch_item {
-  struct fy_cl_slice sl;
-  struct fy_msg m;
+  struct fy_cl_slice sl; /* the record read back; empty for a kept one */
+  struct queue *q;       /* its queue when known, else looked up by topic */
+  const char *topic;
+  size_t topic_len;
+  uint32_t queue_id;
   bool blank;
+  bool to_cq; /* false for blanks and prepared or rolled-back transactions */
+  uint64_t phys, queue_offset;
+  uint32_t size;
+  int64_t tag_hash, store_ts_ms;
   uint64_t next; /* where dispatch continues after it */
   size_t nhashes;
   uint32_t hashes[MAX_KEYS_PER_MSG];
 };
 
+static bool tx_hidden(uint32_t sys_flag) {
+  uint32_t tx = sys_flag & FY_SYSFLAG_TRANS_MASK;
+  return tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK;
+}
+
 static int dispatch_one(fy_store *s, const struct dispatch_item *it) {
-  const struct fy_msg *m = &it->m;
-  uint32_t tx = m->sys_flag & FY_SYSFLAG_TRANS_MASK;
-  if (tx != FY_SYSFLAG_TRANS_PREPARED && tx != FY_SYSFLAG_TRANS_ROLLBACK) {
-    struct queue *q = queue_get(s, m->topic, m->topic_len, m->queue_id);
+  if (it->to_cq) {
+    struct queue *q = it->q ? it->q : queue_get(s, it->topic, it->topic_len, it->queue_id);
     if (!q)
       return -ENOMEM;
     int err = queue_open_cq(s, q);
     if (err)
       return err;
-    struct fy_cq_entry e = {.phys = m->phys_offset, .size = m->total_size,
-                            .tag_hash = tag_hash_of(m)};
-    err = fy_cq_put(q->cq, m->queue_offset, &e);
+    struct fy_cq_entry e = {.phys = it->phys, .size = it->size, .tag_hash = it->tag_hash};
+    err = fy_cq_put(q->cq, it->queue_offset, &e);
     if (err) {
       fy_error(MOD, "consume queue %s/%u rejected offset %" PRIu64 " (phys %" PRIu64 "): %s",
-               q->topic, q->queue_id, m->queue_offset, m->phys_offset, fy_strerror(err));
+               q->topic, q->queue_id, it->queue_offset, it->phys, fy_strerror(err));
       return err;
     }
-    if (q->next_offset < m->queue_offset + 1)
-      q->next_offset = m->queue_offset + 1;
+    if (q->next_offset < it->queue_offset + 1)
+      q->next_offset = it->queue_offset + 1;
   }
   if (s->index) {
-    int err = fy_index_put_hashed(s->index, it->hashes, it->nhashes, m->phys_offset,
-                                  m->total_size, m->store_ts_ms);
+    int err = fy_index_put_hashed(s->index, it->hashes, it->nhashes, it->phys, it->size,
+                                  it->store_ts_ms);
     if (err) {
-      fy_error(MOD, "index rejected record at %" PRIu64 ": %s", m->phys_offset, fy_strerror(err));
+      fy_error(MOD, "index rejected record at %" PRIu64 ": %s", it->phys, fy_strerror(err));
       return err;
     }
   }
   return 0;
 }
 
+/* ---- put-time dispatch facts (struct pend) ---- */
+
+static void pend_reset(fy_store *s) { s->pend_head = s->pend_count = 0; }
+
+static void pend_pop(fy_store *s) {
+  s->pend_head = (s->pend_head + 1) & (PEND_MAX - 1);
+  s->pend_count--;
+}
+
+/* Keeps what dispatch will need of m, appended by fy_store_put into q. */
+static void pend_keep(fy_store *s, const struct fy_msg *m, struct queue *q) {
+  if (!q || s->pend_count == PEND_MAX)
+    return;
+  if (!s->pend && !(s->pend = malloc(PEND_MAX * sizeof *s->pend)))
+    return; /* dispatch reads the records back instead */
+  uint32_t hashes[MAX_KEYS_PER_MSG];
+  size_t nh = s->index ? index_hashes(m, hashes) : 0;
+  if (nh > PEND_KEYS)
+    return;
+  struct pend *p = &s->pend[(s->pend_head + s->pend_count) & (PEND_MAX - 1)];
+  *p = (struct pend){.q = q, .phys = m->phys_offset, .queue_offset = m->queue_offset,
+                     .tag_hash = tag_hash_of(m), .store_ts_ms = m->store_ts_ms,
+                     .size = m->total_size, .nhashes = (uint32_t)nh};
+  memcpy(p->hashes, hashes, nh * sizeof *hashes);
+  s->pend_count++;
+}
+
+/* The kept facts of the record at from, if any; drops older ones (records
+ * dispatched by reading them back, e.g. after a dispatch error). */
+static const struct pend *pend_at(fy_store *s, uint64_t from) {
+  while (s->pend_count) {
+    const struct pend *p = &s->pend[s->pend_head];
+    if (p->phys >= from)
+      return p->phys == from ? p : NULL;
+    pend_pop(s);
+  }
+  return NULL;
+}
+
+#ifdef FY_EXPENSIVE_CHECKS
+/* Debug builds (the sanitizer suite) check every kept record against the
+ * record in the log, so the two paths cannot drift apart unnoticed. */
+static void pend_verify(fy_store *s, const struct dispatch_item *it) {
+  struct fy_cl_slice sl;
+  enum fy_record_kind kind;
+  struct fy_msg m;
+  int64_t r = fy_commitlog_read_record(s->cl, it->phys, &sl, &kind, &m);
+  fy_assert(r == (int64_t)it->size && kind == FY_REC_MSG);
+  fy_assert(m.queue_offset == it->queue_offset && m.queue_id == it->queue_id &&
+            m.topic_len == it->topic_len && memcmp(m.topic, it->topic, m.topic_len) == 0 &&
+            m.store_ts_ms == it->store_ts_ms && tag_hash_of(&m) == it->tag_hash &&
+            !tx_hidden(m.sys_flag));
+  uint32_t hashes[MAX_KEYS_PER_MSG];
+  size_t nh = s->index ? index_hashes(&m, hashes) : 0;
+  fy_assert(nh == it->nhashes && memcmp(hashes, it->hashes, nh * sizeof *hashes) == 0);
+  fy_cl_slice_release(&sl);
+}
+#endif
+
+/* Fills it from kept facts; false if p's record is not all below end. */
+static bool item_from_pend(fy_store *s, struct dispatch_item *it, const struct pend *p,
+                           uint64_t end) {
+  if (p->phys + p->size > end)
+    return false;
+  *it = (struct dispatch_item){.q = p->q, .topic = p->q->topic, .topic_len = p->q->topic_len,
+                               .queue_id = p->q->queue_id, .to_cq = true, .phys = p->phys,
+                               .queue_offset = p->queue_offset, .size = p->size,
+                               .tag_hash = p->tag_hash, .store_ts_ms = p->store_ts_ms,
+                               .next = p->phys + p->size, .nhashes = p->nhashes};
+  memcpy(it->hashes, p->hashes, p->nhashes * sizeof *p->hashes);
+#ifdef FY_EXPENSIVE_CHECKS
+  pend_verify(s, it);
+#endif
+  pend_pop(s);
+  return true;
+}
+
+/* Reads the record at from back from the log into it: 1 when read, 0 when
+ * it is not complete below end yet, or the validation error. */
+static int item_from_log(fy_store *s, struct dispatch_item *it, uint64_t from, uint64_t end) {
+  enum fy_record_kind kind;
+  struct fy_msg m;
+  int64_t r = fy_commitlog_read_record_own(s->cl, from, &it->sl, &kind, &m);
+  if (r == -EAGAIN)
+    return 0;
+  if (r < 0) {
+    fy_error(MOD, "record at %" PRIu64 " failed validation during dispatch: %s", from,
+             fy_strerror((int)r));
+    return (int)r;
+  }
+  it->blank = kind == FY_REC_BLANK;
+  if (it->blank) {
+    it->next = fy_commitlog_next_segment(s->cl, from);
+    it->to_cq = false;
+    it->nhashes = 0;
+    return 1;
+  }
+  if (from + (uint64_t)r > end) { /* a slave confirmed only part of it */
+    fy_cl_slice_release(&it->sl);
+    return 0;
+  }
+  it->next = from + (uint64_t)r;
+  it->q = NULL;
+  it->topic = m.topic;
+  it->topic_len = m.topic_len;
+  it->queue_id = m.queue_id;
+  it->to_cq = !tx_hidden(m.sys_flag);
+  it->phys = from;
+  it->queue_offset = m.queue_offset;
+  it->size = m.total_size;
+  it->tag_hash = it->to_cq ? tag_hash_of(&m) : 0;
+  it->store_ts_ms = m.store_ts_ms;
+  it->nhashes = s->index ? index_hashes(&m, it->hashes) : 0;
+  return 1;
+}
+
 /*
- * Reads up to DISPATCH_BATCH records from `from` (below end) into items,
- * hashing their index keys and prefetching the index slots they will hit:
- * the slots are random cache lines in a table of many MB, and loading a
- * batch's lines at once instead of one after the other is most of the
- * index's cost. Stops at the first record that is incomplete (*stop = 0) or
- * invalid (*stop = the error). Returns the number read.
+ * Gathers up to DISPATCH_BATCH records from `from` (below end) into items,
+ * prefetching the index slots they will hit: the slots are random cache
+ * lines in a table of many MB, and loading a batch's lines at once instead
+ * of one after the other is most of the index's cost. Stops at the first
+ * record that is incomplete (*stop = 0) or invalid (*stop = the error).
+ * Returns the number gathered.
  */
 static size_t read_batch(fy_store *s, uint64_t from, uint64_t end, struct dispatch_item *items,
                          int *stop) {
@@ -332,28 +481,19 @@ static size_t read_batch(fy_store *s, uint64_t from, uint64_t end, struct dispat
   *stop = 0;
   while (n < DISPATCH_BATCH && from < end) {
     struct dispatch_item *it = &items[n];
-    enum fy_record_kind kind;
-    int64_t r = fy_commitlog_read_record_own(s->cl, from, &it->sl, &kind, &it->m);
-    if (r == -EAGAIN)
-      break;
-    if (r < 0) {
-      fy_error(MOD, "record at %" PRIu64 " failed validation during dispatch: %s", from,
-               fy_strerror((int)r));
-      *stop = (int)r;
-      break;
+    const struct pend *p = pend_at(s, from);
+    if (p) {
+      if (!item_from_pend(s, it, p, end))
+        break;
+    } else {
+      int r = item_from_log(s, it, from, end);
+      if (r <= 0) {
+        *stop = r;
+        break;
+      }
     }
-    it->blank = kind == FY_REC_BLANK;
-    if (!it->blank && from + (uint64_t)r > end) { /* past a confirmed offset that fell mid-record */
-      fy_cl_slice_release(&it->sl);
-      break;
-    }
-    it->next = it->blank ? fy_commitlog_next_segment(s->cl, from) : from + (uint64_t)r;
-    it->nhashes = 0;
-    if (!it->blank && s->index) {
-      it->nhashes = index_hashes(&it->m, it->hashes);
-      for (size_t k = 0; k < it->nhashes; k++)
-        fy_index_prefetch(s->index, it->hashes[k]);
-    }
+    for (size_t k = 0; k < it->nhashes; k++)
+      fy_index_prefetch(s->index, it->hashes[k]);
     from = it->next;
     n++;
   }
@@ -374,8 +514,8 @@ static int dispatch_to(fy_store *s, uint64_t end, uint64_t *count, bool notify) 
       if (!it->blank) {
         err = dispatch_one(s, it);
         if (!err && notify && s->arrival_cb)
-          s->arrival_cb(s->arrival_arg, it->m.topic, it->m.topic_len, it->m.queue_id,
-                        it->m.queue_offset + 1);
+          s->arrival_cb(s->arrival_arg, it->topic, it->topic_len, it->queue_id,
+                        it->queue_offset + 1);
       }
       fy_cl_slice_release(&it->sl);
       if (err)
@@ -689,8 +829,7 @@ static int reserve_hidden(fy_store *s, uint64_t end, uint64_t *count) {
       off = fy_commitlog_next_segment(s->cl, off);
       continue;
     }
-    uint32_t tx = m.sys_flag & FY_SYSFLAG_TRANS_MASK;
-    bool queued = tx != FY_SYSFLAG_TRANS_PREPARED && tx != FY_SYSFLAG_TRANS_ROLLBACK;
+    bool queued = !tx_hidden(m.sys_flag);
     struct queue *q = queued ? queue_get(s, m.topic, m.topic_len, m.queue_id) : NULL;
     if (q && q->next_offset < m.queue_offset + 1)
       q->next_offset = m.queue_offset + 1;
@@ -872,6 +1011,7 @@ out_close_log:
   fy_aio_close(s->aio);
 out_free:
   close_resources(s);
+  free(s->pend);
   free(s);
   return err;
 }
@@ -987,6 +1127,7 @@ void fy_store_free(fy_store *s) {
   if (s->cl)
     fy_commitlog_free(s->cl);
   close_resources(s);
+  free(s->pend);
   free(s);
 }
 
@@ -1042,8 +1183,10 @@ int fy_store_put(fy_store *s, struct fy_msg *msgs, size_t n, fy_append_cb cb, vo
         queue_forget(s, qs[j]);
     return err;
   }
-  for (size_t j = 0; j < n; j++)
+  for (size_t j = 0; j < n; j++) {
     msgs[j].phys_offset = phys[j];
+    pend_keep(s, &msgs[j], qs[j]);
+  }
   s->puts += n;
   s->put_bytes += bytes;
   return 0;
@@ -1263,6 +1406,7 @@ int fy_store_delete_topic(fy_store *s, const char *topic) {
   }
   int err = 0;
   memset(s->qcache, 0, sizeof s->qcache);
+  pend_reset(s);
   for (size_t i = 0; i < nv; i++) {
     struct queue *q = victims[i];
     char k[FY_TOPIC_MAX + 8];

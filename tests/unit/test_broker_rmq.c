@@ -335,6 +335,74 @@ static void test_many_tag_subscription_is_served(void **state) {
   assert_int_equal(r->code, FY_RMQ_RESP_SUBSCRIPTION_PARSE_FAILED);
 }
 
+static size_t put_batch_msg(uint8_t *dst, const char *body, const char *props, size_t props_len) {
+  size_t blen = strlen(body), total = 22 + blen + props_len;
+  uint8_t *p = dst;
+  uint32_t fields[5] = {(uint32_t)total, 0, 0, 0, (uint32_t)blen}; /* size magic crc flag bodylen */
+  for (int i = 0; i < 5; i++, p += 4) {
+    p[0] = (uint8_t)(fields[i] >> 24);
+    p[1] = (uint8_t)(fields[i] >> 16);
+    p[2] = (uint8_t)(fields[i] >> 8);
+    p[3] = (uint8_t)fields[i];
+  }
+  memcpy(p, body, blen);
+  p += blen;
+  p[0] = (uint8_t)(props_len >> 8);
+  p[1] = (uint8_t)props_len;
+  memcpy(p + 2, props, props_len);
+  return total;
+}
+
+/* A batch's properties get the room they need (they once took 32 KiB each
+ * up front): large and small ones in one batch are stored intact, a UNIQ_KEY
+ * is added where missing, and properties that cannot take one still fail
+ * with the limit named. */
+static void test_batch_properties_sized_to_fit(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicB", "1");
+  enum { BIG = 30000 };
+  static char props[3][BIG + 64];
+  static uint8_t body[4 * (BIG + 128)];
+  size_t plen[3], len = 0;
+  for (int i = 0; i < 3; i++) {
+    int n = snprintf(props[i], sizeof props[i], "UNIQ_KEY\001%032d\002P\001", i);
+    memset(props[i] + n, 'a' + i, BIG);
+    props[i][n + BIG] = '\002';
+    plen[i] = (size_t)n + BIG + 1;
+    len += put_batch_msg(body + len, "big", props[i], plen[i]);
+  }
+  len += put_batch_msg(body + len, "small", "TAGS\001A\002", 7);
+  int32_t op = request(e, FY_RMQ_REQ_SEND_BATCH_MESSAGE, body, len, "a", "PG", "b", "TopicB", "e",
+                       "0", END);
+  const fy_rmq_cmd *r = answer(e, op, 10000);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGB", "topic", "TopicB", "queueId",
+           "0", "queueOffset", "0", "maxMsgNums", "32", "sysFlag", "4", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[8];
+  assert_int_equal(decode_msgs(r, m, 8), 4);
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(m[i].props_len, plen[i]);
+    assert_memory_equal(m[i].props, props[i], plen[i]);
+  }
+  const char *v;
+  size_t vlen;
+  assert_true(fy_props_get(m[3].props, m[3].props_len, FY_PROP_UNIQ_KEY, &v, &vlen));
+  assert_int_equal(vlen, 32);
+  /* No room left for the UNIQ_KEY the broker must add. */
+  static char full[FY_PROPS_MAX + 1];
+  memcpy(full, "P\001", 2);
+  memset(full + 2, 'z', FY_PROPS_MAX - 20);
+  full[FY_PROPS_MAX - 18] = '\002';
+  len = put_batch_msg(body, "full", full, FY_PROPS_MAX - 17);
+  op = request(e, FY_RMQ_REQ_SEND_BATCH_MESSAGE, body, len, "a", "PG", "b", "TopicB", "e", "0",
+               END);
+  r = answer(e, op, 10000);
+  assert_int_equal(r->code, FY_RMQ_RESP_MESSAGE_ILLEGAL);
+  assert_non_null(r->remark);
+  assert_non_null(strstr(r->remark, "32767"));
+}
+
 /* Many consumers (broadcasting, say) hold a pull on the same queue: one
  * arriving message answers every one of them, not only the first 256. */
 #define HELD 300
@@ -427,6 +495,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_long_registered_subscription_filters_nothing_out, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_many_tag_subscription_is_served, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_batch_properties_sized_to_fit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_arrival_answers_every_held_pull, setup, teardown),
       cmocka_unit_test_prestate_setup_teardown(
           test_delayed_messages_stored_once_when_store_pushes_back, setup, teardown,

@@ -428,6 +428,48 @@ static void test_corrupt_chains(void **state) {
   fy_index_close(ix);
 }
 
+static uint32_t fnv1a(const char *k) {
+  uint32_t h = 2166136261u;
+  for (; *k; k++)
+    h = (h ^ (uint8_t)*k) * 16777619u;
+  return h;
+}
+
+/* A version 1 file (FNV-1a key hashes) is still queried with FNV-1a, and
+ * new keys go to a new version 2 file instead of being mixed into it. */
+static void test_version1_file(void **state) {
+  (void)state;
+  const uint32_t slots = 1; /* one slot: the slot does not depend on the hash */
+  fy_index *ix = open_ix(slots, 100);
+  put_one(ix, 0, 7);
+  fy_index_close(ix);
+  char path[800];
+  first_file(path, sizeof path);
+  poke32(path, 4, 1);                            /* version 1 */
+  poke32(path, HDR + slots * 4 + 20, fnv1a("T#k7")); /* entry 1's hash */
+  ix = open_ix(slots, 100);
+  uint64_t out[4];
+  assert_int_equal(query_all(ix, 7, out, 4), 1);
+  assert_int_equal(out[0], 0);
+  assert_int_equal(count_files(), 1);
+  put_one(ix, 1, 8);
+  assert_int_equal(count_files(), 2); /* not appended to the version 1 file */
+  assert_int_equal(query_all(ix, 8, out, 4), 1);
+  assert_int_equal(out[0], REC);
+  assert_int_equal(query_all(ix, 7, out, 4), 1);
+  fy_index_close(ix);
+  ix = open_ix(slots, 100);
+  assert_int_equal(query_all(ix, 7, out, 4), 1);
+  assert_int_equal(query_all(ix, 8, out, 4), 1);
+  assert_int_equal(query_all(ix, 9, out, 4), 0);
+  fy_index_close(ix);
+  poke32(path, 4, 3); /* an unknown version: the file is skipped */
+  ix = open_ix(slots, 100);
+  assert_int_equal(query_all(ix, 7, out, 4), 0);
+  assert_int_equal(query_all(ix, 8, out, 4), 1);
+  fy_index_close(ix);
+}
+
 /* ---- flush (needs fy_aio) ---- */
 
 struct flush_rec {
@@ -573,6 +615,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_truncate_phys, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reopen_and_bad_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_trim_below, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_version1_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_corrupt_chains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_writes_slots, setup, teardown),

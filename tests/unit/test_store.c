@@ -21,6 +21,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "common/crc32c.h"
 #include "common/err.h"
@@ -487,15 +488,8 @@ static void test_offset_for_time(void **state) {
   assert_int_equal(fy_store_offset_for_time(fx->s, TOPIC, 5, 0), 0); /* no such queue */
 }
 
-/* FNV-1a, as the index hashes "topic#key". */
-static uint32_t fnv1a(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++) {
-    h ^= (uint8_t)*s;
-    h *= 16777619u;
-  }
-  return h;
-}
+/* The index's key hash of "topic#key": the low 32 bits of XXH3-64. */
+static uint32_t ix_hash(const char *s) { return (uint32_t)XXH3_64bits(s, strlen(s)); }
 
 static void test_query_key(void **state) {
   struct fx *fx = *state;
@@ -503,11 +497,11 @@ static void test_query_key(void **state) {
   static struct msgbuf b[4];
   /* The last two keys' full 32-bit hashes collide: the index hands back the
    * record for either key; the store must return it only for its own key. */
-  assert_int_equal(fnv1a("Kc#key34816"), fnv1a("Kc#key648640"));
+  assert_int_equal(ix_hash("Kc#key84960"), ix_hash("Kc#key125588"));
   put_wait(fx, make_msg(&b[0], "Kc", 0, 0, 30, NULL, "k1 k2", "U-1"));
   put_wait(fx, make_msg(&b[1], "Kc", 1, 1, 30, "tag", "k2", "U-2"));
   put_wait(fx, make_msg(&b[2], "Other", 0, 2, 30, NULL, "k1", "U-1"));
-  put_wait(fx, make_msg(&b[3], "Kc", 0, 3, 30, NULL, "key34816", NULL));
+  put_wait(fx, make_msg(&b[3], "Kc", 0, 3, 30, NULL, "key84960", NULL));
   uint64_t p[4];
   for (int i = 0; i < 4; i++)
     p[i] = b[i].m.phys_offset;
@@ -535,11 +529,11 @@ static void test_query_key(void **state) {
   assert_int_equal(n, 1);
   assert_int_equal(out[0].offset, p[2]);
   fy_cl_slice_release(&out[0]);
-  n = fy_store_query_key(fx->s, "Kc", "key34816", 0, INT64_MAX, out, 8);
+  n = fy_store_query_key(fx->s, "Kc", "key84960", 0, INT64_MAX, out, 8);
   assert_int_equal(n, 1);
   assert_int_equal(out[0].offset, p[3]);
   fy_cl_slice_release(&out[0]);
-  assert_int_equal(fy_store_query_key(fx->s, "Kc", "key648640", 0, INT64_MAX, out, 8), 0);
+  assert_int_equal(fy_store_query_key(fx->s, "Kc", "key125588", 0, INT64_MAX, out, 8), 0);
   assert_int_equal(fy_store_query_key(fx->s, "Kc", "k3", 0, INT64_MAX, out, 8), 0);
   assert_int_equal(fy_store_query_key(fx->s, "Kc", "k", 0, INT64_MAX, out, 8), 0); /* no prefix match */
   /* Outside the time window. */
@@ -551,6 +545,87 @@ static void test_query_key(void **state) {
   assert_int_equal(n, 2);
   for (size_t i = 0; i < n; i++)
     fy_cl_slice_release(&out[i]);
+}
+
+/* Runs the loop until topic/qid's max offset reaches want (or fails). */
+static void run_until_max(struct fx *fx, const char *topic, uint32_t qid, uint64_t want) {
+  uint64_t deadline = uv_hrtime() + (uint64_t)DEADLINE_MS * 1000000u;
+  while (fy_store_max_offset(fx->s, topic, qid) < want && uv_hrtime() < deadline)
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(fy_store_max_offset(fx->s, topic, qid), want);
+}
+
+static void expect_key(struct fx *fx, const char *topic, const char *key, uint64_t phys) {
+  struct fy_cl_slice out[4];
+  size_t n = fy_store_query_key(fx->s, topic, key, 0, INT64_MAX, out, 4);
+  assert_int_equal(n, 1);
+  assert_int_equal(out[0].offset, phys);
+  fy_cl_slice_release(&out[0]);
+}
+
+/*
+ * Dispatch takes most records from what fy_store_put kept and reads the
+ * others back from the log: more records than the store keeps before one is
+ * dispatched, a record with more keys than it keeps, a prepared
+ * transaction, and records of a topic deleted before their dispatch. Every
+ * record must land in its queue and the index, in order, either way (debug
+ * builds also check each kept record against the log).
+ */
+static void test_dispatch_kept_and_read_back(void **state) {
+  struct fx *fx = *state;
+  open_store(fx);
+  enum { N = 40000 }; /* more than the store keeps (32768) */
+  static struct msgbuf b;
+  char uniq[32];
+  uint64_t phys[N];
+  for (uint64_t i = 0; i < N; i++) {
+    snprintf(uniq, sizeof uniq, "U-%" PRIu64, i);
+    make_msg(&b, "Dk", (uint32_t)(i % 3), i, 20, i % 2 ? "odd" : "even", NULL, uniq);
+    assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+    phys[i] = b.m.phys_offset;
+  }
+  uint64_t many_phys, prepared_phys;
+  make_msg(&b, "Dk", 0, N, 20, NULL, "a1 a2 a3 a4 a5 a6", "U-many");
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  many_phys = b.m.phys_offset;
+  make_msg(&b, "Dk", 1, N + 1, 20, NULL, "prep", NULL);
+  b.m.sys_flag = FY_SYSFLAG_TRANS_PREPARED;
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  prepared_phys = b.m.phys_offset;
+  make_msg(&b, "Gone", 0, 0, 20, NULL, NULL, "U-gone");
+  assert_int_equal(put_retry(fx, &b.m, 1, NULL), 0);
+  assert_int_equal(fy_store_delete_topic(fx->s, "Gone"), 0); /* its kept facts are dropped */
+
+  uint64_t per_q[3] = {(N + 2) / 3 + 1, (N + 1) / 3, N / 3}; /* + the many-keys record */
+  for (uint32_t q = 0; q < 3; q++)
+    run_until_max(fx, "Dk", q, per_q[q]);
+  static const uint64_t probe[] = {0, 1, 32766, 32767, 32768, 32769, N - 1};
+  for (size_t k = 0; k < sizeof probe / sizeof probe[0]; k++) {
+    uint64_t i = probe[k];
+    check_get(fx, "Dk", (uint32_t)(i % 3), i / 3, i, 20, phys[i]);
+    snprintf(uniq, sizeof uniq, "U-%" PRIu64, i);
+    expect_key(fx, "Dk", uniq, phys[i]);
+  }
+  check_get(fx, "Dk", 0, per_q[0] - 1, N, 20, many_phys);
+  expect_key(fx, "Dk", "a1", many_phys);
+  expect_key(fx, "Dk", "a6", many_phys);
+  expect_key(fx, "Dk", "U-many", many_phys);
+  expect_key(fx, "Dk", "prep", prepared_phys); /* indexed, not queued */
+  assert_int_equal(fy_store_max_offset(fx->s, "Dk", 1), per_q[1]);
+  /* Tags kept at the put filter as well as tags read back. */
+  struct fy_get_msg g[8];
+  struct fy_get_result res;
+  int64_t odd = fy_tag_hash("odd", 3);
+  assert_int_equal(fy_store_get(fx->s, "Dk", 1, 0, 4, 1 << 20, &odd, 1, g, &res), 0);
+  assert_int_equal(res.status, FY_GET_FOUND);
+  assert_true(res.count > 0);
+  for (uint32_t k = 0; k < res.count; k++) {
+    enum fy_record_kind kind;
+    struct fy_msg m;
+    assert_true(fy_record_decode(g[k].slice.data, g[k].slice.len, g[k].slice.offset, &kind, &m) > 0);
+    assert_int_equal(m.flag % 2, 1);
+  }
+  fy_store_get_release(g, res.count);
 }
 
 /* ---- retention --------------------------------------------------------------- */
@@ -1162,6 +1237,7 @@ static const struct CMUnitTest tests[] = {
     T(test_batch_put_atomic),
     T(test_offset_for_time),
     T(test_query_key),
+    T(test_dispatch_kept_and_read_back),
     T(test_retention),
     T(test_sticky_write_error),
     T(test_sticky_fdatasync_error),
