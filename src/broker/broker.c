@@ -378,11 +378,10 @@ static int start_ha(struct fy_broker *b) {
                                &b->ha_master);
   if (err)
     return err;
-  if (b->cfg->role == FY_ROLE_SYNC_MASTER) {
-    fy_store_set_confirm_required(b->store, true);
-    fy_store_confirm(b->store, fy_commitlog_end(fy_store_commitlog(b->store)));
+  /* The store was opened with confirm_required (fy_broker_start): what no
+   * slave acknowledged before a restart stays hidden until one does. */
+  if (b->cfg->role == FY_ROLE_SYNC_MASTER)
     fy_ha_master_on_ack(b->ha_master, on_acked, b->store);
-  }
   return 0;
 }
 
@@ -490,6 +489,9 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
     goto out_free;
   }
   struct fy_store_recovery rec;
+  /* SYNC_MASTER: consumers see a record only once a slave has it, from the
+   * first record recovery makes visible on (store.h). */
+  b->settings.store.confirm_required = b->cfg->role == FY_ROLE_SYNC_MASTER;
   err = fy_store_open(loop, &b->settings.store, &b->store, &rec);
   if (err) {
     fy_error(MOD, "cannot open the store in %s: %s", b->settings.store.root_dir, fy_strerror(err));

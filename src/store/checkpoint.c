@@ -16,6 +16,7 @@
 #define CKPT_MAGIC 0xFE4D43C0u
 #define CKPT_VERSION 1u
 #define SLOT_SIZE 512u
+#define F_CONFIRMED 0x1u /* flags bit 0: confirmed_offset is set */
 
 struct fy_ckpt_file {
   int fd;
@@ -37,6 +38,10 @@ static void encode_slot(uint8_t *s, const struct fy_checkpoint *cp) {
   memcpy(s + 16, &cp->safe_offset, 8);
   memcpy(s + 24, &cp->cl_flushed, 8);
   memcpy(s + 32, &cp->written_at_ms, 8);
+  uint32_t flags = cp->has_confirmed ? F_CONFIRMED : 0;
+  uint64_t confirmed = cp->has_confirmed ? cp->confirmed_offset : 0;
+  memcpy(s + 40, &flags, 4);
+  memcpy(s + 48, &confirmed, 8);
   uint32_t crc = fy_crc32c(0, s, SLOT_SIZE - 4);
   memcpy(s + SLOT_SIZE - 4, &crc, 4);
 }
@@ -52,6 +57,12 @@ static bool decode_slot(const uint8_t *s, struct fy_checkpoint *cp) {
   memcpy(&cp->safe_offset, s + 16, 8);
   memcpy(&cp->cl_flushed, s + 24, 8);
   memcpy(&cp->written_at_ms, s + 32, 8);
+  uint32_t flags;
+  memcpy(&flags, s + 40, 4);
+  cp->has_confirmed = (flags & F_CONFIRMED) != 0;
+  cp->confirmed_offset = 0;
+  if (cp->has_confirmed)
+    memcpy(&cp->confirmed_offset, s + 48, 8);
   return true;
 }
 

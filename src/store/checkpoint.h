@@ -6,9 +6,16 @@
  * File <root>/checkpoint, 1024 bytes: two 512-byte slots written
  * alternately, so a torn write can only damage the slot being written. Slot
  * layout (little-endian): u32 magic, u32 version, u64 seq, u64 safe_offset,
- * u64 cl_flushed, i64 written_at_ms, ..., u32 crc32c of bytes [0,508) at 508.
- * The valid slot with the highest seq wins; no valid slot means "validate
- * everything".
+ * u64 cl_flushed, i64 written_at_ms, u32 flags, u32 0, u64 confirmed_offset,
+ * zeros, u32 crc32c of bytes [0,508) at 508. The valid slot with the highest
+ * seq wins; no valid slot means "validate everything".
+ *
+ * flags bit 0 (CONFIRMED) says confirmed_offset is set: the store
+ * ran under the SYNC_MASTER rule and records at or past confirmed_offset had
+ * not been acknowledged by a slave when the slot was written. The flags and
+ * confirmed_offset were added to version 1 in place: older slots hold zeros
+ * there (no limit recorded, everything confirmed) and older readers ignore
+ * them, so the version did not change.
  */
 #ifndef FY_STORE_CHECKPOINT_H
 #define FY_STORE_CHECKPOINT_H
@@ -23,6 +30,8 @@ struct fy_checkpoint {
   uint64_t safe_offset;
   uint64_t cl_flushed;
   int64_t written_at_ms;
+  bool has_confirmed;        /* flags bit 0: confirmed_offset is meaningful */
+  uint64_t confirmed_offset; /* SYNC_MASTER: records from here on no slave had acknowledged */
 };
 
 typedef struct fy_ckpt_file fy_ckpt_file;

@@ -7,9 +7,14 @@
  *     replay a range);
  *   - the flush cycle: every flush_cq_interval_ms the dirty consume queues
  *     and the index are fdatasynced, then the checkpoint records
- *     min(dispatched-at-start, commit-log flushed) as the safe offset;
+ *     min(dispatched-at-start, commit-log flushed) as the safe offset, and,
+ *     under SYNC_MASTER, the confirmed offset;
+ *   - SYNC_MASTER visibility (store.h): dispatch stops at the confirmed
+ *     offset, during recovery as well as at run time;
  *   - recovery: validate the log from the checkpoint, cut queues and index
- *     back to the recovered end, re-dispatch the rest;
+ *     back to the recovered end (or the checkpoint's confirmed offset),
+ *     re-dispatch the rest, and reserve the queue offsets of records that
+ *     stay hidden;
  *   - retention and the disk guard on a timer.
  *
  * Close sequence (state machine, see enum close_state): the commit log
@@ -562,11 +567,20 @@ static void on_ckpt_written(void *arg, int status) {
     close_step(s);
 }
 
+/* The checkpoint to write for safe offset `safe`. The confirmed offset is
+ * never below the dispatch position (dispatch stops at it), so never below
+ * safe either, except past a blank, which holds nothing to see. */
+static struct fy_checkpoint checkpoint_at(fy_store *s, uint64_t safe) {
+  struct fy_checkpoint cp = {.safe_offset = safe, .cl_flushed = fy_commitlog_flushed(s->cl),
+                             .written_at_ms = now_ms(), .has_confirmed = s->confirm_required,
+                             .confirmed_offset = s->confirm_required ? s->confirmed : 0};
+  return cp;
+}
+
 static void maybe_checkpoint(fy_store *s, uint64_t safe) {
   if (s->ckpt_inflight || s->error || safe <= fy_ckpt_last(s->ckpt)->safe_offset)
     return;
-  struct fy_checkpoint cp = {.safe_offset = safe, .cl_flushed = fy_commitlog_flushed(s->cl),
-                             .written_at_ms = now_ms()};
+  struct fy_checkpoint cp = checkpoint_at(s, safe);
   if (fy_ckpt_write(s->ckpt, s->aio, &cp, on_ckpt_written, s) == 0)
     s->ckpt_inflight = true;
 }
@@ -795,6 +809,39 @@ static int lock_store(fy_store *s) {
   return 0;
 }
 
+/*
+ * Records in [s->dispatched, end) stay hidden (SYNC_MASTER: no slave had
+ * acknowledged them). Their queue offsets are taken all the same: each
+ * queue's next offset moves past them, so puts after the restart continue
+ * the queues and the hidden records fit in when they are confirmed.
+ */
+static int reserve_hidden(fy_store *s, uint64_t end, uint64_t *count) {
+  uint64_t off = s->dispatched;
+  while (off < end) { /* bounded: each round moves off forward */
+    struct fy_cl_slice sl;
+    enum fy_record_kind kind;
+    struct fy_msg m;
+    int64_t r = fy_commitlog_read_record(s->cl, off, &sl, &kind, &m);
+    if (r < 0)
+      return r == -EAGAIN ? 0 : (int)r;
+    if (kind == FY_REC_BLANK) {
+      fy_cl_slice_release(&sl);
+      off = fy_commitlog_next_segment(s->cl, off);
+      continue;
+    }
+    bool queued = !tx_hidden(m.sys_flag);
+    struct queue *q = queued ? queue_get(s, m.topic, m.topic_len, m.queue_id) : NULL;
+    if (q && q->next_offset < m.queue_offset + 1)
+      q->next_offset = m.queue_offset + 1;
+    fy_cl_slice_release(&sl); /* after queue_get copied the topic out of it */
+    if (queued && !q)
+      return -ENOMEM;
+    (*count)++;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
 static int recover(fy_store *s, struct fy_store_recovery *rec) {
   struct fy_checkpoint cp;
   int err = fy_ckpt_open(store_path(s, "checkpoint"), &s->ckpt, &cp, &rec->checkpoint_found);
@@ -822,13 +869,24 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
   if (err)
     return err;
   uint64_t end = rec->cl.end;
+  uint64_t min = fy_commitlog_min(s->cl);
+  /* Re-dispatch from the checkpoint, clamped into the log that survived. */
+  uint64_t start = from > min ? from : min;
+  if (start > end)
+    start = end;
+  /* SYNC_MASTER: visible only up to what a slave had acknowledged; the
+   * queues and the index are cut back to there (entries past it may have
+   * reached their files before a crash). */
+  uint64_t visible = end;
+  if (s->cfg.confirm_required && cp.has_confirmed && cp.confirmed_offset < end)
+    visible = cp.confirmed_offset > start ? cp.confirmed_offset : start;
 
   if (s->cfg.index_enable) {
     char ixdir[600];
     snprintf(ixdir, sizeof ixdir, "%s/index", s->cfg.root_dir);
     err = fy_index_open(ixdir, s->cfg.index_slots, s->cfg.index_entries, &s->index);
     if (!err)
-      err = fy_index_truncate_phys(s->index, end);
+      err = fy_index_truncate_phys(s->index, visible);
     if (!err)
       fy_index_use_loop(s->index, s->loop);
     if (err)
@@ -842,16 +900,12 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
   void *v;
   while (fy_strmap_next(s->queues, &pos, &key, &klen, &v)) {
     struct queue *q = v;
-    err = fy_cq_truncate_phys(q->cq, end);
+    err = fy_cq_truncate_phys(q->cq, visible);
     if (err)
       return err;
   }
-  uint64_t min = fy_commitlog_min(s->cl);
-  /* Re-dispatch from the checkpoint, clamped into the log that survived. */
-  s->dispatched = from > min ? from : min;
-  if (s->dispatched > end)
-    s->dispatched = end;
-  err = dispatch_to(s, end, &rec->redispatched, false);
+  s->dispatched = start;
+  err = dispatch_to(s, visible, &rec->redispatched, false);
   if (err)
     return err;
   pos = 0;
@@ -859,7 +913,9 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
     struct queue *q = v;
     q->next_offset = fy_cq_max(q->cq);
   }
-  return 0;
+  s->confirmed = visible;
+  rec->visible_end = s->dispatched < end ? s->dispatched : end;
+  return reserve_hidden(s, end, &rec->hidden);
 }
 
 static void log_recovery(const struct fy_store_recovery *r) {
@@ -869,6 +925,11 @@ static void log_recovery(const struct fy_store_recovery *r) {
           " records; %u consume queues",
           r->unclean ? "UNCLEAN" : "clean", r->cl.records_scanned, r->cl.scanned_from, r->cl.end,
           r->cl.dropped_bytes, r->redispatched, r->queues);
+  if (r->hidden)
+    fy_warn(MOD,
+            "recovery: %" PRIu64 " records (%" PRIu64 " bytes from offset %" PRIu64
+            ") stay hidden from consumers until a slave acknowledges them (SYNC_MASTER)",
+            r->hidden, r->cl.end - r->visible_end, r->visible_end);
 }
 
 static void close_resources(fy_store *s) {
@@ -907,6 +968,7 @@ int fy_store_open(uv_loop_t *loop, const struct fy_store_config *cfg, fy_store *
   if (!s)
     return -ENOMEM;
   s->cfg = *cfg;
+  s->confirm_required = cfg->confirm_required;
   s->loop = loop;
   s->lock_fd = -1;
   s->disk_used_pct = -1;
@@ -1028,8 +1090,7 @@ static void close_step(fy_store *s) {
     s->close_state = CLOSING_CHECKPOINT;
     uint64_t safe = s->dispatched < fy_commitlog_flushed(s->cl) ? s->dispatched
                                                                  : fy_commitlog_flushed(s->cl);
-    struct fy_checkpoint cp = {.safe_offset = safe, .cl_flushed = fy_commitlog_flushed(s->cl),
-                               .written_at_ms = now_ms()};
+    struct fy_checkpoint cp = checkpoint_at(s, safe);
     if (!s->error && fy_ckpt_write(s->ckpt, s->aio, &cp, on_close_ckpt, s) == 0) {
       s->ckpt_inflight = true;
       return;
@@ -1254,7 +1315,8 @@ void fy_store_get_release(struct fy_get_msg *msgs, size_t count) {
 }
 
 int fy_store_read_msg(fy_store *s, uint64_t phys, struct fy_cl_slice *slice, struct fy_msg *m) {
-  if (phys < fy_commitlog_min(s->cl) || phys >= fy_commitlog_written(s->cl))
+  uint64_t end = s->confirm_required ? s->dispatched : fy_commitlog_written(s->cl);
+  if (phys < fy_commitlog_min(s->cl) || phys >= end)
     return -FY_ENOT_FOUND;
   enum fy_record_kind kind;
   int64_t r = fy_commitlog_read_record(s->cl, phys, slice, &kind, m);
@@ -1376,6 +1438,12 @@ void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
   st->cl_flushed = fy_commitlog_flushed(s->cl);
   st->dispatched = s->dispatched;
   st->checkpoint = fy_ckpt_last(s->ckpt)->safe_offset;
+  if (s->confirm_required) {
+    uint64_t visible = s->dispatched > s->confirmed ? s->dispatched : s->confirmed;
+    st->confirm_required = true;
+    st->confirmed = s->confirmed;
+    st->unconfirmed_bytes = st->cl_written > visible ? st->cl_written - visible : 0;
+  }
   st->queues = (uint32_t)fy_strmap_size(s->queues);
   st->disk_used_pct = s->disk_used_pct;
   st->disk_full = s->disk_full;
@@ -1384,6 +1452,8 @@ void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
 }
 
 void fy_store_set_confirm_required(fy_store *s, bool required) {
+  if (required && !s->confirm_required && s->confirmed < s->dispatched)
+    s->confirmed = s->dispatched; /* what is visible stays visible */
   s->confirm_required = required;
   if (!required)
     on_written(s, fy_commitlog_written(s->cl));

@@ -52,6 +52,10 @@ struct fy_store_config {
   uint32_t write_buffer_size;     /* writeBufferSize: 8 MiB */
   uint32_t write_buffers;         /* writeBufferCount: 4 */
   uint32_t max_pending_puts;      /* maxPendingPuts: 65536 */
+  /* Not a config key: set by the broker for brokerRole=SYNC_MASTER. Records
+   * become visible only once confirmed (fy_store_confirm), across restarts
+   * too: see "SYNC_MASTER visibility" below. */
+  bool confirm_required;
 };
 
 /* Sets RocketMQ's defaults (root_dir: $HOME/store). */
@@ -69,6 +73,8 @@ struct fy_store_recovery {
   struct fy_cl_recovery cl;
   uint64_t redispatched;    /* records dispatched again */
   uint32_t queues;          /* consume queues loaded */
+  uint64_t visible_end;     /* dispatch stopped here (cl.end unless records stay hidden) */
+  uint64_t hidden;          /* records past visible_end, hidden until confirmed */
 };
 
 /* Opens the store, recovering as needed (synchronous; before serving). */
@@ -158,9 +164,24 @@ void fy_store_on_arrival(fy_store *s,
 
 /*
  * SYNC_MASTER visibility: while required, records are dispatched (made
- * visible to consumers) only up to the offset confirmed with
- * fy_store_confirm — the offset a slave acknowledged — so nothing a consumer
- * saw can vanish in a failover. Off by default (dispatch follows `written`).
+ * visible to consumers: consume queues, key index, reads by offset) only up
+ * to the offset confirmed with fy_store_confirm — the offset a slave
+ * acknowledged — so nothing a consumer saw can vanish in a failover. Off by
+ * default (dispatch follows `written`).
+ *
+ * The confirmed offset is kept in the checkpoint. A store opened with
+ * cfg.confirm_required recovers visibility only up to
+ * min(recovered end, confirmed offset of the checkpoint) (never below the
+ * checkpoint's safe offset); later records stay in the log, hidden, until
+ * fy_store_confirm covers them. A store opened without it (ASYNC_MASTER,
+ * SLAVE, offline tools), or a checkpoint without a confirmed offset (older
+ * files, a store last run without the rule), makes everything visible.
+ * The checkpoint is written lazily, so its confirmed offset may lag: a
+ * restart may hide records a slave already has, until the slave's next
+ * acknowledgement; it never shows one no slave acknowledged.
+ *
+ * set_confirm_required switches the rule at run time (off: dispatch
+ * everything written; on: visibility stays where it is).
  */
 void fy_store_set_confirm_required(fy_store *s, bool required);
 void fy_store_confirm(fy_store *s, uint64_t offset);
@@ -177,6 +198,9 @@ struct fy_store_stats {
   uint64_t put_bytes;
   uint64_t gets;            /* messages returned by get */
   uint64_t cl_min, cl_end, cl_written, cl_flushed, dispatched, checkpoint;
+  bool confirm_required;
+  uint64_t confirmed;       /* SYNC_MASTER: offset a slave acknowledged (0 otherwise) */
+  uint64_t unconfirmed_bytes; /* SYNC_MASTER: written, hidden until a slave acknowledges */
   uint32_t queues;
   int disk_used_pct;        /* -1 until first measured */
   bool disk_full;

@@ -9,19 +9,20 @@
   lost and the slave ends where the master does.
 - Brokers and the name server ignore SIGPIPE (a peer's reset is an error
   on that connection, not the end of the process).
-- Known gap (documented in docs/OPERATIONS.md, "What consumers see"):
-  records the master stored without a slave (SLAVE_NOT_AVAILABLE) are
-  hidden from consumers, but once the master restarts, recovery makes them
-  visible before any slave has acknowledged them.
+- SYNC_MASTER visibility (docs/OPERATIONS.md, "What consumers see"):
+  records the master stored without a slave (SLAVE_NOT_AVAILABLE) stay
+  hidden from consumers across master restarts (clean and SIGKILL) until the
+  slave returns and acknowledges them; then they show, none lost.
 - The link cut between two real hosts (network namespaces, a firewall rule
   and a link going down) is in test_ha_netns.py.
 
-Fixed ports (this file): 23200-23203, 23210-23213, 23220-23223.
+Every process listens on port 0 and the test reads the port it printed, so
+runs from several worktrees at once do not collide.
 """
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import time
 
@@ -31,21 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Pair:
-    def __init__(self, args, name, base, extra_master=()):
+    def __init__(self, args, name, extra_master=()):
         self.args = args
         self.dir = fresh_dir(args.tmp, name)
-        self.ns_port, self.m_port, self.ha_port, self.s_port = base, base + 1, base + 2, base + 3
-        self.ns = f"127.0.0.1:{self.ns_port}"
         self.procs = {}
-        self._start("namesrv", ["mqnamesrv", "-o", f"listenPort={self.ns_port}",
-                                "-o", "listenAddress=127.0.0.1"], self.ns_port)
-        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
-        self._start("slave", self._broker("slave", False), self.s_port)
+        self.ns_port = self._start("namesrv", ["mqnamesrv", "-o", "listenPort=0",
+                                               "-o", "listenAddress=127.0.0.1"])
+        self.ns = f"127.0.0.1:{self.ns_port}"
+        self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
+        self.s_port = self._start("slave", self._broker("slave", False))
 
     def _broker(self, name, master):
         conf = os.path.join(ROOT, "conf", "broker-a.conf" if master else "broker-a-s.conf")
-        argv = ["mqbroker", "-c", conf, "-o", f"namesrvAddr={self.ns}",
-                "-o", f"listenPort={self.m_port if master else self.s_port}",
+        argv = ["mqbroker", "-c", conf, "-o", f"namesrvAddr={self.ns}", "-o", "listenPort=0",
                 "-o", "listenAddress=127.0.0.1", "-o", "brokerIP1=127.0.0.1",
                 "-o", f"storePathRootDir={self.dir}/{name}", "-o", f"pidFile={self.dir}/{name}.pid",
                 "-o", "registerNameServerPeriod=1000", "-o", "slaveSyncMetadataInterval=300",
@@ -54,23 +53,25 @@ class Pair:
                 "-o", "maxHashSlotNum=10007", "-o", "maxIndexNum=400000",
                 "-o", "autoCreateTopicEnable=false"]
         if master:
-            argv += ["-o", f"haListenPort={self.ha_port}"]
+            argv += ["-o", "haListenPort=0"]  # the slave learns it from the name server
         return argv
 
-    def _start(self, name, argv, port):
+    def _start(self, name, argv):
+        """Starts a process and returns the port it printed it listens on."""
         argv = [os.path.join(self.args.bin, argv[0])] + argv[1:]
-        log = open(os.path.join(self.dir, f"{name}.log"), "ab")
+        path = os.path.join(self.dir, f"{name}.log")
+        start_at = os.path.getsize(path) if os.path.exists(path) else 0  # a restart appends
+        log = open(path, "ab")
         p = subprocess.Popen(argv, stdout=log, stderr=log)
         self.procs[name] = p
 
-        def up():
-            assert p.poll() is None, f"{name} exited; see {self.dir}/{name}.log"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        wait_for(up, 30, f"{name} listening on {port}")
+        def port():
+            assert p.poll() is None, f"{name} exited; see {path}"
+            with open(path, "rb") as f:
+                f.seek(start_at)
+                m = re.search(rb"^mq(?:namesrv|broker) listening on port (\d+)$", f.read(), re.M)
+            return int(m.group(1)) if m else None
+        return wait_for(port, 30, f"{name} to print its port")
 
     def tool(self, *argv, input=None, timeout=60, check=True):
         r = subprocess.run([os.path.join(self.args.bin, argv[0])] + list(argv[1:]), input=input,
@@ -91,12 +92,13 @@ class Pair:
                 for l in r.stdout.splitlines() if ":" in l)
         wait_for(slave_knows, 30, "the slave to adopt the topic from the master")
 
-    def restart_master(self, extra_master=()):
-        """SIGKILLs the master and starts it again on the same store."""
+    def restart_master(self, extra_master=(), sig=signal.SIGKILL):
+        """Stops the master with sig (SIGKILL: a crash; SIGTERM: a clean
+        shutdown) and starts it again on the same store."""
         p = self.procs["master"]
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        self._start("master", self._broker("master", True) + list(extra_master), self.m_port)
+        p.send_signal(sig)
+        p.wait(timeout=60)
+        self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
 
     def stop(self):
         for p in self.procs.values():
@@ -118,7 +120,7 @@ def produce(pair, topic, lines, timeout_ms=3000):
 
 
 def test_redirect_to_slave_and_back(args):
-    pair = Pair(args, "ha-redirect", 23200,
+    pair = Pair(args, "ha-redirect",
                 extra_master=["-o", "slaveReadEnable=true", "-o", "slaveReadBehindBytes=20000"])
     try:
         pair.create_topic("Redirect")
@@ -152,7 +154,7 @@ def ignores_sigpipe(pid):
 
 
 def test_link_cut_and_heal(args):
-    pair = Pair(args, "ha-linkcut", 23210)
+    pair = Pair(args, "ha-linkcut")
     try:
         # A peer resetting a connection mid-write (a killed slave, master or
         # client) must not kill a broker or name server with SIGPIPE.
@@ -197,11 +199,19 @@ def consume_all(pair, topic, group):
     return set(r.stdout.split())
 
 
-def test_known_gap_recovered_records_visible_before_slave_ack(args):
-    """Documents a known gap rather than a wish: if this test fails because
-    the hidden records stay hidden after the restart, the gap was closed:
-    flip the last assertion and update docs/OPERATIONS.md."""
-    pair = Pair(args, "ha-gap", 23220)
+def status_value(pair, port, key):
+    r = pair.tool("mqadmin", "brokerStatus", "-n", pair.ns, "-b", f"127.0.0.1:{port}", check=False)
+    for l in r.stdout.splitlines():
+        if ":" in l and l.split(":")[0].strip() == key:
+            return int(l.split(":", 1)[1])
+    return None
+
+
+def test_sync_master_shows_nothing_unacknowledged_across_restarts(args):
+    """The SYNC_MASTER rule across restarts: what the master stored without
+    a slave stays hidden after it restarts (the slave still frozen), and
+    shows, none lost, once the slave is back and has acknowledged it."""
+    pair = Pair(args, "ha-gap")
     try:
         pair.create_topic("Gap")
         wait_for(lambda: produce(pair, "Gap", ["warmup"])[0] == "SEND_OK", 30, "SEND_OK with the slave")
@@ -209,20 +219,25 @@ def test_known_gap_recovered_records_visible_before_slave_ack(args):
         lines = [f"gap-{i}" for i in range(10)]
         statuses = produce(pair, "Gap", lines, timeout_ms=5000)
         assert set(statuses) <= {"SLAVE_NOT_AVAILABLE", "FLUSH_SLAVE_TIMEOUT"}, statuses
-        # The rule that holds: stored on the master only, hidden from consumers.
         seen = consume_all(pair, "Gap", "GapBefore")
         assert "warmup" in seen and not seen & set(lines), seen
-        # The gap: after a master restart (slave still frozen, so no slave
-        # has acknowledged them), recovery dispatches them and they show.
-        pair.restart_master()
-        seen = wait_for(lambda: (lambda s: s if "warmup" in s else None)(consume_all(pair, "Gap", "GapAfter")),
-                        60, "a consumer to read from the restarted master")
-        assert set(lines) <= seen, \
-            f"the known gap is closed ({sorted(set(lines) - seen)} stay hidden): update this test and the docs"
+        for n, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):  # clean, then a crash
+            pair.restart_master(sig=sig)
+            seen = wait_for(lambda: (lambda s: s if "warmup" in s else None)(
+                consume_all(pair, "Gap", f"GapAfter{n}")), 60, "a consumer to read from the restarted master")
+            assert not seen & set(lines), \
+                f"after restart {n} ({sig.name}) a consumer saw {sorted(seen & set(lines))}, which no slave has"
+            hidden = status_value(pair, pair.m_port, "unconfirmedBytes")
+            assert hidden and hidden > 0, f"brokerStatus unconfirmedBytes={hidden} with records hidden"
+        pair.procs["slave"].send_signal(signal.SIGCONT)
+        wait_for(lambda: status_value(pair, pair.m_port, "unconfirmedBytes") == 0, 60,
+                 "the slave to acknowledge what the master held back")
+        seen = consume_all(pair, "Gap", "GapHealed")
+        assert set(lines) | {"warmup"} <= seen, f"missing after the slave returned: {sorted(set(lines) - seen)}"
     finally:
         pair.stop()
 
 
 if __name__ == "__main__":
     main([test_redirect_to_slave_and_back, test_link_cut_and_heal,
-          test_known_gap_recovered_records_visible_before_slave_ack])
+          test_sync_master_shows_nothing_unacknowledged_across_restarts])

@@ -2,7 +2,8 @@
  * Master/slave replication in-process: a name server, a master and a slave
  * on one loop. Async replication yields byte-identical logs and identical
  * consume queues; SYNC_MASTER answers SEND_OK only with a slave, and
- * SLAVE_NOT_AVAILABLE without one; a slave whose log diverged is refused.
+ * SLAVE_NOT_AVAILABLE without one, and what no slave acknowledged stays
+ * hidden across its restart; a slave whose log diverged is refused.
  * SYNC_MASTER with SYNC_FLUSH and a slow master fdatasync: FLUSH_DISK_TIMEOUT
  * when the slave has the message, the slave's status when it has not.
  */
@@ -377,6 +378,53 @@ static void test_sync_master_flush_timeout(void **state) {
   slow_master_disk(e, false); /* the store's close waits for its fdatasync */
 }
 
+/* How far a consumer of queue 0 of topic on n can read (its max offset). */
+static uint64_t visible_max(struct env *e, struct node *n, const char *topic) {
+  Ferry__V1__PullResponse *p = pull(e, n, topic, 0);
+  uint64_t max = p ? p->max_offset : 0;
+  if (p)
+    ferry__v1__pull_response__free_unpacked(p, NULL);
+  return max;
+}
+
+/* What a SYNC_MASTER stored without a slave stays hidden across its restart
+ * and shows once the returning slave acknowledges it. */
+static void test_sync_master_restart_keeps_unacknowledged_hidden(void **state) {
+  struct env *e = *state;
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  size_t sent = 0;
+  uint16_t st;
+  while ((st = send_batch(e, "Hold", 10, sent)) != FERRY__V1__STATUS__OK) {
+    assert_int_equal(st, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+    assert_true(uv_now(&e->loop) < deadline);
+    sent += 10;
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+  sent += 10;
+  assert_int_equal(visible_max(e, &e->master, "Hold"), sent); /* a slave acknowledged them all */
+  stop_node(e, &e->slave);
+  deadline = uv_now(&e->loop) + 10000;
+  while ((st = send_batch(e, "Hold", 1, sent++)) != FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE) {
+    assert_true(st == FERRY__V1__STATUS__OK || st == FERRY__V1__STATUS__FLUSH_SLAVE_TIMEOUT);
+    assert_true(uv_now(&e->loop) < deadline);
+  }
+  for (int i = 0; i < 5; i++, sent++)
+    assert_int_equal(send_batch(e, "Hold", 1, sent), FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
+  uint64_t visible = visible_max(e, &e->master, "Hold");
+  assert_true(visible >= 10 && visible + 6 <= sent);
+  stop_node(e, &e->master);
+  start_node(e, &e->master, "master", FY_ROLE_SYNC_MASTER, 0, 0);
+  assert_int_equal(visible_max(e, &e->master, "Hold"), visible);
+  start_node(e, &e->slave, "slave", FY_ROLE_SLAVE, 1, fy_broker_ha_port(e->master.b));
+  deadline = uv_now(&e->loop) + 10000;
+  while (visible_max(e, &e->master, "Hold") != sent) {
+    assert_true(uv_now(&e->loop) < deadline);
+    bool never = false;
+    fy_test_run_until(&e->loop, &never, 50);
+  }
+}
+
 static void test_diverged_slave_refused(void **state) {
   struct env *e = *state;
   assert_int_equal(send_batch(e, "Div", 100, 0), FERRY__V1__STATUS__OK);
@@ -522,6 +570,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master_flush_timeout, setup_sync_flush, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_master_restart_keeps_unacknowledged_hidden,
+                                      setup_sync, teardown),
       cmocka_unit_test_setup_teardown(test_diverged_slave_refused, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_ha_bad_input, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_offsets_committed_on_slave_merge_into_master,

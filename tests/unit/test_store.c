@@ -1,8 +1,9 @@
 /* The store glue (src/store/store.c) with small segments: put and get with
  * queue offsets, tag filters, atomic batches, time and key lookups,
- * retention, sticky errors, the disk guard, clean reopen, and a crash at the
- * Nth fdatasync in the style of SQLite's crash tests. The whole suite runs
- * once per fy_aio backend (FERRY_AIO_BACKEND). */
+ * retention, sticky errors, the disk guard, clean reopen, SYNC_MASTER
+ * visibility across restarts, and a crash at the Nth fdatasync in the style
+ * of SQLite's crash tests. The whole suite runs once per fy_aio backend
+ * (FERRY_AIO_BACKEND). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/crc32c.h"
 #include "common/err.h"
 #include "store/aio.h"
 #include "store/commitlog.h"
@@ -817,6 +819,238 @@ static void test_clean_reopen(void **state) {
   check_get(fx, TOPIC, 1, N / 4, N, 50, m->phys_offset);
 }
 
+/* ---- SYNC_MASTER visibility across restarts ------------------------------------------ */
+
+static uint64_t log_written(struct fx *fx) { return fy_commitlog_written(fy_store_commitlog(fx->s)); }
+
+/* Queue q of TOPIC shows exactly `max` messages and nothing after them. */
+static void assert_visible(struct fx *fx, uint32_t q, uint64_t max) {
+  assert_int_equal(fy_store_max_offset(fx->s, TOPIC, q), max);
+  struct fy_get_msg g;
+  struct fy_get_result res;
+  assert_int_equal(fy_store_get(fx->s, TOPIC, q, max, 1, 1 << 20, NULL, 0, &g, &res), 0);
+  assert_true(res.status == FY_GET_NO_NEW || res.status == FY_GET_NO_QUEUE);
+}
+
+static bool checkpoint_reached(void *arg) {
+  struct fx *fx = arg;
+  return stats(fx).checkpoint >= log_written(fx);
+}
+
+static void test_confirm_hides_until_acknowledged(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.confirm_required = true;
+  fx->cfg.file_reserved_hours = 0; /* retention may take any segment it is allowed to */
+  open_store(fx);
+  enum { A = 3, B = 300, BODY = 500 };
+  static struct msgbuf b;
+  static uint64_t phys[A + B];
+  char key[16];
+  for (uint32_t i = 0; i < A; i++) {
+    snprintf(key, sizeof key, "a%u", i);
+    assert_int_equal(put_wait(fx, make_msg(&b, TOPIC, 0, i, 100, NULL, key, NULL)), i);
+    phys[i] = b.m.phys_offset;
+  }
+  uint64_t end_a = log_written(fx);
+  assert_visible(fx, 0, 0); /* stored and acknowledged by the disk, but no slave has it */
+  assert_int_equal(stats(fx).unconfirmed_bytes, end_a);
+  fy_store_confirm(fx->s, end_a);
+  assert_visible(fx, 0, A);
+  for (uint32_t i = 0; i < A; i++)
+    check_get(fx, TOPIC, 0, i, i, 100, phys[i]);
+  /* B spans several segments and stays hidden: a confirmed offset that falls
+   * inside its first record shows none of it. */
+  for (uint32_t i = 0; i < B; i++) {
+    snprintf(key, sizeof key, "b%u", i);
+    put_wait(fx, make_msg(&b, TOPIC, i % 2, A + i, BODY, NULL, key, NULL));
+    phys[A + i] = b.m.phys_offset;
+  }
+  uint64_t end_b = log_written(fx);
+  assert_true(end_b - end_a > 2 * SEG);
+  fy_store_confirm(fx->s, phys[A] + 10);
+  assert_visible(fx, 0, A);
+  assert_visible(fx, 1, 0);
+  struct fy_cl_slice sl[2];
+  struct fy_msg m;
+  assert_int_equal(fy_store_query_key(fx->s, TOPIC, "b0", 0, INT64_MAX, sl, 2), 0);
+  assert_int_equal(fy_store_read_msg(fx->s, phys[A], &sl[0], &m), -FY_ENOT_FOUND);
+  assert_int_equal(fy_store_clean_now(fx->s, true), 0); /* hidden data is never deleted */
+
+  reopen(fx); /* the rule holds across a restart */
+  assert_false(fx->rec.unclean);
+  assert_int_equal(fx->rec.visible_end, end_a);
+  assert_int_equal(fx->rec.hidden, B);
+  assert_visible(fx, 0, A);
+  assert_visible(fx, 1, 0);
+  assert_int_equal(fy_store_query_key(fx->s, TOPIC, "b0", 0, INT64_MAX, sl, 2), 0);
+  assert_int_equal(stats(fx).unconfirmed_bytes, end_b - phys[A] - 10);
+  assert_int_equal(fy_store_clean_now(fx->s, true), 0);
+  /* A put after the restart continues its queue after the hidden records. */
+  uint64_t qoff = put_wait(fx, make_msg(&b, TOPIC, 0, 999, 64, NULL, NULL, NULL));
+  uint64_t last_phys = b.m.phys_offset;
+  assert_int_equal(qoff, A + B / 2);
+  assert_visible(fx, 0, A);
+
+  /* The slave acknowledges everything: all of it shows, nothing lost. */
+  fy_store_confirm(fx->s, log_written(fx));
+  assert_visible(fx, 0, A + B / 2 + 1);
+  assert_visible(fx, 1, B / 2);
+  for (uint32_t i = 0; i < B; i++)
+    check_get(fx, TOPIC, i % 2, (i % 2 ? 0 : A) + i / 2, A + i, BODY, phys[A + i]);
+  check_get(fx, TOPIC, 0, qoff, 999, 64, last_phys);
+  assert_int_equal(fy_store_query_key(fx->s, TOPIC, "b7", 0, INT64_MAX, sl, 2), 1);
+  assert_int_equal(sl[0].offset, phys[A + 7]);
+  fy_cl_slice_release(&sl[0]);
+  assert_int_equal(fy_store_read_msg(fx->s, phys[A], &sl[0], &m), 0);
+  fy_cl_slice_release(&sl[0]);
+  assert_int_equal(stats(fx).unconfirmed_bytes, 0);
+  /* Once checkpointed, retention may delete what was hidden. */
+  assert_true(run_until(&fx->loop, checkpoint_reached, fx));
+  assert_true(fy_store_clean_now(fx->s, true) > 0);
+  reopen(fx);
+  assert_int_equal(fx->rec.hidden, 0);
+  assert_int_equal(fx->rec.redispatched, 0);
+  assert_visible(fx, 0, A + B / 2 + 1);
+}
+
+static void read_file_exact(const char *path, char *buf, size_t len) {
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pread(fd, buf, len, 0), (ssize_t)len);
+  close(fd);
+}
+
+static void write_file_exact(const char *path, const void *buf, size_t len) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, buf, len, 0), (ssize_t)len);
+  close(fd);
+}
+
+/* A crash whose checkpoint lags: the consume-queue files already hold
+ * entries of records confirmed after the checkpoint was written. Recovery
+ * cuts them back to the checkpoint's confirmed offset (hiding more than
+ * needed is allowed) and they show again once a slave acknowledges them. */
+static void test_confirm_crash_with_lagging_checkpoint(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.confirm_required = true;
+  open_store(fx);
+  enum { A = 5, B = 5, C = 3 };
+  static struct msgbuf b;
+  uint64_t phys[A + B + C];
+  char saved[1024];
+  for (uint32_t i = 0; i < A + B + C; i++) {
+    if (i == A) { /* the checkpoint that covers A, as a crash would find it */
+      fy_store_confirm(fx->s, log_written(fx));
+      assert_true(run_until(&fx->loop, checkpoint_reached, fx));
+      read_file_exact(root_path(fx, "checkpoint"), saved, sizeof saved);
+    }
+    if (i == A + B)
+      fy_store_confirm(fx->s, log_written(fx));
+    assert_int_equal(put_wait(fx, make_msg(&b, TOPIC, 0, i, 200, NULL, NULL, NULL)), i);
+    phys[i] = b.m.phys_offset;
+  }
+  uint64_t end = log_written(fx);
+  assert_visible(fx, 0, A + B);
+  close_store(fx); /* B's entries are in the consume-queue file now */
+  write_file_exact(root_path(fx, "checkpoint"), saved, sizeof saved);
+  write_file_exact(root_path(fx, "abort"), "", 0);
+
+  open_store(fx);
+  assert_true(fx->rec.unclean);
+  assert_int_equal(fx->rec.checkpoint, phys[A]);
+  assert_int_equal(fx->rec.visible_end, phys[A]);
+  assert_int_equal(fx->rec.hidden, B + C);
+  assert_visible(fx, 0, A);
+  fy_store_confirm(fx->s, phys[A + B]);
+  assert_visible(fx, 0, A + B);
+  fy_store_confirm(fx->s, end);
+  assert_visible(fx, 0, A + B + C);
+  for (uint32_t i = 0; i < A + B + C; i++)
+    check_get(fx, TOPIC, 0, i, i, 200, phys[i]);
+}
+
+/* A checkpoint written before the confirmed offset existed (flags and
+ * confirmed_offset zero) opens, and means "everything confirmed": the old
+ * behaviour. */
+static void test_confirm_old_checkpoint_format(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.confirm_required = true;
+  open_store(fx);
+  enum { N = 4 };
+  static struct msgbuf b;
+  uint64_t phys[N];
+  for (uint32_t i = 0; i < N; i++) {
+    put_wait(fx, make_msg(&b, TOPIC, 0, i, 80, NULL, NULL, NULL));
+    phys[i] = b.m.phys_offset;
+  }
+  assert_visible(fx, 0, 0);
+  close_store(fx);
+  /* A version-1 slot as Ferry wrote it before: safe offset 0. */
+  uint8_t file[1024] = {0}, *slot = file + 512;
+  uint32_t magic = 0xFE4D43C0u, version = 1;
+  uint64_t seq = 7, safe = 0, flushed = 0;
+  int64_t at_ms = 1764096000000;
+  memcpy(slot, &magic, 4);
+  memcpy(slot + 4, &version, 4);
+  memcpy(slot + 8, &seq, 8);
+  memcpy(slot + 16, &safe, 8);
+  memcpy(slot + 24, &flushed, 8);
+  memcpy(slot + 32, &at_ms, 8);
+  uint32_t crc = fy_crc32c(0, slot, 508);
+  memcpy(slot + 508, &crc, 4);
+  write_file_exact(root_path(fx, "checkpoint"), file, sizeof file);
+
+  open_store(fx);
+  assert_true(fx->rec.checkpoint_found);
+  assert_int_equal(fx->rec.checkpoint, 0);
+  assert_int_equal(fx->rec.hidden, 0);
+  assert_int_equal(fx->rec.redispatched, N);
+  assert_visible(fx, 0, N);
+  for (uint32_t i = 0; i < N; i++)
+    check_get(fx, TOPIC, 0, i, i, 80, phys[i]);
+  /* From here on the rule holds again. */
+  uint64_t qoff = put_wait(fx, make_msg(&b, TOPIC, 0, N, 80, NULL, NULL, NULL));
+  assert_int_equal(qoff, N);
+  assert_visible(fx, 0, N);
+  fy_store_confirm(fx->s, log_written(fx));
+  assert_visible(fx, 0, N + 1);
+}
+
+/* brokerRole changes between restarts: a store opened without the rule
+ * (ASYNC_MASTER) shows everything, and its checkpoint records no limit, so
+ * back under the rule what ASYNC showed stays shown. */
+static void test_confirm_role_change(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.confirm_required = true;
+  open_store(fx);
+  static struct msgbuf b;
+  for (uint32_t i = 0; i < 3; i++)
+    put_wait(fx, make_msg(&b, TOPIC, 0, i, 80, NULL, NULL, NULL));
+  assert_visible(fx, 0, 0);
+
+  fx->cfg.confirm_required = false; /* SYNC -> ASYNC */
+  reopen(fx);
+  assert_int_equal(fx->rec.hidden, 0);
+  assert_visible(fx, 0, 3);
+  assert_false(stats(fx).confirm_required);
+  assert_int_equal(stats(fx).unconfirmed_bytes, 0);
+  put_wait(fx, make_msg(&b, TOPIC, 0, 3, 80, NULL, NULL, NULL));
+  assert_visible(fx, 0, 4);
+
+  fx->cfg.confirm_required = true; /* ASYNC -> SYNC */
+  reopen(fx);
+  assert_int_equal(fx->rec.hidden, 0);
+  assert_visible(fx, 0, 4);
+  put_wait(fx, make_msg(&b, TOPIC, 0, 4, 80, NULL, NULL, NULL));
+  assert_visible(fx, 0, 4);
+  assert_true(stats(fx).unconfirmed_bytes > 0);
+
+  /* Switched off at run time, everything written shows at once. */
+  fy_store_set_confirm_required(fx->s, false);
+  assert_visible(fx, 0, 5);
+}
+
 /* ---- crash at the Nth fdatasync ---------------------------------------------------- */
 
 #define CRASH_WINDOW 16
@@ -1009,6 +1243,10 @@ static const struct CMUnitTest tests[] = {
     T(test_sticky_fdatasync_error),
     T(test_disk_guard),
     T(test_clean_reopen),
+    T(test_confirm_hides_until_acknowledged),
+    T(test_confirm_crash_with_lagging_checkpoint),
+    T(test_confirm_old_checkpoint_format),
+    T(test_confirm_role_change),
     T(test_crash_at_nth_fdatasync),
 };
 
