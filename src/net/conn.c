@@ -15,8 +15,10 @@
  *
  * Writes are coalesced: a send is queued on the connection (counted in the
  * write queue at once) and everything queued during one loop turn goes to
- * the socket as one uv_write (one writev) from the connection's flush idle
- * handle, which also keeps the loop from blocking in poll meanwhile. A
+ * the socket as one writev from the connection's flush idle handle, which
+ * also keeps the loop from blocking in poll meanwhile: written synchronously
+ * (uv_try_write) and released at once, with a uv_write only for what the
+ * socket did not take (see conn_flush_to for why). A
  * request/response peer under load thus makes one write syscall per turn,
  * not one per frame (profiles showed the per-frame writes, each a syscall,
  * as the largest cost of small sends on both ends). A turn's queue is
