@@ -69,7 +69,7 @@
 /* One 16 KiB read of small responses (a SendResponse is about 130 bytes)
  * is handled in one go: at 64 a busy client stopped and restarted reading
  * (two epoll_ctl calls) after nearly every read. */
-#define DEFAULT_FRAMES_PER_TURN 256u
+#define DEFAULT_FRAMES_PER_TURN 64u
 #define DEFAULT_RPC_PENDING_MAX 4096u
 #define DEFAULT_MAX_CONNS 10000u
 #define FLUSH_BUFS 1024u             /* buffers queued in a turn before an early flush */

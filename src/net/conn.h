@@ -84,7 +84,7 @@ typedef struct fy_conn_cfg {
   uint64_t write_queue_max_bytes;  /* soft write-queue limit: 64 MiB */
   uint32_t idle_timeout_ms;        /* close after this long with no bytes in or out: never */
   uint32_t connect_timeout_ms;     /* client connect, including name lookup: 3000 */
-  uint32_t frames_per_turn;        /* frames handled per read or turn callback: 256 */
+  uint32_t frames_per_turn;        /* frames handled per read or turn callback: 64 */
   uint32_t rpc_pending_max;        /* pending fy_rpc_call()s per connection: 4096 */
   uint32_t max_conns;              /* server: open connections; more are refused: 10000 */
   fy_frame_cb on_frame;            /* NULL: requests get UNSUPPORTED_OP, others dropped */
