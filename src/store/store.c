@@ -49,6 +49,7 @@
 #define CLEAN_FILES_PER_PASS 10
 #define FORCE_CLEAN_SLACK_PCT 5
 #define QCACHE_SIZE 64 /* queue-table cache slots (a power of two) */
+#define INDEX_FLUSH_CYCLES 10u /* the index is flushed every this many flush cycles */
 #define PEND_MAX 32768u   /* put-time dispatch facts kept (a power of two); 2 MiB */
 #define PEND_KEYS 4       /* index keys a kept record may have (more: read back) */
 
@@ -111,6 +112,15 @@ struct fy_store {
   int flush_status;
   uint64_t flush_target;
   bool ckpt_inflight;
+  /* The index is flushed every INDEX_FLUSH_CYCLES cycles, not every cycle:
+   * with random keys every flush rewrote most of its 20 MB slot table, and
+   * that copy and its writeback were the broker's largest stall. The
+   * checkpoint stays at or below index_safe, the dispatch position at the
+   * start of the last cycle that left the index durable, so recovery
+   * re-dispatches (at most about that many cycles of) records into it. */
+  unsigned index_cycles_skipped;
+  bool cycle_covers_index;
+  uint64_t index_safe;
 
   /* retention and disk guard */
   uv_timer_t clean_timer;
@@ -593,8 +603,14 @@ static void flush_finished(fy_store *s) {
     close_step(s);
     return;
   }
-  uint64_t flushed = fy_commitlog_flushed(s->cl);
-  maybe_checkpoint(s, s->flush_target < flushed ? s->flush_target : flushed);
+  if (s->cycle_covers_index && !s->flush_status)
+    s->index_safe = s->flush_target;
+  uint64_t safe = fy_commitlog_flushed(s->cl);
+  if (s->flush_target < safe)
+    safe = s->flush_target;
+  if (s->index && s->index_safe < safe)
+    safe = s->index_safe;
+  maybe_checkpoint(s, safe);
 }
 
 static void on_part_flushed(void *arg, int status) {
@@ -605,8 +621,9 @@ static void on_part_flushed(void *arg, int status) {
     flush_finished(s);
 }
 
-/* Starts flushing every dirty queue and the index; flush_finished runs when
- * all are done. Returns false if nothing needed flushing. */
+/* Starts flushing every dirty queue, and the index every INDEX_FLUSH_CYCLES
+ * cycles; flush_finished runs when all are done. Returns false if nothing
+ * needed flushing. */
 static bool start_flush(fy_store *s) {
   s->flush_inflight = true;
   s->flush_pending = 1; /* held until every part is queued */
@@ -622,9 +639,17 @@ static bool start_flush(fy_store *s) {
     if (fy_cq_flush(q->cq, s->aio, on_part_flushed, s) == 0)
       s->flush_pending++;
   }
-  if (s->index && fy_index_dirty(s->index) &&
-      fy_index_flush(s->index, s->aio, on_part_flushed, s) == 0)
-    s->flush_pending++;
+  s->cycle_covers_index = true; /* a clean index is durable as it is */
+  if (s->index && fy_index_dirty(s->index)) {
+    if (++s->index_cycles_skipped < INDEX_FLUSH_CYCLES) {
+      s->cycle_covers_index = false;
+    } else if (fy_index_flush(s->index, s->aio, on_part_flushed, s) == 0) {
+      s->flush_pending++;
+      s->index_cycles_skipped = 0;
+    } else {
+      s->cycle_covers_index = false;
+    }
+  }
   bool any = s->flush_pending > 1;
   on_part_flushed(s, 0);
   return any;
@@ -989,6 +1014,7 @@ int fy_store_open(uv_loop_t *loop, const struct fy_store_config *cfg, fy_store *
     goto out_close_log;
   }
   log_recovery(rec);
+  s->index_safe = fy_ckpt_last(s->ckpt)->safe_offset; /* what recovery found durable */
   int fd = open(store_path(s, "abort"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   if (fd >= 0)
     close(fd);
