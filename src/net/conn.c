@@ -66,9 +66,8 @@
 
 #define DEFAULT_WRITE_QUEUE_MAX ((uint64_t)64 << 20)
 #define DEFAULT_CONNECT_TIMEOUT_MS 3000u
-/* One 16 KiB read of small responses (a SendResponse is about 130 bytes)
- * is handled in one go: at 64 a busy client stopped and restarted reading
- * (two epoll_ctl calls) after nearly every read. */
+/* 256 saved a read stop/start per 16 KiB read of small responses but cost
+ * about 15 % of closed-loop send throughput (bench/e2e_notes.md). */
 #define DEFAULT_FRAMES_PER_TURN 64u
 #define DEFAULT_RPC_PENDING_MAX 4096u
 #define DEFAULT_MAX_CONNS 10000u
@@ -599,6 +598,16 @@ static void release_written(fy_conn *c, struct wreq *w, int status) {
   }
 }
 
+/* Reading resumes once the write queue has drained to half its limit. */
+static void maybe_resume(fy_conn *c) {
+  if (!c->paused || c->wq_bytes > c->cfg.write_queue_max_bytes / 2)
+    return;
+  fy_debug(MOD, "%s: write queue drained to %zu bytes; reading again", c->peer, c->wq_bytes);
+  c->paused = false;
+  c->backlog = c->start < c->end; /* frames may be waiting */
+  conn_update_io(c);
+}
+
 static void on_written(uv_write_t *req, int status) {
   struct wbatch *b = (struct wbatch *)req;
   fy_conn *c = b->conn;
@@ -614,12 +623,7 @@ static void on_written(uv_write_t *req, int status) {
     fy_conn_close(c, status);
     return;
   }
-  if (c->paused && c->wq_bytes <= c->cfg.write_queue_max_bytes / 2) {
-    fy_debug(MOD, "%s: write queue drained to %zu bytes; reading again", c->peer, c->wq_bytes);
-    c->paused = false;
-    c->backlog = c->start < c->end; /* frames may be waiting */
-    conn_update_io(c);
-  }
+  maybe_resume(c);
 }
 
 /* Writes what it can of b's bufs (total bytes) now, without a uv_write:
@@ -730,13 +734,8 @@ static void on_flush(uv_idle_t *h) {
     return;
   c->last_active_ms = uv_now(c->loop);
   release_written(c, written, 0); /* may send (queued for the next flush) or close */
-  if (c->state != CONN_CLOSING && c->paused &&
-      c->wq_bytes <= c->cfg.write_queue_max_bytes / 2) {
-    fy_debug(MOD, "%s: write queue drained to %zu bytes; reading again", c->peer, c->wq_bytes);
-    c->paused = false;
-    c->backlog = c->start < c->end; /* frames may be waiting */
-    conn_update_io(c);
-  }
+  if (c->state != CONN_CLOSING)
+    maybe_resume(c);
 }
 
 int fy__conn_can_send(const fy_conn *c) {

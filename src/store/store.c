@@ -74,7 +74,7 @@ struct queue {
  * ring is emptied whenever a queue it may point at is freed.
  */
 struct pend {
-  struct queue *q; /* NULL: a prepared or rolled-back transaction (index only) */
+  struct queue *q; /* never NULL: transactions are not kept */
   uint64_t phys, queue_offset;
   int64_t tag_hash, store_ts_ms;
   uint32_t size;

@@ -837,6 +837,67 @@ static bool checkpoint_reached(void *arg) {
   return stats(fx).checkpoint >= log_written(fx);
 }
 
+/* Keys whose entries the index files' headers count (entry_count - 1 each):
+ * what an index flush has stored, as a crash would find it. */
+static uint32_t index_keys_on_file(struct fx *fx) {
+  char dir[700];
+  snprintf(dir, sizeof dir, "%s/index", fx->root);
+  DIR *d = opendir(dir);
+  if (!d)
+    return 0;
+  uint32_t keys = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[1000];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    uint32_t count = 0;
+    assert_int_equal(pread(fd, &count, 4, 48), 4); /* entry_count (STORE.md) */
+    close(fd);
+    keys += count ? count - 1 : 0;
+  }
+  closedir(d);
+  return keys;
+}
+
+struct ckpt_watch {
+  struct fx *fx;
+  uint64_t end;      /* the keyed records end here */
+  uint32_t keys;     /* ...and carry this many keys */
+  bool ahead;        /* the checkpoint covered them before the index held them */
+};
+
+static bool checkpoint_covers_keys(void *arg) {
+  struct ckpt_watch *w = arg;
+  if (stats(w->fx).checkpoint < w->end)
+    return false;
+  if (index_keys_on_file(w->fx) < w->keys)
+    w->ahead = true;
+  return true;
+}
+
+/* The index is flushed only every tenth flush cycle; the checkpoint (where
+ * recovery starts re-dispatching) must wait for it, or a crash would lose
+ * keys of records below the checkpoint. */
+static void test_checkpoint_waits_for_index(void **state) {
+  struct fx *fx = *state;
+  open_store(fx);
+  static struct msgbuf b;
+  char uniq[16];
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < 5; i++) {
+      snprintf(uniq, sizeof uniq, "R%d-%d", round, i);
+      put_wait(fx, make_msg(&b, TOPIC, 0, (uint64_t)i, 30, NULL, NULL, uniq));
+    }
+    struct ckpt_watch w = {fx, log_written(fx), (uint32_t)(round + 1) * 5, false};
+    assert_true(run_until(&fx->loop, checkpoint_covers_keys, &w));
+    assert_false(w.ahead);
+  }
+}
+
 static void test_confirm_hides_until_acknowledged(void **state) {
   struct fx *fx = *state;
   fx->cfg.confirm_required = true;
@@ -1237,6 +1298,7 @@ static const struct CMUnitTest tests[] = {
     T(test_batch_put_atomic),
     T(test_offset_for_time),
     T(test_query_key),
+    T(test_checkpoint_waits_for_index),
     T(test_dispatch_kept_and_read_back),
     T(test_retention),
     T(test_sticky_write_error),
