@@ -437,6 +437,8 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("commitLogMaxOffset", "%" PRIu64, st.cl_end);
   KV("commitLogWritten", "%" PRIu64, st.cl_written);
   KV("commitLogFlushed", "%" PRIu64, st.cl_flushed);
+  KV("commitLogPageCacheMaxBytes", "%" PRIu64, b->settings.store.page_cache_max);
+  KV("commitLogPageCacheDroppedTo", "%" PRIu64, st.cl_cache_dropped_to);
   KV("dispatchedOffset", "%" PRIu64, st.dispatched);
   KV("checkpointOffset", "%" PRIu64, st.checkpoint);
   if (st.confirm_required)

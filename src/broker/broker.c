@@ -492,6 +492,10 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   /* SYNC_MASTER: consumers see a record only once a slave has it, from the
    * first record recovery makes visible on (store.h). */
   b->settings.store.confirm_required = b->cfg->role == FY_ROLE_SYNC_MASTER;
+  /* The commit log keeps in memory what RocketMQ calls in memory: the newest
+   * accessMessageInMemoryMaxRatio percent of RAM, unless told otherwise. */
+  if (!b->settings.store.page_cache_max)
+    b->settings.store.page_cache_max = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
   err = fy_store_open(loop, &b->settings.store, &b->store, &rec);
   if (err) {
     fy_error(MOD, "cannot open the store in %s: %s", b->settings.store.root_dir, fy_strerror(err));

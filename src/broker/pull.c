@@ -187,7 +187,11 @@ static void on_pull_sent(void *arg, int status) {
 static uint64_t slave_read_threshold(struct fy_broker *b) {
   if (b->cfg->slave_read_behind_bytes)
     return b->cfg->slave_read_behind_bytes;
-  return uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
+  /* Further behind than this, reads come from disk: the commit log keeps no
+   * more in the page cache (commitLogPageCacheMaxBytes, which defaults to it). */
+  uint64_t in_memory = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
+  uint64_t cached = b->settings.store.page_cache_max;
+  return cached && cached < in_memory ? cached : in_memory;
 }
 
 uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -238,6 +239,12 @@ static void uring_prep(struct io_uring_sqe *sqe, fy_aio_req *req) {
     io_uring_prep_write(sqe, req->fd, req->buf + req->done, n, req->off + req->done);
   } else if (req->op == FY_AIO_FDATASYNC) {
     io_uring_prep_fsync(sqe, req->fd, IORING_FSYNC_DATASYNC);
+  } else if (req->op == FY_AIO_DROP_CACHE) {
+    /* Two steps, one request: done is 0 for the madvise, 1 for the fadvise. */
+    if (req->done == 0 && req->buf)
+      io_uring_prep_madvise(sqe, (void *)req->buf, (off_t)req->len, MADV_DONTNEED);
+    else
+      io_uring_prep_fadvise(sqe, req->fd, req->off, (off_t)req->len, POSIX_FADV_DONTNEED);
   } else {
     io_uring_prep_fallocate(sqe, req->fd, req->mode, (off_t)req->off, (off_t)req->len);
   }
@@ -368,6 +375,13 @@ static void fallocate_work(uv_work_t *w) {
   req->res = fallocate(req->fd, req->mode, (off_t)req->off, (off_t)req->len) == 0 ? 0 : -errno;
 }
 
+static void drop_cache_work(uv_work_t *w) {
+  fy_aio_req *req = w->data;
+  if (req->buf)
+    (void)madvise((void *)req->buf, req->len, MADV_DONTNEED); /* advice: the fadvise decides */
+  req->res = -posix_fadvise(req->fd, (off_t)req->off, (off_t)req->len, POSIX_FADV_DONTNEED);
+}
+
 static void fault_work(uv_work_t *w) {
   fy_aio_req *req = w->data;
   req->res = req->fault;
@@ -390,7 +404,9 @@ static bool threads_issue(fy_aio *aio, fy_aio_req *req) {
     r = uv_fs_fdatasync(aio->loop, &req->fs, req->fd, threads_fs_done);
   } else {
     req->work.data = req;
-    r = uv_queue_work(aio->loop, &req->work, fallocate_work, threads_work_done);
+    r = uv_queue_work(aio->loop, &req->work,
+                      req->op == FY_AIO_DROP_CACHE ? drop_cache_work : fallocate_work,
+                      threads_work_done);
   }
   fy_assert(r == 0); /* arguments were validated when the request was accepted */
   return true;
@@ -511,6 +527,12 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
     issue(aio, req);
     return;
   }
+  if (req->op == FY_AIO_DROP_CACHE && req->done == 0 && req->buf) {
+    req->done = 1; /* the madvise was advice too: the fadvise goes ahead either way */
+    req->retries = 0;
+    issue(aio, req);
+    return;
+  }
   if (req->op != FY_AIO_WRITE) {
     complete(aio, req, res < 0 ? res : 0, b);
     return;
@@ -585,6 +607,17 @@ int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t of
   req->off = off;
   req->mode = mode;
   return accept_req(aio, req, FY_AIO_FALLOCATE, fd, cb);
+}
+
+int fy_aio_drop_cache(fy_aio *aio, fy_aio_req *req, int fd, const void *addr, uint64_t off,
+                      uint64_t len, fy_aio_cb cb) {
+  if (len == 0 || len > FY_AIO_DROP_MAX || off > INT64_MAX - len)
+    return -EINVAL;
+  req->buf = addr;
+  req->len = len;
+  req->off = off;
+  req->mode = 0;
+  return accept_req(aio, req, FY_AIO_DROP_CACHE, fd, cb);
 }
 
 /* ---- life cycle -------------------------------------------------------- */

@@ -28,7 +28,13 @@
 #include <uv.h>
 
 enum fy_aio_backend { FY_AIO_AUTO, FY_AIO_URING, FY_AIO_THREADS };
-enum fy_aio_op { FY_AIO_WRITE, FY_AIO_FDATASYNC, FY_AIO_FALLOCATE, FY_AIO_OP_COUNT };
+enum fy_aio_op {
+  FY_AIO_WRITE,
+  FY_AIO_FDATASYNC,
+  FY_AIO_FALLOCATE,
+  FY_AIO_DROP_CACHE,
+  FY_AIO_OP_COUNT
+};
 
 typedef struct fy_aio fy_aio;
 typedef struct fy_aio_req fy_aio_req;
@@ -46,7 +52,8 @@ struct fy_aio_req {
   const uint8_t *buf;
   uint64_t len;
   uint64_t off;
-  uint64_t done;     /* write: bytes written so far (short writes resume here) */
+  uint64_t done;     /* write: bytes written so far (short writes resume here);
+                        drop_cache: 1 once the madvise step is done */
   int mode;
   int fault;         /* injected error (negative errno) or 0 */
   int64_t res;       /* the result handed to cb (threads: also a work job's) */
@@ -80,6 +87,16 @@ int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
 /* fallocate(fd, mode, off, len). */
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb);
+
+/* Lets the kernel drop the page cache of [off, off + len) of fd (len > 0, at
+ * most FY_AIO_DROP_MAX): madvise(addr, len, MADV_DONTNEED) first when addr is
+ * not NULL (the same bytes mapped MAP_SHARED in this process, page-aligned;
+ * pages a process maps are not dropped), then posix_fadvise(POSIX_FADV_DONTNEED).
+ * Only clean pages go: dirty ones are left to writeback. Advice: the callback
+ * gets the fadvise's result, and the data stays readable either way. */
+#define FY_AIO_DROP_MAX (UINT64_C(1) << 30)
+int fy_aio_drop_cache(fy_aio *aio, fy_aio_req *req, int fd, const void *addr, uint64_t off,
+                      uint64_t len, fy_aio_cb cb);
 
 /* Hands queued requests to the kernel now rather than at the next loop
  * iteration (io_uring; the threads backend starts requests as they are

@@ -22,6 +22,12 @@
  * sync was queued, capped at that segment's end, so each segment of a roll is
  * synced before records in it are acknowledged.
  *
+ * Page cache: with page_cache_max set, flushed bytes further than that behind
+ * `end` are let go of (madvise + fadvise through fy_aio, one request in
+ * flight, DROP_STEP at least). New writes then reuse the pages just freed
+ * instead of taking fresh ones, and the log's share of memory stays bounded;
+ * readers of older bytes fault them back in from disk.
+ *
  * Segments: the one holding `end` (active) and the next always exist; a new
  * one is created (open + mmap on the loop) and preallocated through fy_aio
  * (fallocate, then an fdatasync of the directory) before writes reach it.
@@ -55,6 +61,8 @@
 #define NAME_DIGITS 20
 #define SEGMENT_SIZE_MAX (UINT64_C(1) << 40)
 #define SEGMENTS_MAX (1u << 20)   /* files in one log directory */
+#define DROP_STEP (UINT64_C(8) << 20) /* page cache let go of in steps of at least this */
+#define DROP_ALIGN (UINT64_C(2) << 20)
 #define ZERO_CHUNK (64u * 1024u) /* zero scan step; pwrite fallback when fallocate cannot zero */
 
 static const uint8_t zeros[ZERO_CHUNK];
@@ -140,6 +148,11 @@ struct fy_commitlog {
   fy_aio_req sync_req;
   uint64_t sync_target;
   bool sync_inflight;
+
+  fy_aio_req drop_req;  /* page cache: see "Page cache" above */
+  fy_cl_segment *drop_seg;
+  uint64_t drop_end;
+  bool drop_inflight;
 
   struct waiter *waiters;
   uint32_t w_head, w_count;
@@ -576,6 +589,54 @@ static void advance_flushed(fy_commitlog *cl, uint64_t to) {
     release_waiters(cl, to, 0);
 }
 
+static void maybe_drop(fy_commitlog *cl);
+
+static void on_drop_done(fy_aio_req *req, int64_t res) {
+  fy_commitlog *cl = req->data;
+  cl->drop_inflight = false;
+  seg_release(cl->drop_seg);
+  cl->drop_seg = NULL;
+  if (res < 0 && cl->stats.cache_dropped_to == 0)
+    fy_warn("commitlog", "%s: cannot drop old pages from the page cache: %s (advice only)",
+            cl->dir, fy_strerror((int)res));
+  if (cl->drop_end > cl->stats.cache_dropped_to)
+    cl->stats.cache_dropped_to = cl->drop_end;
+  maybe_drop(cl); /* a close's pump sees drop_inflight clear */
+}
+
+/* Lets go of the page cache of flushed bytes more than page_cache_max behind
+ * the end (see "Page cache" above). */
+static void maybe_drop(fy_commitlog *cl) {
+  if (!cl->cfg.page_cache_max || cl->drop_inflight || cl->error || cl->state != CL_OPEN)
+    return;
+  if (cl->end <= cl->cfg.page_cache_max)
+    return;
+  uint64_t to = cl->end - cl->cfg.page_cache_max;
+  if (to > cl->flushed)
+    to = cl->flushed; /* dirty pages are not dropped: only flushed ones */
+  to = to / DROP_ALIGN * DROP_ALIGN;
+  uint64_t from = cl->stats.cache_dropped_to > cl->min ? cl->stats.cache_dropped_to : cl->min;
+  if (to < from + DROP_STEP)
+    return;
+  fy_cl_segment *seg = seg_at(cl, from);
+  if (!seg)
+    return;
+  uint64_t seg_end = seg->start + seg_size(cl);
+  uint64_t end = to < seg_end ? to : seg_end;
+  if (end - from > FY_AIO_DROP_MAX)
+    end = from + FY_AIO_DROP_MAX;
+  uint64_t rel = from - seg->start;
+  cl->drop_req.data = cl;
+  int r = fy_aio_drop_cache(cl->aio, &cl->drop_req, seg->fd, seg->map + rel, rel, end - from,
+                            on_drop_done);
+  if (r < 0)
+    return; /* advice: try again after the next flush */
+  seg->refs++;
+  cl->drop_seg = seg;
+  cl->drop_end = end;
+  cl->drop_inflight = true;
+}
+
 static void on_sync_done(fy_aio_req *req, int64_t res) {
   fy_commitlog *cl = req->data;
   cl->sync_inflight = false;
@@ -584,6 +645,7 @@ static void on_sync_done(fy_aio_req *req, int64_t res) {
   if (!cl->error) {
     cl->stats.syncs++;
     advance_flushed(cl, cl->sync_target);
+    maybe_drop(cl);
   }
   update_ref(cl);
 }
@@ -705,7 +767,7 @@ static void close_handles(struct cl_handles *h) {
 }
 
 static void maybe_finish_drain(fy_commitlog *cl) {
-  if (cl->write_inflight || cl->sync_inflight || cl->prealloc_inflight)
+  if (cl->write_inflight || cl->sync_inflight || cl->prealloc_inflight || cl->drop_inflight)
     return;
   if (!cl->error && (cl->written < cl->end || cl->flushed < cl->end))
     return;
@@ -1063,6 +1125,8 @@ static int cut_at(fy_commitlog *cl, uint64_t offset, uint64_t *dropped) {
   cl->end = cl->written = offset;
   if (cl->flushed > offset)
     cl->flushed = offset;
+  if (cl->stats.cache_dropped_to > offset)
+    cl->stats.cache_dropped_to = offset;
   if (cl->sync_goal > offset)
     cl->sync_goal = offset;
   cl->end_seg_end = seg->start + seg_size(cl);
@@ -1074,8 +1138,8 @@ int fy_commitlog_truncate(fy_commitlog *cl, uint64_t offset) {
     return -FY_ESHUTDOWN;
   if (offset < cl->min || offset > cl->end)
     return -EINVAL;
-  if (cl->write_inflight || cl->sync_inflight || cl->prealloc_inflight || cl->end != cl->written ||
-      cl->w_count)
+  if (cl->write_inflight || cl->sync_inflight || cl->prealloc_inflight || cl->drop_inflight ||
+      cl->end != cl->written || cl->w_count)
     return -FY_EBUSY;
   int r = cut_at(cl, offset, NULL);
   cl->head = cl->cur = 0;
@@ -1467,7 +1531,8 @@ void fy_commitlog_close(fy_commitlog *cl, void (*done_cb)(void *arg), void *arg)
 void fy_commitlog_free(fy_commitlog *cl) {
   if (!cl)
     return;
-  fy_assert(!cl->write_inflight && !cl->sync_inflight && !cl->prealloc_inflight);
+  fy_assert(!cl->write_inflight && !cl->sync_inflight && !cl->prealloc_inflight &&
+            !cl->drop_inflight);
   fy_assert(cl->state == CL_OPEN || cl->state == CL_CLOSED);
   if (cl->state == CL_CLOSED) {
     free(cl->h);

@@ -61,6 +61,8 @@ struct fy_commitlog_config {
                                   segment_size is allowed but never used) */
   uint32_t write_buffers;      /* number of write buffers (>= 2) */
   uint32_t max_waiters;        /* appends awaiting their callback */
+  uint64_t page_cache_max;     /* commitLogPageCacheMaxBytes: flushed bytes further than this
+                                  behind the end leave the page cache; 0 keeps them */
 };
 
 /* What opening found and did; printed by the store. */
@@ -237,6 +239,7 @@ struct fy_cl_stats {
   uint64_t writes;      /* fy_aio writes of buffered records (one per group commit) */
   uint64_t write_bytes; /* bytes those writes carried */
   uint64_t syncs;       /* fdatasyncs of segment data */
+  uint64_t cache_dropped_to; /* the page cache was let go of below this offset */
 };
 void fy_commitlog_stats(const fy_commitlog *cl, struct fy_cl_stats *out);
 

@@ -886,6 +886,7 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
       .write_buffer_size = s->cfg.write_buffer_size,
       .write_buffers = s->cfg.write_buffers,
       .max_waiters = s->cfg.max_pending_puts,
+      .page_cache_max = s->cfg.page_cache_max,
   };
   char cldir[600];
   snprintf(cldir, sizeof cldir, "%s/commitlog", s->cfg.root_dir);
@@ -1462,6 +1463,9 @@ void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
   st->cl_end = fy_commitlog_end(s->cl);
   st->cl_written = fy_commitlog_written(s->cl);
   st->cl_flushed = fy_commitlog_flushed(s->cl);
+  struct fy_cl_stats cls;
+  fy_commitlog_stats(s->cl, &cls);
+  st->cl_cache_dropped_to = cls.cache_dropped_to;
   st->dispatched = s->dispatched;
   st->checkpoint = fy_ckpt_last(s->ckpt)->safe_offset;
   if (s->confirm_required) {

@@ -39,6 +39,9 @@ struct fy_store_config {
   int flush_disk_type;            /* flushDiskType: FY_ASYNC_FLUSH */
   uint32_t flush_interval_ms;     /* flushIntervalCommitLog: 500 */
   uint32_t flush_cq_interval_ms;  /* flushIntervalConsumeQueue: 1000 */
+  uint64_t page_cache_max;        /* commitLogPageCacheMaxBytes: flushed commit-log bytes further
+                                     behind the end leave the page cache; 0 keeps them (mqbroker
+                                     turns 0 into accessMessageInMemoryMaxRatio of the memory) */
   uint32_t max_message_size;      /* maxMessageSize: 4 MiB (body + properties) */
   bool index_enable;              /* messageIndexEnable: true */
   uint32_t index_slots;           /* maxHashSlotNum: 5000000 */
@@ -198,6 +201,7 @@ struct fy_store_stats {
   uint64_t put_bytes;
   uint64_t gets;            /* messages returned by get */
   uint64_t cl_min, cl_end, cl_written, cl_flushed, dispatched, checkpoint;
+  uint64_t cl_cache_dropped_to; /* commit-log page cache let go of below this offset */
   bool confirm_required;
   uint64_t confirmed;       /* SYNC_MASTER: offset a slave acknowledged (0 otherwise) */
   uint64_t unconfirmed_bytes; /* SYNC_MASTER: written, hidden until a slave acknowledges */

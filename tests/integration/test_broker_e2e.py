@@ -967,6 +967,11 @@ def test_mqadmin_subcommands(args):
     st = broker_status(mqadmin(c, "brokerStatus", "-b", a.addr).stdout)
     assert st["brokerName"] == a.name and st["brokerAddr"] == a.addr, st
     assert st["brokerRole"] == "ASYNC_MASTER" and int(st["msgPutTotal"]) >= 10, st
+    # The commit log's page-cache bound defaults to accessMessageInMemoryMaxRatio (40 %) of RAM.
+    with open("/proc/meminfo") as f:
+        mem = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal:"))
+    assert int(st["commitLogPageCacheMaxBytes"]) == mem // 100 * 40, st
+    assert int(st["commitLogPageCacheDroppedTo"]) == 0, st  # far less than that written
     out = mqadmin(c, "brokerStatus", "-c", "DefaultCluster").stdout
     assert {l.split()[0] for l in out.splitlines()} == {x.addr for x in c.brokers}, out
 

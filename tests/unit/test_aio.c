@@ -12,8 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -163,6 +165,73 @@ static void test_fdatasync_and_fallocate(void **state) {
   assert_false(ds.called);
   assert_true(fy_test_run_until(&f->loop, &ds.called, DEADLINE_MS));
   assert_int_equal(ds.res, 0);
+}
+
+/* Pages of [off, off + len) of the mapping in the page cache. */
+static size_t resident_pages(const uint8_t *map, size_t off, size_t len) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), n = len / page, count = 0;
+  unsigned char *vec = malloc(n);
+  assert_non_null(vec);
+  assert_int_equal(mincore((void *)(map + off), len, vec), 0);
+  for (size_t i = 0; i < n; i++)
+    count += vec[i] & 1;
+  free(vec);
+  return count;
+}
+
+/* Dropped pages leave the page cache, mapped ones included, and the data
+ * reads back the same. */
+static void test_drop_cache(void **state) {
+  struct fixture *f = fixture(state);
+  enum { LEN = 4 << 20 };
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  uint8_t *data = malloc(2 * LEN);
+  assert_non_null(data);
+  fill(data, 2 * LEN, 5);
+  assert_int_equal(pwrite(f->fd, data, 2 * LEN, 0), 2 * LEN);
+  assert_int_equal(fdatasync(f->fd), 0); /* dirty pages are never dropped */
+  uint8_t *map = mmap(NULL, 2 * LEN, PROT_READ, MAP_SHARED, f->fd, 0);
+  assert_true(map != MAP_FAILED);
+  volatile uint8_t sum = 0;
+  for (size_t i = 0; i < LEN; i += page)
+    sum ^= map[i]; /* the first half is mapped into this process */
+  (void)sum;
+  struct statfs sf;
+  assert_int_equal(fstatfs(f->fd, &sf), 0);
+  bool cache_droppable = sf.f_type != 0x01021994; /* TMPFS_MAGIC: memory is the file */
+  if (cache_droppable) {
+    assert_int_equal(resident_pages(map, 0, LEN), LEN / page);
+    assert_int_equal(resident_pages(map, LEN, LEN), LEN / page);
+  }
+
+  fy_aio_req a, b;
+  struct done da = {0}, db = {0};
+  a.data = &da;
+  b.data = &db;
+  /* The mapped half with its address; the other half was only written. */
+  assert_int_equal(fy_aio_drop_cache(f->aio, &a, f->fd, map, 0, LEN, on_done), 0);
+  assert_int_equal(fy_aio_drop_cache(f->aio, &b, f->fd, NULL, LEN, LEN, on_done), 0);
+  assert_false(da.called);
+  assert_true(fy_test_run_until(&f->loop, &da.called, DEADLINE_MS));
+  assert_true(fy_test_run_until(&f->loop, &db.called, DEADLINE_MS));
+  assert_int_equal(da.res, 0);
+  assert_int_equal(db.res, 0);
+  if (cache_droppable) {
+    assert_int_equal(resident_pages(map, 0, LEN), 0);
+    assert_int_equal(resident_pages(map, LEN, LEN), 0);
+  }
+  assert_memory_equal(map, data, 2 * LEN); /* faulted back in from the disk */
+  uint8_t *got = malloc(LEN);
+  assert_non_null(got);
+  assert_int_equal(pread(f->fd, got, LEN, LEN), LEN);
+  assert_memory_equal(got, data + LEN, LEN);
+
+  assert_int_equal(fy_aio_drop_cache(f->aio, &a, f->fd, map, 0, 0, on_done), -EINVAL);
+  assert_int_equal(fy_aio_drop_cache(f->aio, &a, f->fd, NULL, 0, FY_AIO_DROP_MAX + 1, on_done),
+                   -EINVAL);
+  free(got);
+  munmap(map, 2 * LEN);
+  free(data);
 }
 
 /* More requests than queue_depth: the rest wait and all complete, in a
@@ -462,6 +531,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       BOTH(test_write_read_back, setup),
       BOTH(test_fdatasync_and_fallocate, setup),
+      BOTH(test_drop_cache, setup),
       BOTH(test_many_requests, setup_depth4),
       BOTH(test_many_requests, setup_depth1024),
       BOTH(test_fault_injection, setup),

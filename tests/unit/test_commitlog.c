@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -1309,6 +1311,95 @@ static void test_retention(void **state) {
   assert_int_equal(fx->rep.end, end);
 }
 
+/* Pages of a segment file [off, off + len) in the page cache. */
+static size_t resident(const struct fx *fx, uint64_t seg_start, uint64_t off, uint64_t len) {
+  char path[700];
+  seg_path(fx, seg_start, path, sizeof path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  assert_true(fd >= 0);
+  uint8_t *map = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+  assert_true(map != MAP_FAILED);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), n = len / page, count = 0;
+  unsigned char *vec = malloc(n);
+  assert_non_null(vec);
+  assert_int_equal(mincore(map, len, vec), 0);
+  for (size_t i = 0; i < n; i++)
+    count += vec[i] & 1;
+  free(vec);
+  munmap(map, len);
+  close(fd);
+  return count;
+}
+
+struct drop_goal {
+  fy_commitlog *cl;
+  uint64_t at_least;
+};
+
+static bool dropped_enough(void *arg) {
+  struct drop_goal *g = arg;
+  struct fy_cl_stats st;
+  fy_commitlog_stats(g->cl, &st);
+  return st.cache_dropped_to >= g->at_least;
+}
+
+/* page_cache_max: flushed bytes further behind the end leave the page cache
+ * (pages the log itself mapped for readers too), newer ones stay, and every
+ * record still reads back. */
+static void test_page_cache_window(void **state) {
+  struct fx *fx = *state;
+  const uint64_t seg = 4u << 20, window = 8u << 20;
+  fx->cfg.segment_size = seg;
+  fx->cfg.write_buffer_size = 1u << 20;
+  fx->cfg.page_cache_max = window;
+  assert_int_equal(open_log(fx, 0), 0);
+  enum { BODY = 60000 };
+  uint32_t n = 0;
+  uint64_t first = append_one(fx, BODY, n++);
+  assert_true(run_until(&fx->loop, all_flushed, fx->cl));
+  check_record(fx->cl, first, BODY, 0); /* maps the first pages into the log's reader mapping */
+  while (fy_commitlog_end(fx->cl) < 40u << 20)
+    append_one(fx, BODY, n++);
+  assert_true(run_until(&fx->loop, all_flushed, fx->cl));
+  uint64_t end = fy_commitlog_end(fx->cl);
+  /* Steps of at least 8 MiB on 2 MiB boundaries: at most 10 MiB short of the window. */
+  struct drop_goal g = {fx->cl, end - window - (10u << 20)};
+  assert_true(run_until(&fx->loop, dropped_enough, &g));
+  struct fy_cl_stats st;
+  fy_commitlog_stats(fx->cl, &st);
+  assert_true(st.cache_dropped_to <= end - window);
+
+  struct statfs sf;
+  assert_int_equal(statfs(fx->dir, &sf), 0);
+  if (sf.f_type != 0x01021994) { /* TMPFS_MAGIC: there the file is the memory */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (uint64_t s0 = 0; s0 + seg <= st.cache_dropped_to; s0 += seg)
+      assert_int_equal(resident(fx, s0, 0, seg), 0);
+    uint64_t last = end / seg * seg; /* the newest segment, inside the window */
+    uint64_t used = (end - last) / page * page;
+    if (used)
+      assert_int_equal(resident(fx, last, 0, used), used / page);
+  }
+  assert_int_equal(walk(fx->cl), n); /* dropped bytes come back from the disk */
+  check_record(fx->cl, first, BODY, 0);
+  check_record(fx->cl, fy_commitlog_end(fx->cl) - size_for_body(BODY), BODY, n - 1);
+}
+
+/* Without page_cache_max the log leaves the page cache to the kernel. */
+static void test_page_cache_kept(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.segment_size = 4u << 20;
+  fx->cfg.write_buffer_size = 1u << 20;
+  assert_int_equal(open_log(fx, 0), 0);
+  uint32_t n = 0;
+  while (fy_commitlog_end(fx->cl) < 24u << 20)
+    append_one(fx, 60000, n++);
+  assert_true(run_until(&fx->loop, all_flushed, fx->cl));
+  struct fy_cl_stats st;
+  fy_commitlog_stats(fx->cl, &st);
+  assert_int_equal(st.cache_dropped_to, 0);
+}
+
 static void test_free_before_run(void **state) {
   struct fx *fx = *state;
   assert_int_equal(open_log(fx, 0), 0);
@@ -1401,6 +1492,8 @@ static const struct CMUnitTest tests[] = {
     T(test_append_raw_exact_segment_end),
     T(test_truncate),
     T(test_retention),
+    T(test_page_cache_window),
+    T(test_page_cache_kept),
     T(test_free_before_run),
 };
 
