@@ -839,7 +839,7 @@ static void on_queue_offsets(struct fy_broker *b, fy_conn *conn, const fy_rmq_cm
     struct fy_get_result res;
     fy_store_get(b->store, topic, qid, min, 1, 0, NULL, 0, &m, &res);
     if (res.status != FY_GET_FOUND) {
-      reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "queue %s:%u is empty", topic, qid);
+      reply_offset(conn, c, "timestamp", -1); /* RocketMQ: an empty queue has none */
       break;
     }
     struct fy_msg d;

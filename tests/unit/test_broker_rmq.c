@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "broker/broker.h"
@@ -405,6 +406,31 @@ static void test_batch_properties_sized_to_fit(void **state) {
   assert_non_null(strstr(r->remark, "32767"));
 }
 
+/* GET_EARLIEST_MSG_STORETIME, as RocketMQ: SUCCESS with -1 for an empty
+ * queue, the first message's store time once there is one. */
+static void test_earliest_msg_storetime(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicE", "1");
+  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_GET_EARLIEST_MSG_STORETIME, NULL, "topic", "TopicE",
+                             "queueId", "0", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_string_equal(fy_rmq_ext(r, "timestamp"), "-1");
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  long long before = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  send_msg(e, "TopicE", "first", "");
+  clock_gettime(CLOCK_REALTIME, &ts);
+  long long after = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  send_msg(e, "TopicE", "second", "");
+  r = call(e, FY_RMQ_REQ_GET_EARLIEST_MSG_STORETIME, NULL, "topic", "TopicE", "queueId", "0", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  long long got = atoll(fy_rmq_ext(r, "timestamp"));
+  assert_true(got >= before && got <= after);
+  r = call(e, FY_RMQ_REQ_GET_EARLIEST_MSG_STORETIME, NULL, "topic", "NoSuchTopic", "queueId", "0",
+           END);
+  assert_int_equal(r->code, FY_RMQ_RESP_TOPIC_NOT_EXIST);
+}
+
 /* Many consumers (broadcasting, say) hold a pull on the same queue: one
  * arriving message answers every one of them, not only the first 256. */
 #define HELD 300
@@ -544,6 +570,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_many_tag_subscription_is_served, setup, teardown),
       cmocka_unit_test_setup_teardown(test_batch_properties_sized_to_fit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_arrival_answers_every_held_pull, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_earliest_msg_storetime, setup, teardown),
       cmocka_unit_test_prestate_setup_teardown(
           test_delayed_messages_stored_once_when_store_pushes_back, setup, teardown,
           (void *)&busy_store),
