@@ -53,6 +53,7 @@
 #include <time.h>
 
 #include "bench/hist.h"
+#include "common/heap.h"
 #include "ferry/client.h"
 
 #define EXIT_USAGE 2
@@ -729,6 +730,7 @@ static int run_consume(void) {
 }
 
 int main(int argc, char **argv) {
+  fy_heap_keep_freed();
   static const struct option longopts[] = {
       {"size", required_argument, NULL, 'S'},       {"batch", required_argument, NULL, 'B'},
       {"inflight", required_argument, NULL, 'I'},   {"threads", required_argument, NULL, 'T'},

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "common/heap.h"
 #include "common/log.h"
 
 static fy_broker *broker;
@@ -68,6 +69,7 @@ static int set_kv(struct fy_config_section *sec, const char *kv_text) {
 }
 
 int main(int argc, char **argv) {
+  fy_heap_keep_freed();
   /* A peer that resets its connection while we write must cost an EPIPE
    * on that connection, not the process (SIGPIPE's default is to die). */
   signal(SIGPIPE, SIG_IGN);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/heap.h"
 #include "common/log.h"
 #include "namesrv/namesrv.h"
 
@@ -38,6 +39,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  fy_heap_keep_freed();
   /* A peer that resets its connection while we write must cost an EPIPE
    * on that connection, not the process (SIGPIPE's default is to die). */
   signal(SIGPIPE, SIG_IGN);

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/heap.h"
 #include "common/log.h"
 #include "ferry/client.h"
 
@@ -339,6 +340,7 @@ static int parse_args(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  fy_heap_keep_freed();
   int rc = parse_args(argc, argv);
   if (rc >= 0)
     return rc;

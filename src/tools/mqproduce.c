@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/heap.h"
 #include "common/log.h"
 #include "ferry/client.h"
 
@@ -352,6 +353,7 @@ static int parse_u32_arg(const char *name, const char *s, uint32_t min, uint32_t
 }
 
 int main(int argc, char **argv) {
+  fy_heap_keep_freed();
   static const struct option longopts[] = {
       {"tag", required_argument, NULL, 'T'},        {"key", required_argument, NULL, 'K'},
       {"batch", required_argument, NULL, 'B'},      {"timeout-ms", required_argument, NULL, 'O'},
