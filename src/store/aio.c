@@ -551,7 +551,8 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
   complete(aio, req, (int64_t)req->len, b);
 }
 
-static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, fy_aio_cb cb) {
+static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, const void *buf, uint64_t len,
+                      uint64_t off, int mode, fy_aio_cb cb) {
   fy_assert(!aio->closing);
   if (!cb)
     return -EINVAL;
@@ -561,6 +562,10 @@ static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, fy_aio_cb cb
   req->aio = aio;
   req->op = op;
   req->fd = fd;
+  req->buf = buf;
+  req->len = len;
+  req->off = off;
+  req->mode = mode;
   req->done = 0;
   req->res = 0;
   req->retries = 0;
@@ -583,41 +588,25 @@ int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t l
                  fy_aio_cb cb) {
   if (len == 0 || !buf || off > INT64_MAX || len > INT64_MAX - off)
     return -EINVAL;
-  req->buf = buf;
-  req->len = len;
-  req->off = off;
-  req->mode = 0;
-  return accept_req(aio, req, FY_AIO_WRITE, fd, cb);
+  return accept_req(aio, req, FY_AIO_WRITE, fd, buf, len, off, 0, cb);
 }
 
 int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
-  req->buf = NULL;
-  req->len = 0;
-  req->off = 0;
-  req->mode = 0;
-  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, cb);
+  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, NULL, 0, 0, 0, cb);
 }
 
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb) {
   if (len == 0 || off > INT64_MAX || len > INT64_MAX - off)
     return -EINVAL;
-  req->buf = NULL;
-  req->len = len;
-  req->off = off;
-  req->mode = mode;
-  return accept_req(aio, req, FY_AIO_FALLOCATE, fd, cb);
+  return accept_req(aio, req, FY_AIO_FALLOCATE, fd, NULL, len, off, mode, cb);
 }
 
 int fy_aio_drop_cache(fy_aio *aio, fy_aio_req *req, int fd, const void *addr, uint64_t off,
                       uint64_t len, fy_aio_cb cb) {
   if (len == 0 || len > FY_AIO_DROP_MAX || off > INT64_MAX - len)
     return -EINVAL;
-  req->buf = addr;
-  req->len = len;
-  req->off = off;
-  req->mode = 0;
-  return accept_req(aio, req, FY_AIO_DROP_CACHE, fd, cb);
+  return accept_req(aio, req, FY_AIO_DROP_CACHE, fd, addr, len, off, 0, cb);
 }
 
 /* ---- life cycle -------------------------------------------------------- */
