@@ -156,6 +156,18 @@ struct fy_index {
   uv_loop_t *loop;        /* fy_index_use_loop: retention deletes off the loop */
   uint8_t *snap;          /* slot snapshots for flush writes, reused (NULL while lent) */
   size_t snap_size;
+  void *spare;            /* a zeroed slot table for the next file (see spare_request) */
+  size_t spare_alloc;
+  struct ix_spare *spare_job; /* making one on the thread pool */
+  uint64_t spares_used;
+};
+
+/* Makes a slot table on the thread pool; outlives an index closed meanwhile. */
+struct ix_spare {
+  uv_work_t work;
+  fy_index *ix; /* NULL once the index is gone */
+  void *mem;    /* MAP_FAILED until made */
+  size_t alloc;
 };
 
 /* Outlives the index when it is closed during a flush. */
@@ -358,11 +370,16 @@ static void prefault(void *m, size_t len) {
     ((volatile uint8_t *)m)[off] = 0;
 }
 
+static size_t slots_alloc_for(uint32_t slot_count) {
+  size_t bytes = (size_t)slot_count * 4;
+  return (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
+}
+
 static int slots_make(struct ix_file *f, bool load) {
   if (f->slots)
     return 0;
   size_t bytes = (size_t)f->slot_count * 4;
-  size_t alloc = (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
+  size_t alloc = slots_alloc_for(f->slot_count);
   size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
   void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED)
@@ -520,6 +537,67 @@ static int create_named(fy_index *ix, char *name, size_t cap) {
   return -EEXIST;
 }
 
+static void spare_work(uv_work_t *w) {
+  struct ix_spare *job = w->data;
+  void *m = mmap(NULL, job->alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return;
+  madvise(m, job->alloc, MADV_HUGEPAGE); /* advice only */
+  prefault(m, job->alloc);
+  job->mem = m;
+}
+
+static void spare_done(uv_work_t *w, int status) {
+  struct ix_spare *job = w->data;
+  fy_index *ix = job->ix;
+  if (ix)
+    ix->spare_job = NULL;
+  if (ix && status == 0 && job->mem != MAP_FAILED) {
+    ix->spare = job->mem;
+    ix->spare_alloc = job->alloc;
+  } else if (job->mem != MAP_FAILED) {
+    munmap(job->mem, job->alloc);
+  }
+  free(job);
+}
+
+/* Creating a file faults in a new slot table (20 MB by default): tens of
+ * milliseconds of the loop where fresh memory is expensive. With a loop, the
+ * next file's table is made on its thread pool while the current one fills.
+ * Best effort: without one, file_create makes it itself. */
+static void spare_request(fy_index *ix) {
+  if (!ix->loop || ix->spare || ix->spare_job)
+    return;
+  struct ix_spare *job = calloc(1, sizeof *job);
+  if (!job)
+    return;
+  job->ix = ix;
+  job->mem = MAP_FAILED;
+  job->alloc = slots_alloc_for(ix->slot_count);
+  job->work.data = job;
+  if (uv_queue_work(ix->loop, &job->work, spare_work, spare_done) != 0) {
+    free(job);
+    return;
+  }
+  ix->spare_job = job;
+}
+
+/* Gives f the spare slot table if one of its size is ready. */
+static bool slots_take_spare(fy_index *ix, struct ix_file *f) {
+  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
+  if (!ix->spare || ix->spare_alloc != slots_alloc_for(f->slot_count))
+    return false;
+  f->slot_dirty = calloc(chunks, 1);
+  if (!f->slot_dirty)
+    return false;
+  f->slots = ix->spare;
+  f->slots_alloc = ix->spare_alloc;
+  f->dirty_chunks = 0;
+  ix->spare = NULL;
+  ix->spares_used++;
+  return true;
+}
+
 static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file **out) {
   int err = files_reserve(ix);
   if (err)
@@ -545,7 +623,7 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   f->begin_phys = phys;
   f->end_phys = 0;
   f->entries_zapped = 1;
-  err = slots_make(f, false);
+  err = slots_take_spare(ix, f) ? 0 : slots_make(f, false);
   if (err) {
     munmap(f->map, f->size);
     f->map = NULL;
@@ -555,6 +633,7 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   ix->nfiles++;
   ix->dir_dirty = true;
   snap_prepare(ix);
+  spare_request(ix); /* for the file after this one */
   fy_info(MOD, "new index file %s/%s", ix->dir, f->name);
   *out = f;
   return 0;
@@ -597,6 +676,10 @@ static void ix_free(fy_index *ix) {
     ix->flush_ctx->ix = NULL;
   if (ix->snap)
     munmap(ix->snap, ix->snap_size);
+  if (ix->spare)
+    munmap(ix->spare, ix->spare_alloc);
+  if (ix->spare_job)
+    ix->spare_job->ix = NULL; /* spare_done frees what it made */
   free(ix->files);
   free(ix->dir);
   free(ix);
@@ -664,7 +747,16 @@ void fy_index_close(fy_index *ix) {
 
 uint64_t fy_index_max_phys(const fy_index *ix) { return ix->max_phys; }
 
-void fy_index_use_loop(fy_index *ix, uv_loop_t *loop) { ix->loop = loop; }
+void fy_index_use_loop(fy_index *ix, uv_loop_t *loop) {
+  ix->loop = loop;
+  spare_request(ix);
+}
+
+void fy_index_stats(const fy_index *ix, struct fy_index_stats *out) {
+  out->files = ix->nfiles;
+  out->spare_ready = ix->spare != NULL;
+  out->spares_used = ix->spares_used;
+}
 
 /* ---- put and query ---- */
 

@@ -80,8 +80,18 @@ size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64
                       int64_t end_ms, uint64_t *phys_out, size_t max);
 
 /* From now on retention (fy_index_trim_below) deletes files on loop's
- * thread pool. Without it (tests, tools) deletes are synchronous. */
+ * thread pool, and the slot table of the next file is made there ahead of
+ * need (zeroed and faulted in: creating a file then costs the loop no page
+ * faults; it holds one slot table's worth of memory, 20 MB by default).
+ * Without it (tests, tools) both happen synchronously. */
 void fy_index_use_loop(fy_index *ix, uv_loop_t *loop);
+
+struct fy_index_stats {
+  size_t files;
+  bool spare_ready;     /* a slot table for the next file is made */
+  uint64_t spares_used; /* files created with a slot table made ahead */
+};
+void fy_index_stats(const fy_index *ix, struct fy_index_stats *out);
 
 /* End (phys + size) of the last record put (0 if none). */
 uint64_t fy_index_max_phys(const fy_index *ix);
