@@ -12,48 +12,15 @@ not counted) and stop because every queue is drained, not by the clock.
     python3 bench/rmq_smoke.py --bin build/bin --tmp build/test-tmp
 """
 import os
-import re
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                "integration"))
-from harness import Proc, fresh_dir, main, run, wait_for  # noqa: E402
-
-RESULT_KEYS = ["mode", "msgs", "errors", "secs", "msgs_per_s", "mb_per_s", "p50_us", "p99_us",
-               "p999_us", "max_us"]
-
-
-def listen_port(proc, what, pattern):
-    rx = re.compile(pattern)
-
-    def find():
-        for line in proc.lines():
-            m = rx.match(line)
-            if m:
-                return int(m.group(1))
-        if proc.p.poll() is not None:
-            raise AssertionError(f"{what} exited:\n{proc.stderr_text()[-2000:]}")
-        return None
-    return wait_for(find, 30, f"{what} to print its port", interval_s=0.02)
-
-
-def parse_result(stdout):
-    """The RESULT line, which must be the last line of stdout, as a dict."""
-    lines = stdout.strip().splitlines()
-    assert lines, "ferry-rmq-bench printed nothing on stdout"
-    last = lines[-1].split()
-    assert last[0] == "RESULT", f"last stdout line is not RESULT: {lines[-1]!r}"
-    kv = dict(f.split("=", 1) for f in last[1:])
-    assert list(kv) == RESULT_KEYS, f"RESULT keys {list(kv)} != {RESULT_KEYS}"
-    out = {"mode": kv["mode"]}
-    for k in RESULT_KEYS[1:]:
-        out[k] = float(kv[k]) if k in ("secs", "msgs_per_s", "mb_per_s") else int(kv[k])
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smoke_lib import fresh_dir, main, parse_result, run, start_cluster  # noqa: E402
 
 
 def bench(args, argv):
     r = run([os.path.join(args.bin, "ferry-rmq-bench")] + argv, timeout_s=60)
-    res = parse_result(r.stdout)
+    res = parse_result(r.stdout, "ferry-rmq-bench")
     assert res["mode"] == argv[0], res
     assert res["msgs"] > 0 and res["errors"] == 0, f"{argv}: {res}\nstderr:\n{r.stderr}"
     assert res["msgs_per_s"] > 0 and res["secs"] > 0, res
@@ -64,25 +31,7 @@ def test_rmq_smoke(args):
     d = fresh_dir(args.tmp, "rmq_smoke")
     procs = []
     try:
-        ns = Proc([os.path.join(args.bin, "mqnamesrv"), "-o", "listenPort=0",
-                   "-o", "listenAddress=127.0.0.1"], os.path.join(d, "namesrv.out"))
-        procs.append(ns)
-        ns_addr = "127.0.0.1:%d" % listen_port(ns, "mqnamesrv",
-                                                r"^mqnamesrv listening on port (\d+)$")
-        conf = ["storePathRootDir=" + os.path.join(d, "store"), "listenPort=0",
-                "haListenPort=0", "brokerIP1=127.0.0.1", "listenAddress=127.0.0.1",
-                "brokerName=rmq-smoke", "namesrvAddr=" + ns_addr,
-                "mappedFileSizeCommitLog=67108864", "mappedFileSizeConsumeQueue=1000000",
-                "maxHashSlotNum=50000", "maxIndexNum=400000", "autoCreateTopicEnable=false"]
-        argv = [os.path.join(args.bin, "mqbroker")]
-        for kv in conf:
-            argv += ["-o", kv]
-        broker = Proc(argv, os.path.join(d, "broker.out"))
-        procs.append(broker)
-        addr = "127.0.0.1:%d" % listen_port(broker, "mqbroker",
-                                             r"^mqbroker listening on port (\d+)$")
-        run([os.path.join(args.bin, "mqadmin"), "updateTopic", "-n", ns_addr, "-b", addr,
-             "-t", "RmqSmoke", "-r", "4", "-w", "4"])
+        _, addr, broker = start_cluster(args, d, procs, "rmq-smoke", "RmqSmoke")
         single = bench(args, ["produce", "--broker", addr, "-t", "RmqSmoke", "--duration-s", "1",
                               "--warmup-s", "0.2", "--inflight", "64", "--queues", "4"])
         assert single["p50_us"] > 0 and single["max_us"] >= single["p999_us"], single
