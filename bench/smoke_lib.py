@@ -2,29 +2,14 @@
 share: a name server and one small broker on port 0, and the RESULT line the
 bench tools print last."""
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
                                 "integration"))
-from harness import Proc, fresh_dir, main, run, wait_for  # noqa: E402,F401 (re-exported)
+from harness import Proc, fresh_dir, listen_port, main, run, wait_for  # noqa: E402,F401 (re-exported)
 
 RESULT_KEYS = ["mode", "msgs", "errors", "secs", "msgs_per_s", "mb_per_s", "p50_us", "p99_us",
                "p999_us", "max_us"]
-
-
-def listen_port(proc, what, pattern):
-    rx = re.compile(pattern)
-
-    def find():
-        for line in proc.lines():
-            m = rx.match(line)
-            if m:
-                return int(m.group(1))
-        if proc.p.poll() is not None:
-            raise AssertionError(f"{what} exited:\n{proc.stderr_text()[-2000:]}")
-        return None
-    return wait_for(find, 30, f"{what} to print its port", interval_s=0.02)
 
 
 def parse_result(stdout, tool):

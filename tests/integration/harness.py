@@ -7,6 +7,7 @@ prints 'N passed, N failed' at the end.
 """
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -71,9 +72,31 @@ class Proc:
         with open(self.err_path, "rb") as f:
             return f.read().decode(errors="replace")
 
+    def poll(self):
+        return self.p.poll()
+
+    def describe(self):
+        return self.stderr_text()[-2000:]
+
     def _close(self):
         self.out.close()
         self.err.close()
+
+
+def listen_port(proc, what, pattern, timeout_s=30):
+    """The port in the first stdout line of proc matching pattern (group 1).
+    proc: anything with lines(), poll() and describe(), as Proc."""
+    rx = re.compile(pattern)
+
+    def find():
+        for line in proc.lines():
+            m = rx.match(line)
+            if m:
+                return int(m.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited before listening:\n{proc.describe()}")
+        return None
+    return wait_for(find, timeout_s, f"{what} to print its port", interval_s=0.02)
 
 
 def run(argv, timeout_s=120, check=True):

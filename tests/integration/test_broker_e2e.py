@@ -40,7 +40,7 @@ import subprocess
 import threading
 import time
 
-from harness import fresh_dir, main, wait_for
+from harness import fresh_dir, listen_port, main, wait_for
 
 ASAN_SCALE_DOWN = 2
 
@@ -145,20 +145,6 @@ def scaled(args, n):
 def slow(args):
     """A factor for deadlines: ASan builds run several times slower."""
     return 3 if is_asan(args) else 1
-
-
-def listen_port(proc, what, pattern, timeout_s=30):
-    rx = re.compile(pattern)
-
-    def find():
-        for line in proc.lines():
-            m = rx.match(line)
-            if m:
-                return int(m.group(1))
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited before listening:\n{proc.describe()}")
-        return None
-    return wait_for(find, timeout_s, f"{what} to print its port", interval_s=0.02)
 
 
 def now_ms():
