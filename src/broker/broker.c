@@ -494,8 +494,16 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   b->settings.store.confirm_required = b->cfg->role == FY_ROLE_SYNC_MASTER;
   /* The commit log keeps in memory what RocketMQ calls in memory: the newest
    * accessMessageInMemoryMaxRatio percent of RAM, unless told otherwise. */
+  uint64_t in_memory = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
   if (!b->settings.store.page_cache_max)
-    b->settings.store.page_cache_max = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
+    b->settings.store.page_cache_max = in_memory;
+  /* Further behind than what the page cache keeps, reads come from disk:
+   * slaveReadBehindBytes, else the smaller of the two bounds. */
+  b->slave_read_threshold = b->cfg->slave_read_behind_bytes;
+  if (!b->slave_read_threshold)
+    b->slave_read_threshold = b->settings.store.page_cache_max < in_memory
+                                  ? b->settings.store.page_cache_max
+                                  : in_memory;
   err = fy_store_open(loop, &b->settings.store, &b->store, &rec);
   if (err) {
     fy_error(MOD, "cannot open the store in %s: %s", b->settings.store.root_dir, fy_strerror(err));

@@ -103,6 +103,9 @@ struct fy_broker {
   fy_groups *groups;
   fy_consumers *consumers;
   fy_server *server;
+  /* A consumer further behind than this reads from a slave (pull.c): fixed
+   * at start, so a pull never reads /proc/meminfo. */
+  uint64_t slave_read_threshold;
 
   char ip[64];       /* brokerIP1 or detected */
   uint8_t ip4[4];

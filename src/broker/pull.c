@@ -184,22 +184,12 @@ static void on_pull_sent(void *arg, int status) {
   free(pin);
 }
 
-static uint64_t slave_read_threshold(struct fy_broker *b) {
-  if (b->cfg->slave_read_behind_bytes)
-    return b->cfg->slave_read_behind_bytes;
-  /* Further behind than this, reads come from disk: the commit log keeps no
-   * more in the page cache (commitLogPageCacheMaxBytes, which defaults to it). */
-  uint64_t in_memory = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
-  uint64_t cached = b->settings.store.page_cache_max;
-  return cached && cached < in_memory ? cached : in_memory;
-}
-
 uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
                           const struct fy_get_result *res) {
   if (b->cfg->role == FY_ROLE_SLAVE) {
     /* A slave keeps a consumer that is still far behind; once it has
      * caught up, it sends the consumer back to the master. */
-    if (res->count && res->behind_bytes > slave_read_threshold(b))
+    if (res->count && res->behind_bytes > b->slave_read_threshold)
       return b->cfg->broker_id;
     return 0;
   }
@@ -208,7 +198,7 @@ uint64_t fy__pull_suggest(struct fy_broker *b, const struct pull_req *r,
   struct fy_group_config g;
   if (fy_groups_get(b->groups, r->group, &g) != 0)
     fy_group_config_default(&g, r->group);
-  if (res->count && res->behind_bytes > slave_read_threshold(b))
+  if (res->count && res->behind_bytes > b->slave_read_threshold)
     return g.which_broker_when_consume_slowly;
   return g.broker_id;
 }

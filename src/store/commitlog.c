@@ -1125,8 +1125,8 @@ static int cut_at(fy_commitlog *cl, uint64_t offset, uint64_t *dropped) {
   cl->end = cl->written = offset;
   if (cl->flushed > offset)
     cl->flushed = offset;
-  if (cl->stats.cache_dropped_to > offset)
-    cl->stats.cache_dropped_to = offset;
+  if (cl->stats.cache_dropped_to > offset) /* kept on a step boundary (maybe_drop) */
+    cl->stats.cache_dropped_to = offset / DROP_ALIGN * DROP_ALIGN;
   if (cl->sync_goal > offset)
     cl->sync_goal = offset;
   cl->end_seg_end = seg->start + seg_size(cl);

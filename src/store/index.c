@@ -353,11 +353,6 @@ static void slots_drop(struct ix_file *f) {
   f->dirty_chunks = 0;
 }
 
-/*
- * Gives f its anonymous slot table; load copies the file's slots into it (a
- * file found at open; synchronous, before serving), else it starts zeroed (a
- * new file). Huge pages are asked for; without them it still works.
- */
 static void snap_prepare(fy_index *ix);
 
 /* Faults fresh anonymous memory in now, at open or file creation, instead
@@ -375,25 +370,49 @@ static size_t slots_alloc_for(uint32_t slot_count) {
   return (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
 }
 
-static int slots_make(struct ix_file *f, bool load) {
+/* Zeroed anonymous memory for a slot table or its snapshot, on huge pages
+ * where the kernel gives them, faulted in when fault is set; MAP_FAILED
+ * (errno set) on failure. */
+static void *table_map(size_t alloc, bool fault) {
+  void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return m;
+  madvise(m, alloc, MADV_HUGEPAGE); /* advice only: fine if refused */
+  if (fault)
+    prefault(m, alloc);
+  return m;
+}
+
+/*
+ * Gives f its anonymous slot table; load copies the file's slots into it (a
+ * file found at open; synchronous, before serving), else it starts zeroed (a
+ * new file), from the spare made ahead when there is one (spare_request).
+ */
+static int slots_make(fy_index *ix, struct ix_file *f, bool load) {
   if (f->slots)
     return 0;
   size_t bytes = (size_t)f->slot_count * 4;
   size_t alloc = slots_alloc_for(f->slot_count);
   size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
-  void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED)
-    return -errno;
   f->slot_dirty = calloc(chunks, 1);
-  if (!f->slot_dirty) {
-    munmap(m, alloc);
+  if (!f->slot_dirty)
     return -ENOMEM;
+  void *m;
+  if (!load && ix->spare && ix->spare_alloc == alloc) {
+    m = ix->spare;
+    ix->spare = NULL;
+    ix->spares_used++;
+  } else {
+    m = table_map(alloc, !load);
+    if (m == MAP_FAILED) {
+      int err = -errno;
+      free(f->slot_dirty);
+      f->slot_dirty = NULL;
+      return err;
+    }
+    if (load)
+      memcpy(m, slot_at(f, 0), bytes);
   }
-  madvise(m, alloc, MADV_HUGEPAGE); /* advice only: fine if refused */
-  if (load)
-    memcpy(m, slot_at(f, 0), bytes);
-  else
-    prefault(m, alloc);
   f->slots = m;
   f->slots_alloc = alloc;
   f->dirty_chunks = 0;
@@ -539,12 +558,7 @@ static int create_named(fy_index *ix, char *name, size_t cap) {
 
 static void spare_work(uv_work_t *w) {
   struct ix_spare *job = w->data;
-  void *m = mmap(NULL, job->alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED)
-    return;
-  madvise(m, job->alloc, MADV_HUGEPAGE); /* advice only */
-  prefault(m, job->alloc);
-  job->mem = m;
+  job->mem = table_map(job->alloc, true);
 }
 
 static void spare_done(uv_work_t *w, int status) {
@@ -582,22 +596,6 @@ static void spare_request(fy_index *ix) {
   ix->spare_job = job;
 }
 
-/* Gives f the spare slot table if one of its size is ready. */
-static bool slots_take_spare(fy_index *ix, struct ix_file *f) {
-  size_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
-  if (!ix->spare || ix->spare_alloc != slots_alloc_for(f->slot_count))
-    return false;
-  f->slot_dirty = calloc(chunks, 1);
-  if (!f->slot_dirty)
-    return false;
-  f->slots = ix->spare;
-  f->slots_alloc = ix->spare_alloc;
-  f->dirty_chunks = 0;
-  ix->spare = NULL;
-  ix->spares_used++;
-  return true;
-}
-
 static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file **out) {
   int err = files_reserve(ix);
   if (err)
@@ -623,7 +621,7 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   f->begin_phys = phys;
   f->end_phys = 0;
   f->entries_zapped = 1;
-  err = slots_take_spare(ix, f) ? 0 : slots_make(f, false);
+  err = slots_make(ix, f, false);
   if (err) {
     munmap(f->map, f->size);
     f->map = NULL;
@@ -710,7 +708,7 @@ int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy
     if (ix->files[i].end_phys > ix->max_phys)
       ix->max_phys = ix->files[i].end_phys;
   if (ix->nfiles > 0)
-    err = slots_make(&ix->files[ix->nfiles - 1], true);
+    err = slots_make(ix, &ix->files[ix->nfiles - 1], true);
   if (err)
     goto out_free;
   snap_prepare(ix);
@@ -789,7 +787,7 @@ static int put_file(fy_index *ix, size_t n, uint64_t phys, uint32_t size, int64_
       return err;
   }
   if (f && !f->slots) {
-    int err = slots_make(f, true); /* normally made at open or creation */
+    int err = slots_make(ix, f, true); /* normally made at open or creation */
     if (err)
       return err;
   }
@@ -961,7 +959,7 @@ int fy_index_truncate_phys(fy_index *ix, uint64_t phys_end) {
     break;
   }
   ix->max_phys = phys_end;
-  return ix->nfiles ? slots_make(&ix->files[ix->nfiles - 1], true) : 0;
+  return ix->nfiles ? slots_make(ix, &ix->files[ix->nfiles - 1], true) : 0;
 }
 
 int fy_index_trim_below(fy_index *ix, uint64_t phys_min) {
@@ -1105,11 +1103,9 @@ static uint8_t *snap_take(fy_index *ix, size_t bytes, size_t *size) {
   }
   if (!ix->snap) {
     size_t alloc = (bytes + IX_HUGE_PAGE - 1) / IX_HUGE_PAGE * IX_HUGE_PAGE;
-    void *m = mmap(NULL, alloc, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *m = table_map(alloc, true);
     if (m == MAP_FAILED)
       return NULL;
-    madvise(m, alloc, MADV_HUGEPAGE);
-    prefault(m, alloc);
     ix->snap = m;
     ix->snap_size = alloc;
   }

@@ -28,6 +28,7 @@ struct env {
   uv_loop_t loop;
   char dir[400];
   uint32_t sync_flush_timeout_ms; /* nonzero: a SYNC_FLUSH broker with this syncFlushTimeout */
+  uint64_t page_cache_max;        /* commitLogPageCacheMaxBytes (0: the default) */
   fy_namesrv *ns;
   fy_broker *broker;
   fy_conn *client;
@@ -75,6 +76,7 @@ static void start_broker(struct env *e, bool auto_create) {
   s.store.write_buffer_size = 5 << 20;
   s.broker.listen_port = 0;
   s.broker.auto_create_topic = auto_create;
+  s.store.page_cache_max = e->page_cache_max;
   if (e->sync_flush_timeout_ms) {
     s.store.flush_disk_type = FY_SYNC_FLUSH;
     s.broker.sync_flush_timeout_ms = e->sync_flush_timeout_ms;
@@ -86,9 +88,10 @@ static void start_broker(struct env *e, bool auto_create) {
   assert_int_equal(fy_broker_start(&e->loop, &s, &e->broker), 0);
 }
 
-static int setup_with(void **state, uint32_t sync_flush_timeout_ms) {
+static int setup_with(void **state, uint32_t sync_flush_timeout_ms, uint64_t page_cache_max) {
   struct env *e = calloc(1, sizeof *e);
   e->sync_flush_timeout_ms = sync_flush_timeout_ms;
+  e->page_cache_max = page_cache_max;
   uv_loop_init(&e->loop);
   snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("broker"));
   struct fy_namesrv_config nc;
@@ -106,14 +109,19 @@ static int setup_with(void **state, uint32_t sync_flush_timeout_ms) {
   return 0;
 }
 
-static int setup(void **state) { return setup_with(state, 0); }
+static int setup(void **state) { return setup_with(state, 0, 0); }
+
+#define SMALL_PAGE_CACHE (64u << 20)
+static int setup_small_cache(void **state) { return setup_with(state, 0, SMALL_PAGE_CACHE); }
 
 /* syncFlushTimeout: long enough for any real fdatasync, except while the
  * test holds fdatasyncs back (with no send waiting, a new value applies at
  * once). */
 #define SYNC_FLUSH_TIMEOUT_MS 200
 #define SYNC_FLUSH_TIMEOUT_LONG_MS 60000
-static int setup_sync_flush(void **state) { return setup_with(state, SYNC_FLUSH_TIMEOUT_LONG_MS); }
+static int setup_sync_flush(void **state) {
+  return setup_with(state, SYNC_FLUSH_TIMEOUT_LONG_MS, 0);
+}
 
 static void set_flush_timeout(struct env *e, uint32_t ms) {
   e->broker->settings.broker.sync_flush_timeout_ms = ms;
@@ -487,6 +495,42 @@ static void wait_all_flushed(struct env *e) {
  * answered FLUSH_DISK_TIMEOUT (with its results: it is stored) no earlier
  * than the timeout, the message can be pulled, the late fdatasync answers
  * nothing twice (ASan would see the freed send), and a later send gets OK. */
+/* slaveReadEnable: a consumer further behind than the commit log keeps in
+ * the page cache is sent to the slave (whichBrokerWhenConsumeSlowly, 1). By
+ * default that is accessMessageInMemoryMaxRatio of RAM; a smaller
+ * commitLogPageCacheMaxBytes lowers it, since beyond it reads hit the disk. */
+static void test_slave_read_follows_page_cache(void **state) {
+  struct env *e = *state;
+  struct fy_broker *b = e->broker;
+  uint64_t in_memory = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
+  assert_true(in_memory > SMALL_PAGE_CACHE); /* else this test shows nothing */
+  b->settings.broker.slave_read_enable = true;
+  struct pull_req r = {.queue_id = 0};
+  snprintf(r.group, sizeof r.group, "G");
+  snprintf(r.topic, sizeof r.topic, "T");
+  struct fy_get_result res = {.status = FY_GET_FOUND, .count = 1, .behind_bytes = SMALL_PAGE_CACHE};
+  assert_int_equal(fy__pull_suggest(b, &r, &res), 0);
+  res.behind_bytes = SMALL_PAGE_CACHE + 1;
+  assert_int_equal(fy__pull_suggest(b, &r, &res), 1);
+  res.count = 0; /* nothing returned: nothing to redirect */
+  assert_int_equal(fy__pull_suggest(b, &r, &res), 0);
+}
+
+/* The default bound is the in-memory share of RAM, and so is the redirect point. */
+static void test_page_cache_default(void **state) {
+  struct env *e = *state;
+  struct fy_broker *b = e->broker;
+  uint64_t in_memory = uv_get_total_memory() / 100 * b->cfg->memory_max_ratio;
+  assert_int_equal(b->settings.store.page_cache_max, in_memory);
+  b->settings.broker.slave_read_enable = true;
+  struct pull_req r = {.queue_id = 0};
+  snprintf(r.group, sizeof r.group, "G");
+  struct fy_get_result res = {.status = FY_GET_FOUND, .count = 1, .behind_bytes = SMALL_PAGE_CACHE + 1};
+  assert_int_equal(fy__pull_suggest(b, &r, &res), 0);
+  res.behind_bytes = in_memory + 1;
+  assert_int_equal(fy__pull_suggest(b, &r, &res), 1);
+}
+
 static void test_flush_disk_timeout(void **state) {
   struct env *e = *state;
   fy_aio *aio = fy_store_aio(e->broker->store);
@@ -538,6 +582,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_registration_gives_route, setup, teardown),
       cmocka_unit_test_setup_teardown(test_namesrv_drops_broker_on_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_disk_timeout, setup_sync_flush, teardown),
+      cmocka_unit_test_setup_teardown(test_slave_read_follows_page_cache, setup_small_cache,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_page_cache_default, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
