@@ -70,6 +70,9 @@ struct fy_aio {
   unsigned pending;
   fy_aio_req *wait_head;
   fy_aio_req *wait_tail;
+  unsigned bg_active;  /* background requests admitted (in flight or in the wait FIFO) */
+  fy_aio_req *bg_head; /* background requests waiting for admission */
+  fy_aio_req *bg_tail;
   struct fault faults[FY_AIO_OP_COUNT];
   uint32_t hold_ms[FY_AIO_OP_COUNT]; /* tests: fy_aio_inject_delay */
   fy_aio_req *held_head;             /* tests: held completions, in arrival order */
@@ -179,9 +182,22 @@ static void batch_init(struct batch *b) {
   b->tail = &b->head;
 }
 
+static void admit(fy_aio *aio, fy_aio_req *req);
+
 static void finish(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b) {
   fy_assert(aio->inflight > 0);
   aio->inflight--;
+  if (req->background) {
+    fy_assert(aio->bg_active > 0);
+    aio->bg_active--;
+    fy_aio_req *next = aio->bg_head;
+    if (next) {
+      aio->bg_head = next->next;
+      if (!aio->bg_head)
+        aio->bg_tail = NULL;
+      admit(aio, next);
+    }
+  }
   req->res = res;
   req->next = NULL;
   *b->tail = req;
@@ -552,7 +568,7 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
 }
 
 static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, const void *buf, uint64_t len,
-                      uint64_t off, int mode, fy_aio_cb cb) {
+                      uint64_t off, int mode, bool background, fy_aio_cb cb) {
   fy_assert(!aio->closing);
   if (!cb)
     return -EINVAL;
@@ -571,8 +587,20 @@ static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, const void *
   req->retries = 0;
   req->next = NULL;
   req->fault = take_fault(aio, op);
+  req->background = background;
   aio->pending++;
   update_ref(aio);
+  if (background && aio->bg_active >= FY_AIO_BACKGROUND_MAX)
+    list_push_tail(&aio->bg_head, &aio->bg_tail, req); /* admitted when one finishes */
+  else
+    admit(aio, req);
+  return 0;
+}
+
+/* Gives req a slot now, or a place in the wait FIFO. */
+static void admit(fy_aio *aio, fy_aio_req *req) {
+  if (req->background)
+    aio->bg_active++;
   if (aio->inflight < aio->depth && !aio->wait_head) {
     aio->inflight++;
     issue(aio, req);
@@ -581,32 +609,35 @@ static int accept_req(fy_aio *aio, fy_aio_req *req, int op, int fd, const void *
   }
   if (aio->backend == FY_AIO_URING)
     uv_idle_start(&aio->idle, on_idle); /* submit before the loop blocks */
-  return 0;
 }
 
 int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t len, uint64_t off,
                  fy_aio_cb cb) {
   if (len == 0 || !buf || off > INT64_MAX || len > INT64_MAX - off)
     return -EINVAL;
-  return accept_req(aio, req, FY_AIO_WRITE, fd, buf, len, off, 0, cb);
+  return accept_req(aio, req, FY_AIO_WRITE, fd, buf, len, off, 0, false, cb);
 }
 
 int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
-  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, NULL, 0, 0, 0, cb);
+  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, NULL, 0, 0, 0, true, cb);
+}
+
+int fy_aio_fdatasync_urgent(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
+  return accept_req(aio, req, FY_AIO_FDATASYNC, fd, NULL, 0, 0, 0, false, cb);
 }
 
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb) {
   if (len == 0 || off > INT64_MAX || len > INT64_MAX - off)
     return -EINVAL;
-  return accept_req(aio, req, FY_AIO_FALLOCATE, fd, NULL, len, off, mode, cb);
+  return accept_req(aio, req, FY_AIO_FALLOCATE, fd, NULL, len, off, mode, true, cb);
 }
 
 int fy_aio_drop_cache(fy_aio *aio, fy_aio_req *req, int fd, const void *addr, uint64_t off,
                       uint64_t len, fy_aio_cb cb) {
   if (len == 0 || len > FY_AIO_DROP_MAX || off > INT64_MAX - len)
     return -EINVAL;
-  return accept_req(aio, req, FY_AIO_DROP_CACHE, fd, addr, len, off, 0, cb);
+  return accept_req(aio, req, FY_AIO_DROP_CACHE, fd, addr, len, off, 0, true, cb);
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -695,6 +726,7 @@ static void on_handle_closed(uv_handle_t *h) {
 void fy_aio_close(fy_aio *aio) {
   fy_assert(aio->pending == 0);
   fy_assert(aio->wait_head == NULL);
+  fy_assert(aio->bg_head == NULL);
   fy_assert(!aio->closing);
   fy_assert(aio->held_head == NULL);
   aio->closing = true;

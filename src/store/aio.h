@@ -23,6 +23,7 @@
 #ifndef FY_STORE_AIO_H
 #define FY_STORE_AIO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -55,6 +56,7 @@ struct fy_aio_req {
   uint64_t done;     /* write: bytes written so far (short writes resume here);
                         drop_cache: 1 once the madvise step is done */
   int mode;
+  bool background;   /* counts against the background limit (fy_aio_fdatasync) */
   int fault;         /* injected error (negative errno) or 0 */
   int64_t res;       /* the result handed to cb (threads: also a work job's) */
   unsigned retries;  /* io_uring: -EAGAIN/-EINTR resubmissions */
@@ -81,10 +83,26 @@ const char *fy_aio_backend_name(enum fy_aio_backend b);
 /* pwrite of len (> 0) bytes of buf at off. */
 int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t len, uint64_t off,
                  fy_aio_cb cb);
+/*
+ * Background requests (fdatasync, fallocate, drop_cache) in flight at once;
+ * the rest wait their turn in order. Each holds an io_uring worker (or a
+ * thread-pool thread) for as long as the device takes, and io_uring runs at
+ * most 4 bounded workers per CPU for regular files: when a consume-queue
+ * flush started one fdatasync per file, every worker sat in a device cache
+ * flush and the commit log's writes waited behind them (the loop idled
+ * 0.4 s with sends pending). Writes must always find a free worker.
+ */
+#define FY_AIO_BACKGROUND_MAX 2u
+
 /* fdatasync(fd). Covers every write to fd that completed before it was queued
- * (not those still in flight: there is no ordering between requests). */
+ * (not those still in flight: there is no ordering between requests). A
+ * background request. */
 int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
-/* fallocate(fd, mode, off, len). */
+/* The same, outside the background limit: for the sync that acknowledgements
+ * wait on (the commit log's), which must not queue behind index and
+ * consume-queue flushes. Keep such requests few (one per log). */
+int fy_aio_fdatasync_urgent(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
+/* fallocate(fd, mode, off, len). A background request. */
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb);
 
@@ -92,8 +110,9 @@ int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t of
  * most FY_AIO_DROP_MAX): madvise(addr, len, MADV_DONTNEED) first when addr is
  * not NULL (the same bytes mapped MAP_SHARED in this process, page-aligned;
  * pages a process maps are not dropped), then posix_fadvise(POSIX_FADV_DONTNEED).
- * Only clean pages go: dirty ones are left to writeback. Advice: the callback
- * gets the fadvise's result, and the data stays readable either way. */
+ * Only clean pages go: dirty ones are left to writeback. A background request.
+ * Advice: the callback gets the fadvise's result, and the data stays readable
+ * either way. */
 #define FY_AIO_DROP_MAX (UINT64_C(1) << 30)
 int fy_aio_drop_cache(fy_aio *aio, fy_aio_req *req, int fd, const void *addr, uint64_t off,
                       uint64_t len, fy_aio_cb cb);

@@ -660,7 +660,7 @@ static void submit_sync(fy_commitlog *cl) {
   uint64_t seg_end = seg->start + seg_size(cl);
   cl->sync_target = cl->written < seg_end ? cl->written : seg_end;
   cl->sync_req.data = cl;
-  int r = fy_aio_fdatasync(cl->aio, &cl->sync_req, seg->fd, on_sync_done);
+  int r = fy_aio_fdatasync_urgent(cl->aio, &cl->sync_req, seg->fd, on_sync_done);
   if (r < 0) {
     fail(cl, r, "fdatasync");
     return;

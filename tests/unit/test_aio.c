@@ -252,8 +252,13 @@ static void test_many_requests(void **state) {
     assert_int_equal(r, 0);
   }
   assert_int_equal(fy_aio_pending(f->aio), N);
-  unsigned in_flight = f->depth < N ? f->depth : N; /* the rest wait in the FIFO */
-  assert_int_equal(fy_aio_inflight(f->aio), in_flight);
+  /* The rest wait in the FIFO, and fdatasyncs past the background limit in
+   * theirs: in flight are the first depth of the others, in order. */
+  unsigned admitted = 0, syncs = 0;
+  for (int i = 0; i < N; i++)
+    if (i % 7 != 3 || syncs++ < FY_AIO_BACKGROUND_MAX)
+      admitted++;
+  assert_int_equal(fy_aio_inflight(f->aio), f->depth < admitted ? f->depth : admitted);
   for (int i = 0; i < N; i++)
     d[i].max_inflight = f->depth;
   for (int i = 0; i < N; i++)
@@ -480,6 +485,51 @@ static void test_delay_injection(void **state) {
   assert_int_equal(fy_aio_pending(f->aio), 0);
 }
 
+static bool limit_held(void *aio) { return fy_aio_held(aio) == FY_AIO_BACKGROUND_MAX; }
+static bool limit_and_urgent_held(void *aio) {
+  return fy_aio_held(aio) == FY_AIO_BACKGROUND_MAX + 1;
+}
+
+/* Background requests (fdatasync, fallocate, drop cache) take at most two
+ * I/O workers at a time, so that however many files a flush syncs, writes
+ * and the urgent sync never wait behind device flushes. Held fdatasyncs
+ * stand for a device that takes long to flush. */
+static void test_background_limit(void **state) {
+  struct fixture *f = fixture(state);
+  enum { N = 5 };
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, FY_AIO_HOLD_UNTIL_RELEASED);
+  struct done ds[N] = {0}, dw = {0}, da = {0}, du = {0};
+  fy_aio_req sreq[N], wreq = {.data = &dw}, areq = {.data = &da}, ureq = {.data = &du};
+  for (int i = 0; i < N; i++) {
+    sreq[i].data = &ds[i];
+    assert_int_equal(fy_aio_fdatasync(f->aio, &sreq[i], f->fd, on_done), 0);
+  }
+  assert_int_equal(fy_aio_fallocate(f->aio, &areq, f->fd, 0, 0, 4096, on_done), 0);
+  assert_true(fy_test_run_until_pred(&f->loop, limit_held, f->aio, DEADLINE_MS));
+  uint8_t b[64];
+  fill(b, sizeof b, 5);
+  assert_int_equal(fy_aio_write(f->aio, &wreq, f->fd, b, sizeof b, 0, on_done), 0);
+  assert_true(fy_test_run_until(&f->loop, &dw.called, DEADLINE_MS));
+  assert_int_equal(dw.res, sizeof b);
+  /* The urgent sync is not limited: it reaches the (held) device at once. */
+  assert_int_equal(fy_aio_fdatasync_urgent(f->aio, &ureq, f->fd, on_done), 0);
+  assert_true(fy_test_run_until_pred(&f->loop, limit_and_urgent_held, f->aio, DEADLINE_MS));
+  assert_int_equal(fy_aio_inflight(f->aio), FY_AIO_BACKGROUND_MAX + 1); /* the rest wait */
+  assert_int_equal(fy_aio_pending(f->aio), N + 2);
+  for (int i = 0; i < N; i++)
+    assert_false(ds[i].called);
+  assert_false(da.called);
+
+  fy_aio_inject_delay(f->aio, FY_AIO_FDATASYNC, 0);
+  assert_true(fy_test_run_until(&f->loop, &ds[N - 1].called, DEADLINE_MS));
+  assert_true(fy_test_run_until(&f->loop, &da.called, DEADLINE_MS));
+  for (int i = 0; i < N; i++)
+    assert_int_equal(ds[i].res, 0);
+  assert_int_equal(da.res, 0);
+  assert_true(fy_test_run_until(&f->loop, &du.called, DEADLINE_MS));
+  assert_int_equal(fy_aio_pending(f->aio), 0);
+}
+
 /* An idle context does not keep the loop alive; a pending request does. */
 static void test_loop_liveness(void **state) {
   struct fixture *f = fixture(state);
@@ -536,6 +586,7 @@ int main(void) {
       BOTH(test_many_requests, setup_depth1024),
       BOTH(test_fault_injection, setup),
       BOTH(test_delay_injection, setup),
+      BOTH(test_background_limit, setup),
       BOTH(test_callbacks_not_reentrant, setup),
       BOTH(test_rejected_requests, setup),
       BOTH(test_short_write_resumed, setup),
