@@ -591,6 +591,7 @@ static void maybe_finish_stop(struct fy_broker *b) {
   while (fy_strmap_next(b->resets, &pos, &k, &klen, &v))
     free(v);
   fy_strmap_free(b->resets);
+  fy_pb_arena_free(&b->send_arena);
   free(b);
   done(arg, status);
 }

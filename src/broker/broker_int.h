@@ -16,6 +16,7 @@
 #include "broker/topics.h"
 #include "common/strmap.h"
 #include "ferry.pb-c.h"
+#include "net/frame.h"
 #include "ha/ha.h"
 #include "net/conn.h"
 #include "net/rpc.h"
@@ -106,6 +107,7 @@ struct fy_broker {
   /* A consumer further behind than this reads from a slave (pull.c): fixed
    * at start, so a pull never reads /proc/meminfo. */
   uint64_t slave_read_threshold;
+  struct fy_pb_arena send_arena; /* a send request is unpacked into this (send.c) */
 
   char ip[64];       /* brokerIP1 or detected */
   uint8_t ip4[4];

@@ -355,8 +355,11 @@ static int build_props(struct fy_broker *b, const Ferry__V1__SendMessage *sm, ch
   if (sm->keys && *sm->keys)
     rc |= fy_props_add(buf, cap, &len, FY_PROP_KEYS, sm->keys, strlen(sm->keys));
   if (sm->uniq_key && *sm->uniq_key) {
-    snprintf(uniq, 33, "%.32s", sm->uniq_key);
-    rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, sm->uniq_key, strlen(sm->uniq_key));
+    size_t ulen = strlen(sm->uniq_key);
+    size_t shown = ulen < 32 ? ulen : 32; /* the message id answered: at most 32 characters */
+    memcpy(uniq, sm->uniq_key, shown);
+    uniq[shown] = '\0';
+    rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, sm->uniq_key, ulen);
   } else {
     fy__make_uniq_key(b, uniq);
     rc |= fy_props_add(buf, cap, &len, FY_PROP_UNIQ_KEY, uniq, 32);
@@ -383,9 +386,15 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   Ferry__V1__SendRequest *req;
   /* A batch of tiny messages unpacks to ~40x its wire size (one struct per
    * message), so the budget allows for SEND_BATCH_MAX of them on top. */
-  if (fy_pb_unpack(&ferry__v1__send_request__descriptor, f->header, f->header_len,
-                   fy_pb_alloc_limit(f->header_len) + SEND_BATCH_MAX * 512,
-                   (ProtobufCMessage **)&req)) {
+  int rc = fy_pb_unpack_in(&b->send_arena, &ferry__v1__send_request__descriptor, f->header,
+                           f->header_len, fy_pb_alloc_limit(f->header_len) + SEND_BATCH_MAX * 512,
+                           (ProtobufCMessage **)&req);
+  if (rc == -ENOMEM) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
+    return;
+  }
+  if (rc) {
+    fy_pb_arena_reset(&b->send_arena);
     fy__reply_decode_error(conn, f);
     return;
   }
@@ -433,6 +442,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   fy__store_host(b, &store_host);
   const uint8_t *body = f->raw;
   size_t props_used = 0;
+  uint16_t topic_len = (uint16_t)strlen(req->topic);
   for (size_t i = 0; i < n; i++) {
     const Ferry__V1__SendMessage *sm = req->messages[i];
     const char *reason = NULL;
@@ -447,7 +457,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
     }
     struct fy_msg *m = &msgs[i];
     m->topic = req->topic;
-    m->topic_len = (uint16_t)strlen(req->topic);
+    m->topic_len = topic_len;
     m->queue_id = queue_id;
     m->flag = sm->flag;
     m->sys_flag = sm->sys_flag & FY_SYSFLAG_COMPRESSED;
@@ -469,5 +479,5 @@ out:
   free(msgs);
   free(props);
   free(ids);
-  fy_pb_free(&req->base);
+  fy_pb_arena_reset(&b->send_arena);
 }

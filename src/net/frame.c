@@ -9,6 +9,7 @@
  */
 #include "net/frame.h"
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,60 @@ int fy_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, si
 int fy_frame_unpack(const fy_frame *f, const ProtobufCMessageDescriptor *desc,
                     ProtobufCMessage **out) {
   return fy_pb_unpack(desc, f->header, f->header_len, fy_pb_alloc_limit(f->header_len), out);
+}
+
+/* Bump allocation within the budget, 8-byte aligned (the widest protobuf-c
+ * field); the rounding counts against the budget. Frees (unpack's, after a
+ * malformed section) return nothing: reset does. */
+static void *arena_alloc(void *data, size_t size) {
+  struct fy_pb_arena *a = data;
+  size_t need = size > SIZE_MAX - 7 ? SIZE_MAX : (size + 7) & ~(size_t)7;
+  if (need == 0)
+    need = 8;
+  if (need > a->max - a->used)
+    return NULL;
+  void *p = a->buf + a->used;
+  a->used += need;
+  return p;
+}
+
+static void arena_free(void *data, void *ptr) {
+  (void)data;
+  (void)ptr;
+}
+
+int fy_pb_unpack_in(struct fy_pb_arena *a, const ProtobufCMessageDescriptor *desc,
+                    const uint8_t *data, size_t len, size_t alloc_max, ProtobufCMessage **out) {
+  fy_assert(desc != NULL);
+  fy_assert(desc->magic == PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
+  *out = NULL;
+  if (a->cap < alloc_max) {
+    free(a->buf);
+    a->cap = 0;
+    a->buf = malloc(alloc_max); /* pages are touched only as far as unpacks reach */
+    if (!a->buf)
+      return -ENOMEM;
+    a->cap = alloc_max;
+  }
+  a->used = 0;
+  a->max = alloc_max;
+  ProtobufCAllocator pa = {.alloc = arena_alloc, .free = arena_free, .allocator_data = a};
+  static const uint8_t empty[1];
+  ProtobufCMessage *m = protobuf_c_message_unpack(desc, &pa, len, len ? data : empty);
+  *out = m;
+  return m ? 0 : -FY_EDECODE;
+}
+
+void fy_pb_arena_reset(struct fy_pb_arena *a) {
+  a->used = 0;
+  if (a->cap > FY_PB_ARENA_KEEP)
+    fy_pb_arena_free(a);
+}
+
+void fy_pb_arena_free(struct fy_pb_arena *a) {
+  free(a->buf);
+  a->buf = NULL;
+  a->cap = a->used = a->max = 0;
 }
 
 void fy_pb_free(ProtobufCMessage *msg) {

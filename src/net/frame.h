@@ -111,4 +111,29 @@ int fy_frame_unpack(const fy_frame *f, const ProtobufCMessageDescriptor *desc,
 /* Frees a message from fy_pb_unpack / fy_frame_unpack; NULL is fine. */
 void fy_pb_free(ProtobufCMessage *msg);
 
+/*
+ * One block of memory that a hot request path unpacks into again and again
+ * (fy_pb_unpack_in) instead of a malloc and free per field, string and
+ * repeated element: a send of 32 messages is about a hundred of those. Start
+ * zeroed; fy_pb_arena_free at the end.
+ */
+struct fy_pb_arena {
+  uint8_t *buf;
+  size_t cap;  /* bytes at buf */
+  size_t used; /* by the message unpacked last */
+  size_t max;  /* its budget */
+};
+/* Blocks up to this size are kept for the next unpack; larger are freed. */
+#define FY_PB_ARENA_KEEP ((size_t)4 << 20)
+
+/* As fy_pb_unpack, with the message's memory taken from a (grown to
+ * alloc_max first: -ENOMEM if that fails). The message is valid until the
+ * next fy_pb_unpack_in or fy_pb_arena_reset on a, and is never passed to
+ * fy_pb_free. */
+int fy_pb_unpack_in(struct fy_pb_arena *a, const ProtobufCMessageDescriptor *desc,
+                    const uint8_t *data, size_t len, size_t alloc_max, ProtobufCMessage **out);
+/* Ends the use of the message unpacked last; frees a block above the limit. */
+void fy_pb_arena_reset(struct fy_pb_arena *a);
+void fy_pb_arena_free(struct fy_pb_arena *a);
+
 #endif

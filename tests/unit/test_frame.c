@@ -178,8 +178,8 @@ static void test_oversize_before_allocation(void **state) {
   assert_int_equal(f.kind, FY_FRAME_REQUEST);
 }
 
-static void test_unpack_real_message(void **state) {
-  (void)state;
+/* Packs a send request of 100 messages into *out (malloc'd); returns its length. */
+static size_t pack_send_request(uint8_t **out) {
   Ferry__V1__SendMessage sm[100];
   Ferry__V1__SendMessage *psm[100];
   Ferry__V1__KeyValue kv = FERRY__V1__KEY_VALUE__INIT;
@@ -204,23 +204,89 @@ static void test_unpack_real_message(void **state) {
   req.n_messages = 100;
   req.messages = psm;
   size_t len = fy_pb_packed_size(&req.base);
-  uint8_t *buf = malloc(len);
-  assert_int_equal(fy_pb_pack(&req.base, buf), len);
+  *out = malloc(len);
+  assert_non_null(*out);
+  assert_int_equal(fy_pb_pack(&req.base, *out), len);
+  return len;
+}
+
+static void check_send_request(const ProtobufCMessage *m) {
+  const Ferry__V1__SendRequest *got = (const Ferry__V1__SendRequest *)m;
+  assert_int_equal(got->n_messages, 100);
+  assert_int_equal(got->queue_id, -1);
+  assert_string_equal(got->topic, "TopicTest");
+  assert_int_equal(got->messages[99]->body_len, 99);
+  assert_int_equal(got->messages[7]->born_timestamp, 1700000000007);
+  assert_string_equal(got->messages[42]->keys, "k1 k2");
+  assert_string_equal(got->messages[42]->properties[0]->value, "order-1");
+}
+
+static void test_unpack_real_message(void **state) {
+  (void)state;
+  uint8_t *buf;
+  size_t len = pack_send_request(&buf);
   ProtobufCMessage *out;
   assert_int_equal(fy_pb_unpack(&ferry__v1__send_request__descriptor, buf, len,
                                 fy_pb_alloc_limit(len), &out),
                    0);
-  const Ferry__V1__SendRequest *got = (const Ferry__V1__SendRequest *)out;
-  assert_int_equal(got->n_messages, 100);
-  assert_int_equal(got->queue_id, -1);
-  assert_int_equal(got->messages[99]->body_len, 99);
-  assert_string_equal(got->messages[42]->properties[0]->value, "order-1");
+  check_send_request(out);
   fy_pb_free(out);
   /* Malformed: cut in the middle. */
   assert_int_equal(fy_pb_unpack(&ferry__v1__send_request__descriptor, buf, len - 3,
                                 fy_pb_alloc_limit(len), &out),
                    -FY_EDECODE);
   assert_null(out);
+  free(buf);
+}
+
+/* A hot path unpacks into one reused block: same message as fy_pb_unpack,
+ * the same budget, and a block above the keep limit is not kept. */
+static void test_unpack_arena(void **state) {
+  (void)state;
+  uint8_t *buf;
+  size_t len = pack_send_request(&buf);
+  struct fy_pb_arena a = {0};
+  ProtobufCMessage *out;
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, buf, len,
+                                     fy_pb_alloc_limit(len), &out),
+                     0);
+    check_send_request(out);
+    assert_true((uint8_t *)out >= a.buf && (uint8_t *)out < a.buf + a.used);
+    assert_true(a.used <= a.max);
+    uint8_t *block = a.buf;
+    fy_pb_arena_reset(&a);
+    assert_ptr_equal(a.buf, block); /* kept for the next request */
+    assert_int_equal(a.used, 0);
+  }
+  /* Malformed: cut in the middle. */
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, buf, len - 3,
+                                   fy_pb_alloc_limit(len), &out),
+                   -FY_EDECODE);
+  assert_null(out);
+  fy_pb_arena_reset(&a);
+
+  /* The budget refuses what it refuses to fy_pb_unpack (see below). */
+  size_t n = 20000, elen = 2 * n;
+  uint8_t *empties = malloc(elen);
+  for (size_t i = 0; i < n; i++) {
+    empties[2 * i] = 0x22;
+    empties[2 * i + 1] = 0x00;
+  }
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, empties, elen,
+                                   fy_pb_alloc_limit(elen), &out),
+                   -FY_EDECODE);
+  fy_pb_arena_reset(&a);
+  /* With room, it unpacks; a block over FY_PB_ARENA_KEEP goes at reset. */
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, empties, elen,
+                                   FY_PB_ARENA_KEEP + 1, &out),
+                   0);
+  assert_int_equal(((Ferry__V1__SendRequest *)out)->n_messages, n);
+  fy_pb_arena_reset(&a);
+  assert_null(a.buf);
+  assert_int_equal(a.cap, 0);
+  fy_pb_arena_free(&a);
+  free(empties);
   free(buf);
 }
 
@@ -277,6 +343,7 @@ int main(void) {
       cmocka_unit_test(test_oversize_before_allocation),
       cmocka_unit_test(test_unpack_real_message),
       cmocka_unit_test(test_unpack_budget),
+      cmocka_unit_test(test_unpack_arena),
       cmocka_unit_test(test_error_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
