@@ -184,6 +184,9 @@ void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]);
 void fy__make_uniq_key(struct fy_broker *b, char out[33]);
 /* The born host of a message from conn's peer address. */
 void fy__peer_host(fy_conn *conn, struct fy_host *h);
+/* The host of a peer string "a.b.c.d:port" or "[v6]:port"; all zero if
+ * neither. */
+void fy__parse_host(const char *peer, struct fy_host *h);
 /* This broker's store host (IPv4 and client port). */
 void fy__store_host(const struct fy_broker *b, struct fy_host *h);
 /* Checks that this broker takes sends for topic (auto-creating it with

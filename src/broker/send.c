@@ -214,19 +214,33 @@ static void on_stored(void *arg, int status, uint64_t phys, uint64_t size) {
     reply_stored(p, FERRY__V1__STATUS__SLAVE_NOT_AVAILABLE);
 }
 
-void fy__peer_host(fy_conn *conn, struct fy_host *h) {
+void fy__parse_host(const char *peer, struct fy_host *h) {
   memset(h, 0, sizeof *h);
   char buf[80];
-  snprintf(buf, sizeof buf, "%s", fy_conn_peer(conn));
+  snprintf(buf, sizeof buf, "%s", peer);
   char *colon = strrchr(buf, ':');
   if (!colon)
     return;
   *colon = '\0';
-  h->port = (uint32_t)strtoul(colon + 1, NULL, 10);
-  struct sockaddr_in sa;
-  if (uv_ip4_addr(buf, 0, &sa) == 0)
+  uint32_t port = (uint32_t)strtoul(colon + 1, NULL, 10);
+  size_t len = strlen(buf);
+  if (buf[0] == '[' && len > 2 && buf[len - 1] == ']') { /* "[v6]:port" */
+    buf[len - 1] = '\0';
+    struct sockaddr_in6 sa6;
+    if (uv_ip6_addr(buf + 1, 0, &sa6) != 0)
+      return;
+    memcpy(h->ip, &sa6.sin6_addr, 16);
+    h->v6 = true;
+  } else {
+    struct sockaddr_in sa;
+    if (uv_ip4_addr(buf, 0, &sa) != 0)
+      return;
     memcpy(h->ip, &sa.sin_addr, 4);
+  }
+  h->port = port;
 }
+
+void fy__peer_host(fy_conn *conn, struct fy_host *h) { fy__parse_host(fy_conn_peer(conn), h); }
 
 void fy__store_host(const struct fy_broker *b, struct fy_host *h) {
   memset(h, 0, sizeof *h);

@@ -571,6 +571,38 @@ static void test_flush_disk_timeout(void **state) {
   assert_int_equal(e->broker->send_flush_timeouts, 1);
 }
 
+/* The born host recorded for a send comes from the peer's address, IPv4 or
+ * IPv6 (an IPv6 producer was recorded as 0.0.0.0:port). */
+static void test_born_host_from_peer(void **state) {
+  (void)state;
+  struct fy_host h;
+  fy__parse_host("10.1.2.3:45678", &h);
+  assert_false(h.v6);
+  assert_memory_equal(h.ip, ((uint8_t[]){10, 1, 2, 3}), 4);
+  assert_int_equal(h.port, 45678);
+
+  fy__parse_host("[2001:db8::7]:10911", &h);
+  assert_true(h.v6);
+  uint8_t want[16] = {0x20, 0x01, 0x0d, 0xb8};
+  want[15] = 7;
+  assert_memory_equal(h.ip, want, 16);
+  assert_int_equal(h.port, 10911);
+
+  fy__parse_host("[::ffff:127.0.0.1]:1", &h); /* v4-mapped: recorded as the IPv6 it is */
+  assert_true(h.v6);
+  assert_int_equal(h.ip[10], 0xff);
+  assert_int_equal(h.ip[15], 1);
+
+  static const char *bad[] = {"?", "", "no-port", "[::1:5", "300.1.1.1:5", "[nonsense]:5"};
+  static const uint8_t zero[16];
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    fy__parse_host(bad[i], &h);
+    assert_false(h.v6);
+    assert_memory_equal(h.ip, zero, 16);
+    assert_int_equal(h.port, 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_send_then_pull, setup, teardown),
@@ -585,6 +617,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_slave_read_follows_page_cache, setup_small_cache,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_page_cache_default, setup, teardown),
+      cmocka_unit_test(test_born_host_from_peer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
