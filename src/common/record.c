@@ -207,23 +207,36 @@ int64_t fy_record_decode_own(const uint8_t *p, size_t avail, uint64_t phys,
   return decode(p, avail, phys, kind, out, false);
 }
 
+bool fy_props_next(const char **pos, const char *end, const char **key, size_t *key_len,
+                   const char **val, size_t *val_len) {
+  const char *p = *pos;
+  if (p >= end)
+    return false;
+  const char *sep = memchr(p, '\x01', (size_t)(end - p));
+  if (!sep)
+    return false;
+  const char *vend = memchr(sep + 1, '\x02', (size_t)(end - sep - 1));
+  if (!vend)
+    vend = end; /* tolerate a missing final separator */
+  *key = p;
+  *key_len = (size_t)(sep - p);
+  *val = sep + 1;
+  *val_len = (size_t)(vend - sep - 1);
+  *pos = vend < end ? vend + 1 : end;
+  return true;
+}
+
 bool fy_props_get(const char *props, size_t props_len, const char *key, const char **val,
                   size_t *val_len) {
   size_t klen = strlen(key);
-  const char *p = props, *end = props + props_len;
-  while (p < end) {
-    const char *sep = memchr(p, '\x01', (size_t)(end - p));
-    if (!sep)
-      return false;
-    const char *vend = memchr(sep + 1, '\x02', (size_t)(end - sep - 1));
-    if (!vend)
-      vend = end; /* tolerate a missing final separator */
-    if ((size_t)(sep - p) == klen && memcmp(p, key, klen) == 0) {
-      *val = sep + 1;
-      *val_len = (size_t)(vend - sep - 1);
+  const char *pos = props, *end = props + props_len, *k, *v;
+  size_t kl, vl;
+  while (fy_props_next(&pos, end, &k, &kl, &v, &vl)) {
+    if (kl == klen && memcmp(k, key, klen) == 0) {
+      *val = v;
+      *val_len = vl;
       return true;
     }
-    p = vend + 1;
   }
   return false;
 }

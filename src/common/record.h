@@ -144,8 +144,15 @@ int64_t fy_record_decode_own(const uint8_t *p, size_t avail, uint64_t phys,
 /* Writes the end-of-segment marker for `remaining` bytes left at dst. */
 void fy_record_encode_blank(uint8_t *dst, uint32_t remaining);
 
+/* Steps through a "k\x01v\x02" property string: the property at *pos
+ * (below end), its name and value pointing into the string; *pos moves past
+ * it. False at the end, or at a tail with no \x01. A missing final \x02 is
+ * tolerated. */
+bool fy_props_next(const char **pos, const char *end, const char **key, size_t *key_len,
+                   const char **val, size_t *val_len);
+
 /* Looks up key in a "k\x01v\x02" property string. Returns true and sets
- * *val and *val_len (pointing into props) when found. */
+ * *val and *val_len (pointing into props) when found (the first one). */
 bool fy_props_get(const char *props, size_t props_len, const char *key, const char **val,
                   size_t *val_len);
 

@@ -274,25 +274,49 @@ static uint64_t queue_min(fy_store *s, struct queue *q) {
 
 /* ---- dispatch ---- */
 
-static int64_t tag_hash_of(const struct fy_msg *m) {
-  const char *v;
-  size_t n;
-  if (!fy_props_get(m->props, m->props_len, FY_PROP_TAGS, &v, &n) || n == 0)
-    return 0;
-  return fy_tag_hash(v, n);
+/* The properties dispatch reads, found in one pass over a message's. */
+struct dispatch_props {
+  const char *tags, *keys, *uniq;
+  size_t tags_len, keys_len, uniq_len;
+};
+
+static bool prop_is(const char *k, size_t klen, const char *name, size_t name_len) {
+  return klen == name_len && memcmp(k, name, klen) == 0;
+}
+
+static void dispatch_props_of(const struct fy_msg *m, struct dispatch_props *d) {
+  *d = (struct dispatch_props){0};
+  const char *pos = m->props, *end = m->props + m->props_len, *k, *v;
+  size_t kl, vl;
+  while (fy_props_next(&pos, end, &k, &kl, &v, &vl)) { /* the first of each counts */
+    if (!d->tags && prop_is(k, kl, FY_PROP_TAGS, sizeof FY_PROP_TAGS - 1)) {
+      d->tags = v;
+      d->tags_len = vl;
+    } else if (!d->keys && prop_is(k, kl, FY_PROP_KEYS, sizeof FY_PROP_KEYS - 1)) {
+      d->keys = v;
+      d->keys_len = vl;
+    } else if (!d->uniq && prop_is(k, kl, FY_PROP_UNIQ_KEY, sizeof FY_PROP_UNIQ_KEY - 1)) {
+      d->uniq = v;
+      d->uniq_len = vl;
+    }
+  }
+}
+
+static int64_t tag_hash_of(const struct dispatch_props *d) {
+  return d->tags && d->tags_len ? fy_tag_hash(d->tags, d->tags_len) : 0;
 }
 
 /* Hashes of the index keys "topic#key" of m: each KEYS word and the
  * UNIQ_KEY (at most MAX_KEYS_PER_MSG; keys longer than MAX_KEY_LEN skipped). */
-static size_t index_hashes(const struct fy_msg *m, uint32_t *hashes) {
+static size_t index_hashes(const struct fy_msg *m, const struct dispatch_props *d,
+                           uint32_t *hashes) {
   size_t n = 0;
-  const char *v;
-  size_t vlen;
-  const char *names[] = {FY_PROP_KEYS, FY_PROP_UNIQ_KEY};
+  const char *vals[] = {d->keys, d->uniq};
+  const size_t lens[] = {d->keys_len, d->uniq_len};
   for (size_t k = 0; k < 2; k++) {
-    if (!fy_props_get(m->props, m->props_len, names[k], &v, &vlen))
+    if (!vals[k])
       continue;
-    const char *p = v, *end = v + vlen;
+    const char *p = vals[k], *end = vals[k] + lens[k];
     while (p < end && n < MAX_KEYS_PER_MSG) {
       while (p < end && *p == ' ')
         p++;
@@ -376,13 +400,15 @@ static void pend_keep(fy_store *s, const struct fy_msg *m, struct queue *q) {
     return;
   if (!s->pend && !(s->pend = malloc(PEND_MAX * sizeof *s->pend)))
     return; /* dispatch reads the records back instead */
+  struct dispatch_props d;
+  dispatch_props_of(m, &d);
   uint32_t hashes[MAX_KEYS_PER_MSG];
-  size_t nh = s->index ? index_hashes(m, hashes) : 0;
+  size_t nh = s->index ? index_hashes(m, &d, hashes) : 0;
   if (nh > PEND_KEYS)
     return;
   struct pend *p = &s->pend[(s->pend_head + s->pend_count) & (PEND_MAX - 1)];
   *p = (struct pend){.q = q, .phys = m->phys_offset, .queue_offset = m->queue_offset,
-                     .tag_hash = tag_hash_of(m), .store_ts_ms = m->store_ts_ms,
+                     .tag_hash = tag_hash_of(&d), .store_ts_ms = m->store_ts_ms,
                      .size = m->total_size, .nhashes = (uint32_t)nh};
   memcpy(p->hashes, hashes, nh * sizeof *hashes);
   s->pend_count++;
@@ -409,12 +435,14 @@ static void pend_verify(fy_store *s, const struct dispatch_item *it) {
   struct fy_msg m;
   int64_t r = fy_commitlog_read_record(s->cl, it->phys, &sl, &kind, &m);
   fy_assert(r == (int64_t)it->size && kind == FY_REC_MSG);
+  struct dispatch_props d;
+  dispatch_props_of(&m, &d);
   fy_assert(m.queue_offset == it->queue_offset && m.queue_id == it->queue_id &&
             m.topic_len == it->topic_len && memcmp(m.topic, it->topic, m.topic_len) == 0 &&
-            m.store_ts_ms == it->store_ts_ms && tag_hash_of(&m) == it->tag_hash &&
+            m.store_ts_ms == it->store_ts_ms && tag_hash_of(&d) == it->tag_hash &&
             !tx_hidden(m.sys_flag));
   uint32_t hashes[MAX_KEYS_PER_MSG];
-  size_t nh = s->index ? index_hashes(&m, hashes) : 0;
+  size_t nh = s->index ? index_hashes(&m, &d, hashes) : 0;
   fy_assert(nh == it->nhashes && memcmp(hashes, it->hashes, nh * sizeof *hashes) == 0);
   fy_cl_slice_release(&sl);
 }
@@ -471,9 +499,11 @@ static int item_from_log(fy_store *s, struct dispatch_item *it, uint64_t from, u
   it->phys = from;
   it->queue_offset = m.queue_offset;
   it->size = m.total_size;
-  it->tag_hash = it->to_cq ? tag_hash_of(&m) : 0;
+  struct dispatch_props d;
+  dispatch_props_of(&m, &d);
+  it->tag_hash = it->to_cq ? tag_hash_of(&d) : 0;
   it->store_ts_ms = m.store_ts_ms;
-  it->nhashes = s->index ? index_hashes(&m, it->hashes) : 0;
+  it->nhashes = s->index ? index_hashes(&m, &d, it->hashes) : 0;
   return 1;
 }
 

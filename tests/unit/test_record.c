@@ -192,6 +192,37 @@ static void test_props_edge_cases(void **state) {
   assert_false(fy_props_get("ABC", 3, "ABC", &v, &vlen));
   assert_true(fy_props_get("K\x01xyz", 5, "K", &v, &vlen));
   assert_int_equal(vlen, 3);
+  /* The first of a repeated name counts. */
+  assert_true(fy_props_get("K\x01" "a\x02K\x01" "b\x02", 8, "K", &v, &vlen));
+  assert_memory_equal(v, "a", 1);
+}
+
+/* fy_props_next walks every property once, in order, empty names and
+ * values included, and stops at a tail without a separator. */
+static void test_props_next(void **state) {
+  (void)state;
+  static const char props[] =
+      "TAGS\x01TagA\x02\x01" "empty-name\x02KEYS\x01\x02UNIQ_KEY\x01u1\x02junk";
+  const char *pos = props, *end = props + sizeof props - 1, *k, *v;
+  size_t kl, vl;
+  static const char *want[][2] = {{"TAGS", "TagA"}, {"", "empty-name"}, {"KEYS", ""},
+                                  {"UNIQ_KEY", "u1"}};
+  for (size_t i = 0; i < 4; i++) {
+    assert_true(fy_props_next(&pos, end, &k, &kl, &v, &vl));
+    assert_int_equal(kl, strlen(want[i][0]));
+    assert_memory_equal(k, want[i][0], kl);
+    assert_int_equal(vl, strlen(want[i][1]));
+    assert_memory_equal(v, want[i][1], vl);
+  }
+  assert_false(fy_props_next(&pos, end, &k, &kl, &v, &vl)); /* "junk" has no \x01 */
+  pos = props;
+  assert_false(fy_props_next(&pos, props, &k, &kl, &v, &vl)); /* empty */
+  pos = "K\x01unterminated";
+  end = pos + 14;
+  assert_true(fy_props_next(&pos, end, &k, &kl, &v, &vl));
+  assert_int_equal(vl, 12);
+  assert_ptr_equal(pos, end);
+  assert_false(fy_props_next(&pos, end, &k, &kl, &v, &vl));
 }
 
 static void test_tag_hash_matches_java(void **state) {
@@ -220,6 +251,7 @@ int main(void) {
       cmocka_unit_test(test_truncated_and_zero),
       cmocka_unit_test(test_blank_and_limits),
       cmocka_unit_test(test_props_edge_cases),
+      cmocka_unit_test(test_props_next),
       cmocka_unit_test(test_tag_hash_matches_java),
       cmocka_unit_test(test_strerror),
   };
