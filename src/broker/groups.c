@@ -77,17 +77,6 @@ static bool config_equal(const struct fy_group_config *a, const struct fy_group_
 
 /* ---- table helpers ------------------------------------------------------ */
 
-static void table_free(fy_strmap *map) {
-  if (!map)
-    return;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
-    free(v);
-  fy_strmap_free(map);
-}
-
 /* Same names with equal configurations. */
 static bool table_equal(const fy_strmap *a, const fy_strmap *b) {
   if (fy_strmap_size(a) != fy_strmap_size(b))
@@ -190,8 +179,8 @@ static int group_fields_from_json(json_t *v, struct fy_group_config *c, char *er
 }
 
 /* One entry of subscriptionGroupTable; the name comes from the key. */
-static int group_from_json(const char *key, json_t *v, struct fy_group_config *c, char *err,
-                           size_t errlen) {
+static int group_from_json(const char *key, json_t *v, void *entry, char *err, size_t errlen) {
+  struct fy_group_config *c = entry;
   const char *why;
   if (fy_group_name_check(key, &why) < 0) {
     snprintf(err, errlen, "group \"%.*s\": %s", (int)FY_GROUP_NAME_MAX, key, why);
@@ -214,59 +203,13 @@ static int group_from_json(const char *key, json_t *v, struct fy_group_config *c
   return r;
 }
 
-/* Validates a whole document into a fresh table; nothing is shared with g. */
-static int table_from_json(json_t *root, uint32_t groups_max, fy_strmap **out,
-                           struct fy_data_version *dv, char *err, size_t errlen) {
-  json_t *table;
-  int r = fy__data_version_from_json(root, dv, err, errlen);
-  if (r == 0)
-    r = fy__json_object(root, "subscriptionGroupTable", &table, err, errlen);
-  if (r < 0)
-    return r;
-  if (table && json_object_size(table) > groups_max) {
-    snprintf(err, errlen, "%zu groups, more than groups_max (%u)", json_object_size(table),
-             groups_max);
-    return -ENOSPC;
-  }
-  fy_strmap *map = fy_strmap_new();
-  if (!map)
-    return -ENOMEM;
-  const char *key;
-  json_t *v;
-  json_object_foreach(table, key, v) { /* bounded: at most groups_max entries */
-    struct fy_group_config *c = malloc(sizeof *c);
-    if (!c) {
-      r = -ENOMEM;
-      break;
-    }
-    r = group_from_json(key, v, c, err, errlen);
-    if (r == 0)
-      r = fy_strmap_put(map, c->name, strlen(c->name), c);
-    if (r < 0) {
-      free(c);
-      break;
-    }
-  }
-  if (r < 0) {
-    if (r == -ENOMEM)
-      snprintf(err, errlen, "out of memory");
-    table_free(map);
-    return r;
-  }
-  *out = map;
-  return 0;
-}
-
-static int parse_document(const char *buf, size_t len, uint32_t groups_max, fy_strmap **out,
-                          struct fy_data_version *dv, char *err, size_t errlen) {
-  json_t *root;
-  int r = fy__json_parse(buf, len, &root, err, errlen);
-  if (r < 0)
-    return r;
-  r = table_from_json(root, groups_max, out, dv, err, errlen);
-  json_decref(root);
-  return r;
-}
+static const struct fy__table_kind kind = {
+    .table_key = "subscriptionGroupTable",
+    .what = "groups",
+    .entry_size = sizeof(struct fy_group_config),
+    .name_offset = offsetof(struct fy_group_config, name),
+    .from_json = group_from_json,
+};
 
 /* ---- persistence -------------------------------------------------------- */
 
@@ -324,7 +267,7 @@ int fy_groups_open(uv_loop_t *loop, fy_aio *aio, const struct fy_groups_options 
     goto out_free;
   if (buf) {
     char why[320];
-    r = parse_document(buf, len, g->groups_max, &g->map, &g->version, why, sizeof why);
+    r = fy__table_parse(&kind, buf, len, g->groups_max, &g->map, &g->version, why, sizeof why);
     free(buf);
     if (r < 0) {
       snprintf(err, errlen, "%s: %s", g->persist.path, why);
@@ -351,7 +294,7 @@ void fy_groups_close(fy_groups *g) {
   if (!g)
     return;
   fy__persist_close(&g->persist);
-  table_free(g->map);
+  fy__table_free(g->map);
   free(g);
 }
 
@@ -494,16 +437,16 @@ int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool
   fy_strmap *map;
   struct fy_data_version dv;
   *changed_out = false;
-  int r = parse_document(json, len, g->groups_max, &map, &dv, err, errlen);
+  int r = fy__table_parse(&kind, json, len, g->groups_max, &map, &dv, err, errlen);
   if (r < 0)
     return r;
   /* The version alone is not trusted: two tables changed once in the same
    * millisecond carry equal versions. */
   if (fy_data_version_equal(&dv, &g->version) && table_equal(map, g->map)) {
-    table_free(map);
+    fy__table_free(map);
     return 0;
   }
-  table_free(g->map);
+  fy__table_free(g->map);
   g->map = map;
   g->version = dv;
   save(g);

@@ -177,6 +177,75 @@ char *fy__json_dump(const json_t *root, size_t flags, size_t *len) {
   return b.data;
 }
 
+/* ---- tables of named entries ------------------------------------------- */
+
+void fy__table_free(fy_strmap *map) {
+  if (!map)
+    return;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
+    free(v);
+  fy_strmap_free(map);
+}
+
+static int table_from_json(const struct fy__table_kind *kind, json_t *root, uint32_t max,
+                           fy_strmap **out, struct fy_data_version *dv, char *err,
+                           size_t errlen) {
+  json_t *table = NULL;
+  int r = fy__data_version_from_json(root, dv, err, errlen);
+  if (r == 0)
+    r = fy__json_object(root, kind->table_key, &table, err, errlen);
+  if (r < 0)
+    return r;
+  if (table && json_object_size(table) > max) {
+    snprintf(err, errlen, "%zu %s, more than %s_max (%u)", json_object_size(table), kind->what,
+             kind->what, max);
+    return -ENOSPC;
+  }
+  fy_strmap *map = fy_strmap_new();
+  if (!map)
+    return -ENOMEM;
+  const char *key;
+  json_t *v;
+  json_object_foreach(table, key, v) { /* bounded: at most max entries */
+    char *entry = malloc(kind->entry_size);
+    if (!entry) {
+      r = -ENOMEM;
+      break;
+    }
+    r = kind->from_json(key, v, entry, err, errlen);
+    if (r == 0) {
+      const char *name = entry + kind->name_offset;
+      r = fy_strmap_put(map, name, strlen(name), entry);
+    }
+    if (r < 0) {
+      free(entry);
+      break;
+    }
+  }
+  if (r < 0) {
+    if (r == -ENOMEM)
+      snprintf(err, errlen, "out of memory");
+    fy__table_free(map);
+    return r;
+  }
+  *out = map;
+  return 0;
+}
+
+int fy__table_parse(const struct fy__table_kind *kind, const char *buf, size_t len, uint32_t max,
+                    fy_strmap **out, struct fy_data_version *dv, char *err, size_t errlen) {
+  json_t *root;
+  int r = fy__json_parse(buf, len, &root, err, errlen);
+  if (r < 0)
+    return r;
+  r = table_from_json(kind, root, max, out, dv, err, errlen);
+  json_decref(root);
+  return r;
+}
+
 /* ---- the persisted file ------------------------------------------------- */
 
 static int mkdir_ok(const char *path) {

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "broker/data_version.h"
+#include "common/strmap.h"
 #include "store/aio.h"
 #include "store/metafile.h"
 
@@ -48,6 +49,27 @@ int fy__json_object(json_t *obj, const char *key, json_t **out, char *err, size_
 /* Serializes root into a fresh malloc'ed, NUL-terminated buffer (len excludes
  * the NUL); NULL on -ENOMEM. */
 char *fy__json_dump(const json_t *root, size_t flags, size_t *len);
+
+/* ---- a table of named entries: {"dataVersion": ..., "<table>": {name: entry}} ---- */
+
+/* Frees every value of map (malloc'ed entries), then map; NULL is fine. */
+void fy__table_free(fy_strmap *map);
+
+/* What differs between the tables of topics and of subscription groups. */
+struct fy__table_kind {
+  const char *table_key; /* "topicConfigTable" */
+  const char *what;      /* "topics": "%zu topics, more than topics_max (%u)" */
+  size_t entry_size;
+  size_t name_offset; /* of the entry's NUL-terminated name, the map's key */
+  /* Validates v, the entry under key, into entry; the message names it. */
+  int (*from_json)(const char *key, json_t *v, void *entry, char *err, size_t errlen);
+};
+
+/* Parses and validates a whole document buf[0, len) into a fresh map (at
+ * most max entries) and its data version; on error nothing is allocated and
+ * err says what is wrong. */
+int fy__table_parse(const struct fy__table_kind *kind, const char *buf, size_t len, uint32_t max,
+                    fy_strmap **out, struct fy_data_version *dv, char *err, size_t errlen);
 
 /* ---- the persisted file ---- */
 

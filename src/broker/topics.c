@@ -95,17 +95,6 @@ static bool config_equal(const struct fy_topic_config *a, const struct fy_topic_
 
 /* ---- table helpers ------------------------------------------------------ */
 
-static void table_free(fy_strmap *map) {
-  if (!map)
-    return;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
-    free(v);
-  fy_strmap_free(map);
-}
-
 /* Same names with equal configurations. */
 static bool table_equal(const fy_strmap *a, const fy_strmap *b) {
   if (fy_strmap_size(a) != fy_strmap_size(b))
@@ -173,8 +162,8 @@ static char *dump_table(const fy_topics *t, size_t flags, size_t *len) {
 }
 
 /* One entry of topicConfigTable; the name comes from the key. */
-static int topic_from_json(const char *key, json_t *v, struct fy_topic_config *c, char *err,
-                           size_t errlen) {
+static int topic_from_json(const char *key, json_t *v, void *entry, char *err, size_t errlen) {
+  struct fy_topic_config *c = entry;
   const char *why;
   memset(c, 0, sizeof *c);
   if (!json_is_object(v)) {
@@ -215,59 +204,13 @@ static int topic_from_json(const char *key, json_t *v, struct fy_topic_config *c
   return 0;
 }
 
-/* Validates a whole document into a fresh table; nothing is shared with t. */
-static int table_from_json(json_t *root, uint32_t topics_max, fy_strmap **out,
-                           struct fy_data_version *dv, char *err, size_t errlen) {
-  json_t *table;
-  int r = fy__data_version_from_json(root, dv, err, errlen);
-  if (r == 0)
-    r = fy__json_object(root, "topicConfigTable", &table, err, errlen);
-  if (r < 0)
-    return r;
-  if (table && json_object_size(table) > topics_max) {
-    snprintf(err, errlen, "%zu topics, more than topics_max (%u)", json_object_size(table),
-             topics_max);
-    return -ENOSPC;
-  }
-  fy_strmap *map = fy_strmap_new();
-  if (!map)
-    return -ENOMEM;
-  const char *key;
-  json_t *v;
-  json_object_foreach(table, key, v) { /* bounded: at most topics_max entries */
-    struct fy_topic_config *c = malloc(sizeof *c);
-    if (!c) {
-      r = -ENOMEM;
-      break;
-    }
-    r = topic_from_json(key, v, c, err, errlen);
-    if (r == 0)
-      r = fy_strmap_put(map, c->name, strlen(c->name), c);
-    if (r < 0) {
-      free(c);
-      break;
-    }
-  }
-  if (r < 0) {
-    if (r == -ENOMEM)
-      snprintf(err, errlen, "out of memory");
-    table_free(map);
-    return r;
-  }
-  *out = map;
-  return 0;
-}
-
-static int parse_document(const char *buf, size_t len, uint32_t topics_max, fy_strmap **out,
-                          struct fy_data_version *dv, char *err, size_t errlen) {
-  json_t *root;
-  int r = fy__json_parse(buf, len, &root, err, errlen);
-  if (r < 0)
-    return r;
-  r = table_from_json(root, topics_max, out, dv, err, errlen);
-  json_decref(root);
-  return r;
-}
+static const struct fy__table_kind kind = {
+    .table_key = "topicConfigTable",
+    .what = "topics",
+    .entry_size = sizeof(struct fy_topic_config),
+    .name_offset = offsetof(struct fy_topic_config, name),
+    .from_json = topic_from_json,
+};
 
 /* ---- persistence -------------------------------------------------------- */
 
@@ -327,7 +270,7 @@ int fy_topics_open(uv_loop_t *loop, fy_aio *aio, const struct fy_topics_options 
     goto out_free;
   if (buf) {
     char why[256];
-    r = parse_document(buf, len, t->topics_max, &t->map, &t->version, why, sizeof why);
+    r = fy__table_parse(&kind, buf, len, t->topics_max, &t->map, &t->version, why, sizeof why);
     free(buf);
     if (r < 0) {
       snprintf(err, errlen, "%s: %s", t->persist.path, why);
@@ -354,7 +297,7 @@ void fy_topics_close(fy_topics *t) {
   if (!t)
     return;
   fy__persist_close(&t->persist);
-  table_free(t->map);
+  fy__table_free(t->map);
   free(t);
 }
 
@@ -505,16 +448,16 @@ int fy_topics_replace_from_json(fy_topics *t, const char *json, size_t len, bool
   fy_strmap *map;
   struct fy_data_version dv;
   *changed_out = false;
-  int r = parse_document(json, len, t->topics_max, &map, &dv, err, errlen);
+  int r = fy__table_parse(&kind, json, len, t->topics_max, &map, &dv, err, errlen);
   if (r < 0)
     return r;
   /* The version alone is not trusted: two tables changed once in the same
    * millisecond carry equal versions. */
   if (fy_data_version_equal(&dv, &t->version) && table_equal(map, t->map)) {
-    table_free(map);
+    fy__table_free(map);
     return 0;
   }
-  table_free(t->map);
+  fy__table_free(t->map);
   t->map = map;
   t->version = dv;
   save(t);
