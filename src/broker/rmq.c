@@ -483,6 +483,14 @@ static void on_send_back(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd
           why ? why : fy_strerror(err));
     goto out;
   }
+  /* Into a queue the topic has: it may predate a change of retryQueueNums,
+   * and a message in a queue past its read queues would never be consumed. */
+  struct fy_topic_config tc;
+  if (!dead && fy_topics_get(b->topics, topic, &tc) == 0) {
+    uint32_t have = tc.read_queues < tc.write_queues ? tc.read_queues : tc.write_queues;
+    if (have > 0 && have < queues)
+      queues = have;
+  }
   /* The original properties, plus where the message came from. */
   size_t plen = old.props_len;
   memcpy(props, old.props, plen);

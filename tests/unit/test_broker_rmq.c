@@ -9,6 +9,7 @@
  * fdatasync is slow (FLUSH_DISK_TIMEOUT).
  */
 #include <setjmp.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -431,6 +432,61 @@ static void test_earliest_msg_storetime(void **state) {
   assert_int_equal(r->code, FY_RMQ_RESP_TOPIC_NOT_EXIST);
 }
 
+/* A retry topic made with one queue keeps its queue count when the group
+ * later asks for more retry queues (retryQueueNums): retried messages go to
+ * the queue the topic has, never to one no consumer reads. */
+static void test_send_back_uses_the_retry_topics_queues(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicB", "1");
+  send_msg(e, "TopicB", "fail-me", "");
+  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGB", "topic",
+                             "TopicB", "queueId", "0", "queueOffset", "0", "maxMsgNums", "1",
+                             "sysFlag", "0", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[8];
+  assert_int_equal(decode_msgs(r, m, 1), 1);
+  char phys[24];
+  snprintf(phys, sizeof phys, "%" PRIu64, m[0].phys_offset);
+  /* The first send-back makes %RETRY%CGB with the default single queue. */
+  r = call(e, FY_RMQ_REQ_CONSUMER_SEND_MSG_BACK, NULL, "group", "CGB", "offset", phys,
+           "delayLevel", "1", "maxReconsumeTimes", "16", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_topic_config tc;
+  assert_int_equal(fy_topics_get(e->broker->topics, "%RETRY%CGB", &tc), 0);
+  assert_int_equal(tc.write_queues, 1);
+
+  struct fy_group_config g;
+  assert_int_equal(fy_groups_find_or_create(e->broker->groups, "CGB", &g, NULL), 0);
+  g.retry_queues = 4;
+  assert_int_equal(fy_groups_put(e->broker->groups, &g, NULL), 0);
+  for (int i = 0; i < 4; i++) {
+    r = call(e, FY_RMQ_REQ_CONSUMER_SEND_MSG_BACK, NULL, "group", "CGB", "offset", phys,
+             "delayLevel", "1", "maxReconsumeTimes", "16", END);
+    assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  }
+  /* All five wait in delay level 1 (an internal topic: read from the store)
+   * for queue 0 of the retry topic. */
+  struct fy_get_msg got[8];
+  struct fy_get_result res;
+  assert_int_equal(fy_store_get(e->broker->store, FY_SCHEDULE_TOPIC, 0, 0, 8, 1u << 20, NULL, 0,
+                                got, &res),
+                   0);
+  assert_int_equal(res.count, 5);
+  for (size_t i = 0; i < res.count; i++) {
+    struct fy_msg dm;
+    enum fy_record_kind kind;
+    assert_true(fy_record_decode(got[i].slice.data, got[i].slice.len, got[i].slice.offset, &kind, &dm) > 0);
+    const char *v;
+    size_t vlen;
+    assert_true(fy_props_get(dm.props, dm.props_len, FY_PROP_REAL_TOPIC, &v, &vlen));
+    assert_int_equal(vlen, strlen("%RETRY%CGB"));
+    assert_true(fy_props_get(dm.props, dm.props_len, FY_PROP_REAL_QID, &v, &vlen));
+    assert_int_equal(vlen, 1);
+    assert_int_equal(v[0], '0');
+  }
+  fy_store_get_release(got, res.count);
+}
+
 /* Many consumers (broadcasting, say) hold a pull on the same queue: one
  * arriving message answers every one of them, not only the first 256. */
 #define HELD 300
@@ -571,6 +627,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_batch_properties_sized_to_fit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_arrival_answers_every_held_pull, setup, teardown),
       cmocka_unit_test_setup_teardown(test_earliest_msg_storetime, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_send_back_uses_the_retry_topics_queues, setup, teardown),
       cmocka_unit_test_prestate_setup_teardown(
           test_delayed_messages_stored_once_when_store_pushes_back, setup, teardown,
           (void *)&busy_store),
