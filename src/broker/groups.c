@@ -294,7 +294,7 @@ void fy_groups_close(fy_groups *g) {
   if (!g)
     return;
   fy__persist_close(&g->persist);
-  fy__table_free(g->map);
+  fy__table_free(g->map, free);
   free(g);
 }
 
@@ -443,10 +443,10 @@ int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool
   /* The version alone is not trusted: two tables changed once in the same
    * millisecond carry equal versions. */
   if (fy_data_version_equal(&dv, &g->version) && table_equal(map, g->map)) {
-    fy__table_free(map);
+    fy__table_free(map, free);
     return 0;
   }
-  fy__table_free(g->map);
+  fy__table_free(g->map, free);
   g->map = map;
   g->version = dv;
   save(g);

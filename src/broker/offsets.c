@@ -73,7 +73,8 @@ static int make_key(const char *group, const char *topic, char *key, size_t *len
 
 static const char *entry_group(const struct entry *e) { return e->key + e->topic_len + 1; }
 
-static void entry_free(struct entry *e) {
+static void entry_free(void *p) {
+  struct entry *e = p;
   free(e->q);
   free(e->key);
   free(e);
@@ -216,16 +217,6 @@ static int set_checked(fy_offsets *o, const char *group, const char *topic, uint
   return set_offset(o, key, len, queue_id, offset, mode, changed);
 }
 
-static void table_free(fy_strmap *map) {
-  if (!map)
-    return;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
-    entry_free(v);
-  fy_strmap_free(map);
-}
 
 /* ---- documents ---------------------------------------------------------- */
 
@@ -563,7 +554,7 @@ int fy_offsets_open(uv_loop_t *loop, fy_aio *aio, const struct fy_offsets_option
 out_close_persist:
   fy__persist_close(&o->persist);
 out_free:
-  table_free(o->map);
+  fy__table_free(o->map, entry_free);
   free(o);
   return r;
 }
@@ -574,7 +565,7 @@ void fy_offsets_close(fy_offsets *o) {
   if (!o)
     return;
   fy__persist_close(&o->persist);
-  table_free(o->map);
+  fy__table_free(o->map, entry_free);
   o->map = NULL;
   if (o->has_timer)
     uv_close((uv_handle_t *)&o->timer, on_timer_closed);

@@ -179,14 +179,14 @@ char *fy__json_dump(const json_t *root, size_t flags, size_t *len) {
 
 /* ---- tables of named entries ------------------------------------------- */
 
-void fy__table_free(fy_strmap *map) {
+void fy__table_free(fy_strmap *map, void (*free_entry)(void *)) {
   if (!map)
     return;
   size_t pos = 0, klen;
   const char *key;
   void *v;
   while (fy_strmap_next(map, &pos, &key, &klen, &v)) /* bounded by the map's capacity */
-    free(v);
+    free_entry(v);
   fy_strmap_free(map);
 }
 
@@ -228,7 +228,7 @@ static int table_from_json(const struct fy__table_kind *kind, json_t *root, uint
   if (r < 0) {
     if (r == -ENOMEM)
       snprintf(err, errlen, "out of memory");
-    fy__table_free(map);
+    fy__table_free(map, free);
     return r;
   }
   *out = map;

@@ -52,8 +52,8 @@ char *fy__json_dump(const json_t *root, size_t flags, size_t *len);
 
 /* ---- a table of named entries: {"dataVersion": ..., "<table>": {name: entry}} ---- */
 
-/* Frees every value of map (malloc'ed entries), then map; NULL is fine. */
-void fy__table_free(fy_strmap *map);
+/* Frees every value of map with free_entry, then map; NULL is fine. */
+void fy__table_free(fy_strmap *map, void (*free_entry)(void *));
 
 /* What differs between the tables of topics and of subscription groups. */
 struct fy__table_kind {

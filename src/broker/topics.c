@@ -297,7 +297,7 @@ void fy_topics_close(fy_topics *t) {
   if (!t)
     return;
   fy__persist_close(&t->persist);
-  fy__table_free(t->map);
+  fy__table_free(t->map, free);
   free(t);
 }
 
@@ -454,10 +454,10 @@ int fy_topics_replace_from_json(fy_topics *t, const char *json, size_t len, bool
   /* The version alone is not trusted: two tables changed once in the same
    * millisecond carry equal versions. */
   if (fy_data_version_equal(&dv, &t->version) && table_equal(map, t->map)) {
-    fy__table_free(map);
+    fy__table_free(map, free);
     return 0;
   }
-  fy__table_free(t->map);
+  fy__table_free(t->map, free);
   t->map = map;
   t->version = dv;
   save(t);
