@@ -28,7 +28,7 @@ enum mf_state {
   MF_CLOSE_TMP, /* uv_fs_close of the temporary file; also after a failed write or sync */
   MF_RENAME,    /* uv_fs_rename(<path>.tmp, <path>) */
   MF_OPEN_DIR,  /* uv_fs_open of the containing directory */
-  MF_SYNC_DIR,  /* uv_fs_fsync of the directory: makes the rename durable */
+  MF_SYNC_DIR,  /* fy_aio_fdatasync of the directory: makes the rename durable */
   MF_CLOSE_DIR, /* uv_fs_close of the directory; also after a failed sync */
   MF_STATE_COUNT
 };
@@ -157,7 +157,7 @@ static int submit(fy_metafile *mf) {
     return uv_fs_open(mf->loop, &mf->fs, mf->dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
                       on_fs);
   case MF_SYNC_DIR:
-    return uv_fs_fsync(mf->loop, &mf->fs, mf->fd, on_fs);
+    return fy_aio_fdatasync(mf->aio, &mf->req, mf->fd, on_aio);
   case MF_IDLE:
   case MF_STATE_COUNT:
     break;

@@ -15,9 +15,9 @@
  *                     │
  *                     └─ a newer save is waiting: straight to OPEN_TMP
  *
- * The open, close, rename and the directory's fsync are uv_fs_* requests on
- * libuv's thread pool; the data write and its fdatasync go through fy_aio, so
- * a save needs the I/O context only until its data is durable. At most one save is in flight
+ * The open, close and rename are uv_fs_* requests on libuv's thread pool; the
+ * data write and both syncs (the file's, then the directory's) go through
+ * fy_aio, so a save in flight needs the I/O context until its cycle ends. At most one save is in flight
  * per metafile. A save requested while one is in flight is coalesced: it
  * waits, and if more saves come before the in-flight one finishes, only the
  * newest data is kept (older pending data is freed unwritten) and all their
