@@ -16,9 +16,9 @@
 #include "broker/topics.h"
 #include "common/strmap.h"
 #include "ferry.pb-c.h"
-#include "net/frame.h"
 #include "ha/ha.h"
 #include "net/conn.h"
+#include "net/frame.h"
 #include "net/rpc.h"
 #include "store/store.h"
 

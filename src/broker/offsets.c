@@ -217,7 +217,6 @@ static int set_checked(fy_offsets *o, const char *group, const char *topic, uint
   return set_offset(o, key, len, queue_id, offset, mode, changed);
 }
 
-
 /* ---- documents ---------------------------------------------------------- */
 
 struct item {

@@ -228,29 +228,18 @@ int fy__msg_view_build(const struct fy_msg *m, const char *broker_name, uint64_t
   v->body_len = m->body_len;
 
   /* Properties: "key\1value\2" repeated (a missing last \2 tolerated). */
-  size_t n = 0;
-  for (const char *p = m->props, *end = m->props + m->props_len; p < end;) {
-    const char *sep = memchr(p, '\x01', (size_t)(end - p));
-    if (!sep)
-      break;
-    const char *vend = memchr(sep + 1, '\x02', (size_t)(end - sep - 1));
+  const char *props_end = m->props + m->props_len, *pos, *k, *val;
+  size_t n = 0, kl, vl;
+  for (pos = m->props; fy_props_next(&pos, props_end, &k, &kl, &val, &vl);)
     n++;
-    p = vend ? vend + 1 : end;
-  }
   fy_kv *kv = fy__cl_arena_alloc(a, (n ? n : 1) * sizeof *kv);
   if (!kv)
     return -ENOMEM;
   size_t i = 0;
   v->tags = v->keys = v->msg_id = "";
-  for (const char *p = m->props, *end = m->props + m->props_len; p < end && i < n;) {
-    const char *sep = memchr(p, '\x01', (size_t)(end - p));
-    if (!sep)
-      break;
-    const char *vend = memchr(sep + 1, '\x02', (size_t)(end - sep - 1));
-    if (!vend)
-      vend = end;
-    kv[i].key = fy__cl_arena_strndup(a, p, (size_t)(sep - p));
-    kv[i].value = fy__cl_arena_strndup(a, sep + 1, (size_t)(vend - sep - 1));
+  for (pos = m->props; i < n && fy_props_next(&pos, props_end, &k, &kl, &val, &vl); i++) {
+    kv[i].key = fy__cl_arena_strndup(a, k, kl);
+    kv[i].value = fy__cl_arena_strndup(a, val, vl);
     if (!kv[i].key || !kv[i].value)
       return -ENOMEM;
     if (!strcmp(kv[i].key, FY_PROP_TAGS))
@@ -259,8 +248,6 @@ int fy__msg_view_build(const struct fy_msg *m, const char *broker_name, uint64_t
       v->keys = kv[i].value;
     else if (!strcmp(kv[i].key, FY_PROP_UNIQ_KEY))
       v->msg_id = kv[i].value;
-    i++;
-    p = vend + 1;
   }
   v->props = kv;
   v->nprops = i;
