@@ -248,6 +248,7 @@ static void on_accept(fy_server *srv, fy_conn *conn) {
   }
   bc->b = b;
   bc->conn = conn;
+  fy__parse_host(fy_conn_peer(conn), &bc->born); /* once, not per send */
   fy_conn_set_data(conn, bc);
   b->nconns++;
 }

@@ -55,6 +55,7 @@ struct bconn {
   fy_conn *conn;
   struct pending_send *sends;
   struct held_pull *held;
+  struct fy_host born;     /* the peer's address: the born host of its sends */
   uint8_t proto;           /* enum fy_proto, from the first bytes */
   uint8_t rmq_serialize;   /* RocketMQ: the header encoding the client last used */
 };
@@ -182,8 +183,6 @@ void fy__sends_conn_closed(struct bconn *bc);
 void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]);
 /* A fresh UNIQ_KEY for a message sent without one. */
 void fy__make_uniq_key(struct fy_broker *b, char out[33]);
-/* The born host of a message from conn's peer address. */
-void fy__peer_host(fy_conn *conn, struct fy_host *h);
 /* The host of a peer string "a.b.c.d:port" or "[v6]:port"; all zero if
  * neither. */
 void fy__parse_host(const char *peer, struct fy_host *h);

@@ -322,8 +322,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
     reply(conn, c, FY_RMQ_RESP_SYSTEM_BUSY, NULL, 0, "out of memory");
     goto out;
   }
-  struct fy_host born, store_host;
-  fy__peer_host(conn, &born);
+  struct fy_host born = bc->born, store_host;
   fy__store_host(b, &store_host);
   int64_t born_ts = send_i64(c, "bornTimestamp", 0);
   char *pb = props;

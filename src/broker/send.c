@@ -240,8 +240,6 @@ void fy__parse_host(const char *peer, struct fy_host *h) {
   h->port = port;
 }
 
-void fy__peer_host(fy_conn *conn, struct fy_host *h) { fy__parse_host(fy_conn_peer(conn), h); }
-
 void fy__store_host(const struct fy_broker *b, struct fy_host *h) {
   memset(h, 0, sizeof *h);
   memcpy(h->ip, b->ip4, 4);
@@ -451,8 +449,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
     goto out;
   }
-  struct fy_host born, store_host;
-  fy__peer_host(conn, &born);
+  struct fy_host born = bc->born, store_host;
   fy__store_host(b, &store_host);
   const uint8_t *body = f->raw;
   size_t props_used = 0;

@@ -217,6 +217,10 @@ static void test_send_then_pull(void **state) {
   assert_int_equal(fy_record_decode(e->raw, e->raw_len, phys, &kind, &m), (int64_t)e->raw_len);
   assert_int_equal(m.body_len, 11);
   assert_memory_equal(m.body, "hello ferry", 11);
+  /* Born host: the producer's connection, taken once when it was accepted. */
+  assert_false(m.born_host.v6);
+  assert_memory_equal(m.born_host.ip, ((uint8_t[]){127, 0, 0, 1}), 4);
+  assert_true(m.born_host.port > 0);
   const char *v;
   size_t vlen;
   assert_true(fy_props_get(m.props, m.props_len, "TAGS", &v, &vlen));
