@@ -439,6 +439,8 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("commitLogFlushed", "%" PRIu64, st.cl_flushed);
   KV("commitLogPageCacheMaxBytes", "%" PRIu64, b->settings.store.page_cache_max);
   KV("commitLogPageCacheDroppedTo", "%" PRIu64, st.cl_cache_dropped_to);
+  KV("commitLogWritebackBytes", "%" PRIu32, b->settings.store.writeback_bytes);
+  KV("commitLogWritebackTo", "%" PRIu64, st.cl_writeback_to);
   KV("dispatchedOffset", "%" PRIu64, st.dispatched);
   KV("checkpointOffset", "%" PRIu64, st.checkpoint);
   if (st.confirm_required)

@@ -255,6 +255,9 @@ static void uring_prep(struct io_uring_sqe *sqe, fy_aio_req *req) {
     io_uring_prep_write(sqe, req->fd, req->buf + req->done, n, req->off + req->done);
   } else if (req->op == FY_AIO_FDATASYNC) {
     io_uring_prep_fsync(sqe, req->fd, IORING_FSYNC_DATASYNC);
+  } else if (req->op == FY_AIO_WRITEBACK) {
+    io_uring_prep_sync_file_range(sqe, req->fd, (unsigned)req->len, req->off,
+                                  SYNC_FILE_RANGE_WRITE);
   } else if (req->op == FY_AIO_DROP_CACHE) {
     /* Two steps, one request: done is 0 for the madvise, 1 for the fadvise. */
     if (req->done == 0 && req->buf)
@@ -398,6 +401,13 @@ static void drop_cache_work(uv_work_t *w) {
   req->res = -posix_fadvise(req->fd, (off_t)req->off, (off_t)req->len, POSIX_FADV_DONTNEED);
 }
 
+static void writeback_work(uv_work_t *w) {
+  fy_aio_req *req = w->data;
+  req->res = sync_file_range(req->fd, (off_t)req->off, (off_t)req->len, SYNC_FILE_RANGE_WRITE) == 0
+                 ? 0
+                 : -errno;
+}
+
 static void fault_work(uv_work_t *w) {
   fy_aio_req *req = w->data;
   req->res = req->fault;
@@ -420,9 +430,10 @@ static bool threads_issue(fy_aio *aio, fy_aio_req *req) {
     r = uv_fs_fdatasync(aio->loop, &req->fs, req->fd, threads_fs_done);
   } else {
     req->work.data = req;
-    r = uv_queue_work(aio->loop, &req->work,
-                      req->op == FY_AIO_DROP_CACHE ? drop_cache_work : fallocate_work,
-                      threads_work_done);
+    uv_work_cb fn = req->op == FY_AIO_DROP_CACHE ? drop_cache_work
+                    : req->op == FY_AIO_WRITEBACK ? writeback_work
+                                                  : fallocate_work;
+    r = uv_queue_work(aio->loop, &req->work, fn, threads_work_done);
   }
   fy_assert(r == 0); /* arguments were validated when the request was accepted */
   return true;
@@ -624,6 +635,14 @@ int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
 
 int fy_aio_fdatasync_urgent(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb) {
   return accept_req(aio, req, FY_AIO_FDATASYNC, fd, NULL, 0, 0, 0, false, cb);
+}
+
+int fy_aio_writeback(fy_aio *aio, fy_aio_req *req, int fd, uint64_t off, uint64_t len,
+                     fy_aio_cb cb) {
+  /* io_uring's sync_file_range takes a 32-bit length */
+  if (len == 0 || len > UINT32_MAX || off > INT64_MAX - len)
+    return -EINVAL;
+  return accept_req(aio, req, FY_AIO_WRITEBACK, fd, NULL, len, off, 0, false, cb);
 }
 
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,

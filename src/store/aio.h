@@ -34,6 +34,7 @@ enum fy_aio_op {
   FY_AIO_FDATASYNC,
   FY_AIO_FALLOCATE,
   FY_AIO_DROP_CACHE,
+  FY_AIO_WRITEBACK,
   FY_AIO_OP_COUNT
 };
 
@@ -102,6 +103,16 @@ int fy_aio_fdatasync(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
  * wait on (the commit log's), which must not queue behind index and
  * consume-queue flushes. Keep such requests few (one per log). */
 int fy_aio_fdatasync_urgent(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
+/*
+ * sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE): starts writeback of
+ * the dirty pages of [off, off + len) and completes without waiting for it
+ * (len > 0). Makes nothing durable; it moves the work of a later fdatasync
+ * forward, in small pieces. Outside the background limit, like
+ * fdatasync_urgent, because it is short and only helps if it runs promptly:
+ * keep it to one at a time per log.
+ */
+int fy_aio_writeback(fy_aio *aio, fy_aio_req *req, int fd, uint64_t off, uint64_t len,
+                     fy_aio_cb cb);
 /* fallocate(fd, mode, off, len). A background request. */
 int fy_aio_fallocate(fy_aio *aio, fy_aio_req *req, int fd, int mode, uint64_t off, uint64_t len,
                      fy_aio_cb cb);

@@ -63,6 +63,9 @@ struct fy_commitlog_config {
   uint32_t max_waiters;        /* appends awaiting their callback */
   uint64_t page_cache_max;     /* commitLogPageCacheMaxBytes: flushed bytes further than this
                                   behind the end leave the page cache; 0 keeps them */
+  uint32_t writeback_bytes;    /* commitLogWritebackBytes, ASYNC_FLUSH only: start the
+                                  writeback of every this many written bytes; 0: leave it
+                                  all to the periodic fdatasync */
 };
 
 /* What opening found and did; printed by the store. */
@@ -239,6 +242,8 @@ struct fy_cl_stats {
   uint64_t writes;      /* fy_aio writes of buffered records (one per group commit) */
   uint64_t write_bytes; /* bytes those writes carried */
   uint64_t syncs;       /* fdatasyncs of segment data */
+  uint64_t writebacks;  /* writebacks started ahead of the fdatasync (writeback_bytes) */
+  uint64_t writeback_to; /* end of the last of them: writeback was started below this */
   uint64_t cache_dropped_to; /* the page cache was let go of below this offset */
 };
 void fy_commitlog_stats(const fy_commitlog *cl, struct fy_cl_stats *out);

@@ -917,6 +917,7 @@ static int recover(fy_store *s, struct fy_store_recovery *rec) {
       .write_buffers = s->cfg.write_buffers,
       .max_waiters = s->cfg.max_pending_puts,
       .page_cache_max = s->cfg.page_cache_max,
+      .writeback_bytes = s->cfg.writeback_bytes,
   };
   char cldir[600];
   snprintf(cldir, sizeof cldir, "%s/commitlog", s->cfg.root_dir);
@@ -1496,6 +1497,7 @@ void fy_store_stats(fy_store *s, struct fy_store_stats *st) {
   struct fy_cl_stats cls;
   fy_commitlog_stats(s->cl, &cls);
   st->cl_cache_dropped_to = cls.cache_dropped_to;
+  st->cl_writeback_to = cls.writeback_to;
   st->dispatched = s->dispatched;
   st->checkpoint = fy_ckpt_last(s->ckpt)->safe_offset;
   if (s->confirm_required) {

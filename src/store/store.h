@@ -42,6 +42,7 @@ struct fy_store_config {
   uint64_t page_cache_max;        /* commitLogPageCacheMaxBytes: flushed commit-log bytes further
                                      behind the end leave the page cache; 0 keeps them (mqbroker
                                      turns 0 into accessMessageInMemoryMaxRatio of the memory) */
+  uint32_t writeback_bytes;       /* commitLogWritebackBytes: 1 MiB, ASYNC_FLUSH writeback step */
   uint32_t max_message_size;      /* maxMessageSize: 4 MiB (body + properties) */
   bool index_enable;              /* messageIndexEnable: true */
   uint32_t index_slots;           /* maxHashSlotNum: 5000000 */
@@ -202,6 +203,7 @@ struct fy_store_stats {
   uint64_t gets;            /* messages returned by get */
   uint64_t cl_min, cl_end, cl_written, cl_flushed, dispatched, checkpoint;
   uint64_t cl_cache_dropped_to; /* commit-log page cache let go of below this offset */
+  uint64_t cl_writeback_to;     /* commit-log writeback started ahead below this offset */
   bool confirm_required;
   uint64_t confirmed;       /* SYNC_MASTER: offset a slave acknowledged (0 otherwise) */
   uint64_t unconfirmed_bytes; /* SYNC_MASTER: written, hidden until a slave acknowledges */

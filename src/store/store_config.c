@@ -28,6 +28,7 @@ const struct fy_config_key fy_store_config_keys[] = {
     {"flushIntervalCommitLog", FY_CFG_U32, F(flush_interval_ms), 0, 1, 60000, "500", NULL},
     {"flushIntervalConsumeQueue", FY_CFG_U32, F(flush_cq_interval_ms), 0, 1, 60000, "1000", NULL},
     {"commitLogPageCacheMaxBytes", FY_CFG_U64, F(page_cache_max), 0, 0, UINT64_MAX, "0", NULL},
+    {"commitLogWritebackBytes", FY_CFG_U32, F(writeback_bytes), 0, 0, 1024 * MiB, "1048576", NULL},
     {"maxMessageSize", FY_CFG_U32, F(max_message_size), 0, 1024, 64 * MiB, "4194304", NULL},
     {"messageIndexEnable", FY_CFG_BOOL, F(index_enable), 0, 0, 0, "true", NULL},
     {"maxHashSlotNum", FY_CFG_U32, F(index_slots), 0, 16, 50000000, "5000000", NULL},

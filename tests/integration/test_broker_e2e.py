@@ -958,6 +958,9 @@ def test_mqadmin_subcommands(args):
         mem = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal:"))
     assert int(st["commitLogPageCacheMaxBytes"]) == mem // 100 * 40, st
     assert int(st["commitLogPageCacheDroppedTo"]) == 0, st  # far less than that written
+    # Writeback ahead: 1 MiB steps by default, never past what was written.
+    assert int(st["commitLogWritebackBytes"]) == 1 << 20, st
+    assert int(st["commitLogWritebackTo"]) <= int(st["commitLogWritten"]), st
     out = mqadmin(c, "brokerStatus", "-c", "DefaultCluster").stdout
     assert {l.split()[0] for l in out.splitlines()} == {x.addr for x in c.brokers}, out
 

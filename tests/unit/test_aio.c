@@ -234,6 +234,54 @@ static void test_drop_cache(void **state) {
   free(data);
 }
 
+static void on_never(fy_aio_req *req, int64_t res) {
+  (void)req;
+  (void)res;
+  fail_msg("callback of a rejected request ran");
+}
+
+/* Writeback of dirty pages completes without an fdatasync; bad arguments are
+ * refused up front, and the kernel's own errors come through the callback. */
+static void test_writeback(void **state) {
+  struct fixture *f = fixture(state);
+  enum { LEN = 1 << 20 };
+  uint8_t *data = malloc(LEN);
+  assert_non_null(data);
+  fill(data, LEN, 3);
+  assert_int_equal(pwrite(f->fd, data, LEN, 0), LEN);
+  fy_aio_req a, b;
+  struct done da = {0}, db = {0};
+  a.data = &da;
+  b.data = &db;
+  assert_int_equal(fy_aio_writeback(f->aio, &a, f->fd, 0, LEN / 2, on_done), 0);
+  assert_int_equal(fy_aio_writeback(f->aio, &b, f->fd, LEN / 2, LEN / 2, on_done), 0);
+  assert_false(da.called);
+  assert_true(fy_test_run_until(&f->loop, &da.called, DEADLINE_MS));
+  assert_true(fy_test_run_until(&f->loop, &db.called, DEADLINE_MS));
+  assert_int_equal(da.res, 0);
+  assert_int_equal(db.res, 0);
+  uint8_t *got = malloc(LEN);
+  assert_non_null(got);
+  assert_int_equal(pread(f->fd, got, LEN, 0), LEN);
+  assert_memory_equal(got, data, LEN);
+
+  assert_int_equal(fy_aio_writeback(f->aio, &a, f->fd, 0, 0, on_never), -EINVAL);
+  assert_int_equal(fy_aio_writeback(f->aio, &a, f->fd, 0, (uint64_t)UINT32_MAX + 1, on_never),
+                   -EINVAL);
+  assert_int_equal(fy_aio_writeback(f->aio, &a, -1, 0, 4096, on_never), -EBADF);
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  struct done dp = {0};
+  a.data = &dp;
+  assert_int_equal(fy_aio_writeback(f->aio, &a, p[0], 0, 4096, on_done), 0);
+  assert_true(fy_test_run_until(&f->loop, &dp.called, DEADLINE_MS));
+  assert_int_equal(dp.res, -ESPIPE);
+  close(p[0]);
+  close(p[1]);
+  free(got);
+  free(data);
+}
+
 /* More requests than queue_depth: the rest wait and all complete, in a
  * bounded number of loop iterations, with the right data. */
 static void test_many_requests(void **state) {
@@ -363,11 +411,6 @@ static void test_callbacks_not_reentrant(void **state) {
   assert_int_equal(c.max_depth, 1);
 }
 
-static void on_never(fy_aio_req *req, int64_t res) {
-  (void)req;
-  (void)res;
-  fail_msg("callback of a rejected request ran");
-}
 
 /* A request that is refused returns an error and never calls back. */
 static void test_rejected_requests(void **state) {
@@ -511,6 +554,12 @@ static void test_background_limit(void **state) {
   assert_int_equal(fy_aio_write(f->aio, &wreq, f->fd, b, sizeof b, 0, on_done), 0);
   assert_true(fy_test_run_until(&f->loop, &dw.called, DEADLINE_MS));
   assert_int_equal(dw.res, sizeof b);
+  /* Nor is writeback ahead: it is short, and only helps if it runs promptly. */
+  struct done dk = {0};
+  fy_aio_req kreq = {.data = &dk};
+  assert_int_equal(fy_aio_writeback(f->aio, &kreq, f->fd, 0, sizeof b, on_done), 0);
+  assert_true(fy_test_run_until(&f->loop, &dk.called, DEADLINE_MS));
+  assert_int_equal(dk.res, 0);
   /* The urgent sync is not limited: it reaches the (held) device at once. */
   assert_int_equal(fy_aio_fdatasync_urgent(f->aio, &ureq, f->fd, on_done), 0);
   assert_true(fy_test_run_until_pred(&f->loop, limit_and_urgent_held, f->aio, DEADLINE_MS));
@@ -582,6 +631,7 @@ int main(void) {
       BOTH(test_write_read_back, setup),
       BOTH(test_fdatasync_and_fallocate, setup),
       BOTH(test_drop_cache, setup),
+      BOTH(test_writeback, setup),
       BOTH(test_many_requests, setup_depth4),
       BOTH(test_many_requests, setup_depth1024),
       BOTH(test_fault_injection, setup),

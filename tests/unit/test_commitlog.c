@@ -1400,6 +1400,114 @@ static void test_page_cache_kept(void **state) {
   assert_int_equal(st.cache_dropped_to, 0);
 }
 
+/* ---- writeback ahead ------------------------------------------------------ */
+
+struct wb_goal {
+  fy_commitlog *cl;
+  uint64_t at_least;
+};
+
+static bool writeback_reached(void *arg) {
+  struct wb_goal *g = arg;
+  struct fy_cl_stats st;
+  fy_commitlog_stats(g->cl, &st);
+  return st.writeback_to >= g->at_least;
+}
+
+static struct fy_cl_stats cl_stats(fy_commitlog *cl) {
+  struct fy_cl_stats st;
+  fy_commitlog_stats(cl, &st);
+  return st;
+}
+
+/* ASYNC_FLUSH with writeback_bytes: written bytes get their writeback started
+ * in steps of at least writeback_bytes, ending on a page boundary inside a
+ * segment (the last page is still filling) or at its end, one request at a
+ * time, and none of it counts as flushed. */
+static void test_writeback_ahead(void **state) {
+  struct fx *fx = *state;
+  const uint32_t step = 16384;
+  fx->cfg.segment_size = 1u << 20;
+  fx->cfg.flush_interval_ms = 60000; /* no fdatasync during the test */
+  fx->cfg.writeback_bytes = step;
+  assert_int_equal(open_log(fx, 0), 0);
+  fy_aio_inject_delay(fx->aio, FY_AIO_WRITEBACK, FY_AIO_HOLD_UNTIL_RELEASED);
+  uint32_t n = 0;
+  while (fy_commitlog_end(fx->cl) < 3 * step + 100)
+    append_one(fx, 1000, n++);
+  assert_true(run_until(&fx->loop, all_written, fx->cl));
+  for (int i = 0; i < 50; i++)
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+  assert_int_equal(fy_aio_held(fx->aio), 1); /* one in flight, however far behind */
+  assert_int_equal(cl_stats(fx->cl).writebacks, 0);
+  fy_aio_inject_delay(fx->aio, FY_AIO_WRITEBACK, 0);
+
+  uint64_t written = fy_commitlog_written(fx->cl);
+  struct wb_goal g = {fx->cl, written / 4096 * 4096};
+  assert_true(run_until(&fx->loop, writeback_reached, &g));
+  struct fy_cl_stats st = cl_stats(fx->cl);
+  assert_int_equal(st.writeback_to % 4096, 0);
+  assert_true(st.writeback_to <= written);
+  assert_true(st.writebacks >= 2); /* the held one, then the rest */
+  assert_true(st.writebacks <= written / step);
+  assert_int_equal(fy_commitlog_flushed(fx->cl), 0);
+  assert_int_equal(st.syncs, 0);
+
+  /* A segment's tail goes out whole, in steps smaller than writeback_bytes if
+   * that is what is left; the next segment starts a new count. */
+  while (fy_commitlog_end(fx->cl) < fx->cfg.segment_size + 2 * step)
+    append_one(fx, 1000, n++);
+  assert_true(run_until(&fx->loop, all_written, fx->cl));
+  g.at_least = fx->cfg.segment_size + step;
+  assert_true(run_until(&fx->loop, writeback_reached, &g));
+  assert_int_equal(fy_commitlog_flushed(fx->cl), 0);
+  assert_int_equal(fy_commitlog_error(fx->cl), 0);
+  close_log(fx); /* waits for what is in flight, then syncs everything */
+}
+
+/* A failed writeback is advice gone wrong: the log carries on, and the
+ * fdatasync still covers the bytes. */
+static void test_writeback_error_ignored(void **state) {
+  struct fx *fx = *state;
+  fx->cfg.flush_interval_ms = 60000;
+  fx->cfg.writeback_bytes = 8192;
+  assert_int_equal(open_log(fx, 0), 0);
+  fy_aio_inject_fault(fx->aio, FY_AIO_WRITEBACK, 0, 1, -EIO);
+  uint32_t n = 0;
+  while (fy_commitlog_end(fx->cl) < 40000)
+    append_one(fx, 1000, n++);
+  assert_true(run_until(&fx->loop, all_written, fx->cl));
+  struct wb_goal g = {fx->cl, 16384};
+  assert_true(run_until(&fx->loop, writeback_reached, &g));
+  assert_int_equal(fy_commitlog_error(fx->cl), 0);
+  uint64_t end = fy_commitlog_end(fx->cl);
+  struct fy_msg m = make_msg(100, n);
+  struct ack a = {.cl = fx->cl};
+  assert_int_equal(append_retry(fx, &m, 1, NULL, on_ack, &a), 0);
+  assert_true(fy_test_run_until(&fx->loop, &a.called, DEADLINE_MS));
+  assert_int_equal(a.status, 0);
+  close_log(fx);
+  assert_int_equal(open_log(fx, 0), 0);
+  assert_int_equal(fy_commitlog_end(fx->cl), end + a.size);
+}
+
+/* No writeback ahead with writeback_bytes 0, or under SYNC_FLUSH, where each
+ * acknowledgement waits for an fdatasync anyway. */
+static void test_writeback_off(void **state) {
+  struct fx *fx = *state;
+  for (int sync = 0; sync < 2; sync++) {
+    fx->cfg.sync_flush = sync;
+    fx->cfg.writeback_bytes = sync ? 4096 : 0;
+    assert_int_equal(open_log(fx, 0), 0);
+    for (uint32_t i = 0; i < 100; i++)
+      append_one(fx, 1000, i);
+    assert_true(run_until(&fx->loop, all_flushed, fx->cl));
+    assert_int_equal(cl_stats(fx->cl).writebacks, 0);
+    assert_int_equal(cl_stats(fx->cl).writeback_to, 0);
+    close_log(fx);
+  }
+}
+
 static void test_free_before_run(void **state) {
   struct fx *fx = *state;
   assert_int_equal(open_log(fx, 0), 0);
@@ -1494,6 +1602,9 @@ static const struct CMUnitTest tests[] = {
     T(test_retention),
     T(test_page_cache_window),
     T(test_page_cache_kept),
+    T(test_writeback_ahead),
+    T(test_writeback_error_ignored),
+    T(test_writeback_off),
     T(test_free_before_run),
 };
 
