@@ -3,8 +3,9 @@ benchmark from rotting, in a few seconds.
 
 Starts mqnamesrv and one mqbroker on port 0 in a scratch directory, creates a
 topic, and runs ferry-bench as bench/e2e_bench.sh does: a one-second closed
-loop of single sends, a batched run, an open-loop run at a fixed rate, then a
-consume of the backlog. Each run's last stdout line must be a RESULT line
+loop of single sends, a batched run, two open-loop runs at a fixed rate (the
+second waking the sender every 5 ms, whose wait must show in the latencies),
+then a consume of the backlog. Each run's last stdout line must be a RESULT line
 that parses, with msgs > 0 and errors = 0; the consumer must read at least
 what the first producer run counted.
 
@@ -37,6 +38,7 @@ def test_e2e_smoke(args):
             "single": base + ["--inflight", "256"],
             "batch": base + ["--batch", "16", "--inflight", "512", "--size", "1024"],
             "open loop": base + ["--rate", "2000", "--inflight", "256", "--queue-id", "1"],
+            "open loop, ticks": base + ["--rate", "2000", "--tick-us", "5000"],
         }
         first = None
         for name, cmd in runs.items():
@@ -48,6 +50,10 @@ def test_e2e_smoke(args):
             assert res["max_us"] > 0, res
             assert "msgs/s" in r.stderr, f"{name}: no progress line on stderr:\n{r.stderr}"
             first = first or res
+            if "--tick-us" in cmd:
+                # The sender sleeps at least 5 ms between wake-ups, and latency runs from
+                # the intended send time: the messages due meanwhile show that wait.
+                assert res["max_us"] >= 4000 and res["p50_us"] >= 1000, res
 
         r = run([bench, "consume", "-n", ns_addr, "-t", "BenchSmoke", "-g", "smoke",
                  "--from", "first", "--count", str(first["msgs"]), "--duration-s", "30"],
