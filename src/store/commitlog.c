@@ -168,6 +168,7 @@ struct fy_commitlog {
   uint64_t wb_from;     /* writeback started (or synced) below this */
   uint64_t wb_end;      /* of the request in flight */
   bool wb_inflight;
+  bool wb_warned;       /* a failed writeback was logged (once per log) */
 
   struct waiter *waiters;
   uint32_t w_head, w_count;
@@ -659,9 +660,11 @@ static void on_writeback_done(fy_aio_req *req, int64_t res) {
   cl->wb_inflight = false;
   seg_release(cl->wb_seg);
   cl->wb_seg = NULL;
-  if (res < 0 && cl->stats.writebacks == 0)
-    fy_warn("commitlog", "%s: cannot start writeback: %s (the periodic fdatasync does it)",
-            cl->dir, fy_strerror((int)res));
+  if (res < 0 && !cl->wb_warned) {
+    fy_warn("commitlog", "%s: cannot start writeback: %s (the periodic fdatasync does it; "
+            "not logged again)", cl->dir, fy_strerror((int)res));
+    cl->wb_warned = true;
+  }
   if (res == 0) {
     cl->stats.writebacks++;
     cl->stats.writeback_to = cl->wb_end;

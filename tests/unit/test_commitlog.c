@@ -1472,7 +1472,7 @@ static void test_writeback_error_ignored(void **state) {
   fx->cfg.flush_interval_ms = 60000;
   fx->cfg.writeback_bytes = 8192;
   assert_int_equal(open_log(fx, 0), 0);
-  fy_aio_inject_fault(fx->aio, FY_AIO_WRITEBACK, 0, 1, -EIO);
+  fy_aio_inject_fault(fx->aio, FY_AIO_WRITEBACK, 0, 2, -EIO);
   uint32_t n = 0;
   while (fy_commitlog_end(fx->cl) < 40000)
     append_one(fx, 1000, n++);
