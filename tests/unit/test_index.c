@@ -140,6 +140,21 @@ static void test_put_query(void **state) {
   assert_int_equal(fy_index_open(dir, 16, 1, &bad), -EINVAL);
 }
 
+/* Index files are mapped MADV_RANDOM: lookups follow hash chains and puts
+ * append, and the default read-around zero-filled 8 MiB of the file's
+ * unwritten part under a put on the benchmark VM. */
+static void test_mapping_random(void **state) {
+  (void)state;
+  fy_index *ix = open_ix(64, 1000);
+  put_one(ix, 1, 7);
+  size_t with = 0;
+  size_t n = fy_test_mappings(dir, "rr", &with);
+  assert_true(n >= 1);
+  assert_int_equal(with, n);
+  fy_index_close(ix);
+  assert_int_equal(fy_test_mappings(dir, "rr", NULL), 0);
+}
+
 static void test_collisions(void **state) {
   (void)state;
   fy_index *ix = open_ix(1, 200); /* one slot: every key in one chain */
@@ -648,6 +663,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_query, setup, teardown),
       cmocka_unit_test_setup_teardown(test_collisions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_mapping_random, setup, teardown),
       cmocka_unit_test_setup_teardown(test_time_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_roll_over, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idempotent, setup, teardown),

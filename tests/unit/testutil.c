@@ -59,3 +59,38 @@ int fy_test_loop_finish(uv_loop_t *loop) {
   uv_run(loop, UV_RUN_DEFAULT);
   return uv_loop_close(loop);
 }
+
+size_t fy_test_mappings(const char *prefix, const char *flag, size_t *with) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f)
+    return 0;
+  char line[4096];
+  size_t n = 0, w = 0;
+  bool in = false; /* inside the block of a mapping that matches */
+  size_t plen = strlen(prefix);
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "VmFlags:", 8) == 0) {
+      if (in) {
+        /* flags are two letters separated by spaces */
+        for (char *t = strtok(line + 8, " \n"); t; t = strtok(NULL, " \n"))
+          if (strcmp(t, flag) == 0) {
+            w++;
+            break;
+          }
+      }
+      in = false;
+      continue;
+    }
+    /* A mapping's header: "start-end perms offset dev inode   path" */
+    char *slash = strchr(line, '/');
+    unsigned long a, b;
+    if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      in = slash && strncmp(slash, prefix, plen) == 0;
+      n += in;
+    }
+  }
+  fclose(f);
+  if (with)
+    *with = w;
+  return n;
+}

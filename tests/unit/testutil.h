@@ -22,4 +22,9 @@ bool fy_test_run_until_pred(uv_loop_t *loop, bool (*pred)(void *arg), void *arg,
  * uv_loop_close's result (0 = no leaked handles). */
 int fy_test_loop_finish(uv_loop_t *loop);
 
+/* Looks up this process's mappings of files whose path starts with prefix in
+ * /proc/self/smaps: how many there are, and how many carry VmFlags flag
+ * (e.g. "rr" for MADV_RANDOM) in *with (may be NULL). */
+size_t fy_test_mappings(const char *prefix, const char *flag, size_t *with);
+
 #endif
