@@ -106,8 +106,9 @@ int fy_aio_fdatasync_urgent(fy_aio *aio, fy_aio_req *req, int fd, fy_aio_cb cb);
 /*
  * sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE): starts writeback of
  * the dirty pages of [off, off + len) and completes without waiting for it
- * (len > 0). Makes nothing durable; it moves the work of a later fdatasync
- * forward, in small pieces. Outside the background limit, like
+ * (0 < len <= UINT32_MAX, io_uring's limit). Makes nothing durable; it
+ * moves the work of a later fdatasync forward, in small pieces. Outside the
+ * background limit, like
  * fdatasync_urgent, because it is short and only helps if it runs promptly:
  * keep it to one at a time per log.
  */

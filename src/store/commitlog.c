@@ -72,11 +72,13 @@
 #define DROP_STEP (UINT64_C(8) << 20) /* page cache let go of in steps of at least this */
 #define DROP_ALIGN (UINT64_C(2) << 20)
 #define WRITEBACK_ALIGN UINT64_C(4096) /* writeback ahead stops at a page boundary */
-/* One writeback request covers at most this many steps (and at least
- * WRITEBACK_CAP_MIN bytes): however far behind it is, the worker's burst of
- * CPU stays short, and the length fits io_uring's 32 bits. */
+/* One writeback request covers at most this many steps, and between
+ * WRITEBACK_CAP_MIN and WRITEBACK_CAP_MAX bytes: however far behind it is,
+ * the worker's burst of CPU stays short, and the length fits io_uring's 32
+ * bits even with commitLogWritebackBytes at its 1 GiB maximum. */
 #define WRITEBACK_STEPS_MAX 4u
 #define WRITEBACK_CAP_MIN (UINT64_C(1) << 20)
+#define WRITEBACK_CAP_MAX (UINT64_C(1) << 30)
 #define ZERO_CHUNK (64u * 1024u) /* zero scan step; pwrite fallback when fallocate cannot zero */
 
 static const uint8_t zeros[ZERO_CHUNK];
@@ -702,6 +704,8 @@ static void maybe_writeback(fy_commitlog *cl) {
   uint64_t cap = (uint64_t)cl->cfg.writeback_bytes * WRITEBACK_STEPS_MAX;
   if (cap < WRITEBACK_CAP_MIN)
     cap = WRITEBACK_CAP_MIN;
+  if (cap > WRITEBACK_CAP_MAX)
+    cap = WRITEBACK_CAP_MAX;
   if (end - from > cap)
     end = (from + cap) / WRITEBACK_ALIGN * WRITEBACK_ALIGN;
   cl->wb_req.data = cl;
