@@ -7,7 +7,9 @@
 #   - produce throughput into one ASYNC_FLUSH broker: 128 B and 1 KiB single
 #     sends with many in flight, and batches of 32 and 64;
 #   - latency (p50/p99/p99.9) at a fixed offered rate of half the measured
-#     128 B peak (open loop, from each message's intended send time);
+#     128 B peak (open loop, from each message's intended send time), and
+#     the same with the broker and ferry-bench at SCHED_FIFO priority 10
+#     (chrt; skipped where not permitted, or with --no-rt);
 #   - consumer throughput reading the backlog the produce runs left;
 #   - the same broker with messageIndexEnable=false (to locate costs), and
 #     batches into a broker with the default commitLogPageCacheMaxBytes;
@@ -16,7 +18,7 @@
 #
 #   bench/e2e_bench.sh [--duration SEC] [--warmup SEC] [--runs N] [--catchup-mb MB]
 #                      [--broker-cpu CPU] [--client-cpu CPU] [--scratch DIR]
-#                      [--build DIR] [--page-cache BYTES] [--no-docs] [--quick]
+#                      [--build DIR] [--page-cache BYTES] [--no-docs] [--no-rt] [--quick]
 #
 # Every broker runs with commitLogPageCacheMaxBytes=--page-cache (default
 # 1 GiB; 0: the broker's default, 40 % of RAM) and is first warmed up with
@@ -40,6 +42,7 @@ client_cpu=$(( $(nproc) > 1 ? 1 : 0 ))
 scratch="$repo/build-bench/e2e"
 build="$repo/build-bench"
 docs=1
+rt=1
 page_cache=1073741824
 command_line="bench/e2e_bench.sh${*:+ $*}"
 port_base=21000
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     --build) build=$2; shift 2 ;;
     --page-cache) page_cache=$2; shift 2 ;;
     --no-docs) docs=0; shift ;;
+    --no-rt) rt=0; shift ;;
     --quick) duration=2; runs=1; catchup_mb=64; shift ;;
     -h|--help) usage ;;
     *) echo "e2e_bench.sh: unknown option $1" >&2; usage ;;
@@ -74,6 +78,12 @@ echo "== building (Release) in $build" >&2
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" --target mqnamesrv mqbroker mqadmin ferry-bench -j "$(nproc)" >/dev/null
 bin="$build/bin"
+# The real-time latency row needs SCHED_FIFO (root or CAP_SYS_NICE).
+if [ "$rt" = 1 ] && ! chrt -f 10 true 2>/dev/null; then
+  echo "e2e_bench.sh: chrt -f is not permitted here; the SCHED_FIFO latency row is skipped" >&2
+  rt=0
+fi
+client_sched=()
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/ferry-e2e-bench-XXXXXX")
 pids=()
@@ -169,7 +179,8 @@ bench_run() {
   local name=$1 bpids=$2
   shift 2
   echo "== $name: ferry-bench $*" >&2
-  taskset -c "$client_cpu" "$bin/ferry-bench" "$@" >"$out/run.out" 2>"$out/run.err" &
+  ${client_sched[@]+"${client_sched[@]}"} taskset -c "$client_cpu" "$bin/ferry-bench" "$@" \
+    >"$out/run.out" 2>"$out/run.err" &
   local fb=$!
   # The brokers' CPU over the measured window (the warm-up excluded).
   sleep "$warmup"
@@ -232,6 +243,17 @@ scenario batch32-1024 "$one" "${pargs[@]}" --size 1024 --batch 32 --inflight 409
 peak=$(median_field single-128 msgs_per_s)
 rate=$(python3 -c "print(int(float('$peak') / 2))")
 scenario latency-128 "$one" "${pargs[@]}" --size 128 --inflight 1024 --rate "$rate" --tick-us 200
+# The same with the broker (every thread, io_uring's workers inherit it) and
+# ferry-bench at SCHED_FIFO 10, so that no other task on their CPUs delays
+# them: what is left is the machine (bench/e2e_notes.md, seventh session).
+if [ "$rt" = 1 ]; then
+  chrt -a -f -p 10 "$one" >/dev/null
+  client_sched=(chrt -f 10)
+  scenario latency-128-rt "$one" "${pargs[@]}" --size 128 --inflight 1024 --rate "$rate" \
+    --tick-us 200
+  client_sched=()
+  chrt -a -o -p 0 "$one" >/dev/null
+fi
 # The backlog the runs above left (reads stop at --count or the duration).
 for ((r = 1; r <= runs; r++)); do
   bench_run consume "$one" consume -n "$nsaddr" -t Bench -g "bench-consume-$r" --from first \
@@ -410,13 +432,21 @@ for name, (label, target, tv) in labels.items():
                 f"| {ms(m['p50_us'])} / {ms(m['p99_us'])} / {ms(m['p999_us'])} | {target} | {met} |")
     summary.append((name, v, met))
 
-m, rs = results("latency-128")
-lat_ok = int(m['p99_us']) < 1000
-b, c = cpu_cols(m)
-lat_row = (f"| 128 B single sends at a fixed {k(float(rate))} msgs/s (half the peak) | "
-           f"{k(float(m['msgs_per_s']))} | {b} | {c} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
-           f"{ms(m['p999_us'])} | {ms(m['max_us'])} | p99 < 1 ms | {'yes' if lat_ok else 'no'} |")
-summary.append(("latency-128", int(m['p99_us']), "yes" if lat_ok else "no"))
+lat_rows = []
+for name, how in [("latency-128", ""),
+                  ("latency-128-rt", ", broker and ferry-bench at SCHED_FIFO 10 (`chrt`)")]:
+    if name not in scen:
+        lat_rows.append(f"| 128 B single sends at half the peak{how} | skipped (`--no-rt`, or "
+                        f"`chrt -f` not permitted) | | | | | | | | |")
+        continue
+    m, rs = results(name)
+    lat_ok = int(m['p99_us']) < 1000
+    b, c = cpu_cols(m)
+    lat_rows.append(
+        f"| 128 B single sends at a fixed {k(float(rate))} msgs/s (half the peak){how} | "
+        f"{k(float(m['msgs_per_s']))} | {b} | {c} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
+        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | p99 < 1 ms | {'yes' if lat_ok else 'no'} |")
+    summary.append((name, int(m['p99_us']), "yes" if lat_ok else "no"))
 
 ha_rows = []
 ha = {}
@@ -508,7 +538,12 @@ then is older than the share: those rows read from disk.
 
 | scenario | msgs/s | broker CPU s per 1M | client CPU s per 1M | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | target | met |
 |---|---:|---:|---:|---:|---:|---:|---:|---|---|
-{lat_row}
+{chr(10).join(lat_rows)}
+
+The second row runs the same broker with every thread (io_uring's workers
+included) at real-time priority (`chrt -a -f -p 10 PID`), and ferry-bench
+under `chrt -f 10`: nothing else on their CPUs runs before them, so what is
+left of the tail is the machine itself (docs/OPERATIONS.md, "Latency").
 
 ### HA: ASYNC_MASTER and SYNC_MASTER with a slave
 
