@@ -92,6 +92,14 @@ NATS_PORT=22422
 RMQ_PORT1=22672 RMQ_DIST1=22673 RMQ_PORT2=22682 RMQ_DIST2=22683
 RMQ_EPMD=22369 RMQ_CTL_MIN=22690 RMQ_CTL_MAX=22699
 IPERF_PORT=22201
+# A process already listening on one of them (another run, or a leftover)
+# would be measured instead of ours: refuse to start.
+for port in $NS_PORT $M_PORT $HA_PORT $S_PORT $REDIS_PORT $REDIS_REPLICA_PORT $NATS_PORT \
+    $RMQ_PORT1 $RMQ_DIST1 $RMQ_PORT2 $RMQ_DIST2 $RMQ_EPMD $IPERF_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "127.0.0.1:$port is already in use (another run?); stop it first"
+  fi
+done
 
 # ------------------------------------------------------------------ packages
 pkgs=(redis-server redis-tools nats-server rabbitmq-server libhiredis-dev librabbitmq-dev

@@ -51,6 +51,9 @@ struct fy_ha_slave {
   int64_t connected_ms;
   uint64_t master_log_end;
   uint64_t acked_received, acked_durable;
+  /* The copy of what the master held at the hello, reported once done. */
+  bool catching_up;
+  uint64_t catchup_from, catchup_to, catchup_start_ns;
   char last_error[256];
   uv_timer_t tick;
   bool stopping;
@@ -69,6 +72,7 @@ static void fail_conn(fy_ha_slave *s, int reason, const char *fmt, ...) {
   vsnprintf(s->last_error, sizeof s->last_error, fmt, ap);
   va_end(ap);
   fy_warn(MOD, "master %s: %s; reconnecting", s->master, s->last_error);
+  s->catching_up = false;
   if (s->conn) {
     fy_conn_set_data(s->conn, NULL);
     fy_conn_close(s->conn, reason);
@@ -94,6 +98,19 @@ static void send_ack(fy_ha_slave *s) {
   }
 }
 
+/* Logs, once per connection, when the slave holds what the master held
+ * at the hello: operators see when a new or returning slave is in step. */
+static void check_caught_up(fy_ha_slave *s) {
+  uint64_t written = fy_commitlog_written(s->cl);
+  if (!s->catching_up || written < s->catchup_to)
+    return;
+  s->catching_up = false;
+  double secs = (double)(uv_hrtime() - s->catchup_start_ns) / 1e9;
+  uint64_t bytes = written - s->catchup_from;
+  fy_info(MOD, "caught up with master %s: copied %" PRIu64 " bytes in %.3f s (%.1f MB/s); log end %" PRIu64,
+          s->master, bytes, secs, secs > 0 ? (double)bytes / 1e6 / secs : 0.0, written);
+}
+
 static void on_appended(void *arg, int status, uint64_t phys, uint64_t size) {
   fy_ha_slave *s = arg;
   (void)phys;
@@ -103,6 +120,7 @@ static void on_appended(void *arg, int status, uint64_t phys, uint64_t size) {
     return; /* the store is failed (sticky); the master will see no progress */
   }
   send_ack(s);
+  check_caught_up(s);
 }
 
 static void on_flushed(void *arg, uint64_t flushed) {
@@ -153,6 +171,7 @@ static void on_close(fy_conn *conn, int reason) {
   if (!s || s->conn != conn)
     return;
   s->conn = NULL;
+  s->catching_up = false;
   if (s->state != S_FAILED)
     set_state(s, S_IDLE);
   snprintf(s->last_error, sizeof s->last_error, "connection closed: %s", fy_net_strerror(reason));
@@ -191,8 +210,13 @@ static void on_hello_answer(fy_conn *conn, int err, const fy_frame *resp, void *
   set_state(s, S_STREAMING);
   s->connected_ms = wall_ms();
   s->last_error[0] = '\0';
+  uint64_t end = fy_commitlog_end(s->cl);
   fy_info(MOD, "replicating from master %s at offset %" PRIu64 " (master end %" PRIu64 ")",
-          s->master, fy_commitlog_end(s->cl), s->master_log_end);
+          s->master, end, s->master_log_end);
+  s->catching_up = s->master_log_end > end;
+  s->catchup_from = end;
+  s->catchup_to = s->master_log_end;
+  s->catchup_start_ns = uv_hrtime();
   send_ack(s);
 }
 

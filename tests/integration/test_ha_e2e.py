@@ -12,7 +12,8 @@
 - SYNC_MASTER visibility (docs/OPERATIONS.md, "What consumers see"):
   records the master stored without a slave (SLAVE_NOT_AVAILABLE) stay
   hidden from consumers across master restarts (clean and SIGKILL) until the
-  slave returns and acknowledges them; then they show, none lost.
+  slave returns and acknowledges them; then they show, none lost, and the
+  slave logs that it caught up.
 - The link cut between two real hosts (network namespaces, a firewall rule
   and a link going down) is in test_ha_netns.py.
 
@@ -232,6 +233,13 @@ def test_sync_master_shows_nothing_unacknowledged_across_restarts(args):
         pair.procs["slave"].send_signal(signal.SIGCONT)
         wait_for(lambda: status_value(pair, pair.m_port, "unconfirmedBytes") == 0, 60,
                  "the slave to acknowledge what the master held back")
+        # The returning slave says when it holds what the master had at its hello.
+        def caught_up():
+            with open(os.path.join(pair.dir, "slave.log"), errors="replace") as f:
+                return re.findall(r"caught up with master \S+: copied (\d+) bytes in ([0-9.]+) s",
+                                  f.read())
+        copies = wait_for(caught_up, 30, "the slave to log that it caught up")
+        assert any(int(n) > 0 for n, _ in copies), copies
         seen = consume_all(pair, "Gap", "GapHealed")
         assert set(lines) | {"warmup"} <= seen, f"missing after the slave returned: {sorted(set(lines) - seen)}"
     finally:

@@ -1,6 +1,7 @@
 /* frame: header round trips, incremental parsing (every truncation asks for
  * more), each bad field rejected as soon as its bytes are in, and the
  * bounded protobuf unpack. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,11 @@
 #include "ferry.pb-c.h"
 #include "net/frame.h"
 #include "net/rpc.h"
+
+/* Under AddressSanitizer a refused allocation returns NULL, as glibc's
+ * does, instead of ending the test (test_unpack_arena_nomem). */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
 
 /* Builds a frame into buf (24 + pb + raw bytes); returns its size. */
 static size_t build(uint8_t *buf, size_t cap, enum fy_frame_kind kind, uint64_t id, uint16_t op,
@@ -239,6 +245,34 @@ static void test_unpack_real_message(void **state) {
   free(buf);
 }
 
+/* A block that cannot be had is -ENOMEM (the broker answers SYSTEM_BUSY),
+ * leaves the arena empty rather than half set, and the next unpack works. */
+static void test_unpack_arena_nomem(void **state) {
+  (void)state;
+  uint8_t *buf;
+  size_t len = pack_send_request(&buf);
+  struct fy_pb_arena a = {0};
+  ProtobufCMessage *out = (ProtobufCMessage *)&a;
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, buf, len,
+                                   fy_pb_alloc_limit(len), &out),
+                   0);
+  fy_pb_arena_reset(&a);
+  assert_non_null(a.buf);
+  /* More than any machine has: malloc refuses it. */
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, buf, len,
+                                   SIZE_MAX / 4, &out),
+                   -ENOMEM);
+  assert_null(out);
+  assert_null(a.buf);
+  assert_int_equal(a.cap, 0);
+  assert_int_equal(fy_pb_unpack_in(&a, &ferry__v1__send_request__descriptor, buf, len,
+                                   fy_pb_alloc_limit(len), &out),
+                   0);
+  check_send_request(out);
+  fy_pb_arena_free(&a);
+  free(buf);
+}
+
 /* A hot path unpacks into one reused block: same message as fy_pb_unpack,
  * the same budget, and a block above the keep limit is not kept. */
 static void test_unpack_arena(void **state) {
@@ -344,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_unpack_real_message),
       cmocka_unit_test(test_unpack_budget),
       cmocka_unit_test(test_unpack_arena),
+      cmocka_unit_test(test_unpack_arena_nomem),
       cmocka_unit_test(test_error_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
