@@ -536,6 +536,7 @@ static void on_ha_status(struct fy_broker *b, fy_conn *conn, const fy_frame *f) 
     HKV("masterLogEnd", "%" PRIu64, in.master_log_end);
     HKV("lagBytes", "%" PRIu64, in.master_log_end > in.log_end ? in.master_log_end - in.log_end : 0);
     HKV("connectedSinceMs", "%" PRId64, in.connected_since_ms);
+    HKV("inputHolds", "%" PRIu64, in.holds);
     HKV("lastError", "%s", in.last_error[0] ? in.last_error : "none");
   }
 #undef HKV

@@ -106,6 +106,7 @@ struct fy_ha_slave_info {
   uint64_t log_end;
   uint64_t master_log_end;  /* as last reported by the master */
   int64_t connected_since_ms;
+  uint64_t holds;           /* times reading stopped for the log's write buffers */
   char last_error[256];
 };
 

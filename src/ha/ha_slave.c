@@ -51,6 +51,12 @@ struct fy_ha_slave {
   int64_t connected_ms;
   uint64_t master_log_end;
   uint64_t acked_received, acked_durable;
+  /* A chunk the log had no room for: kept, with the connection held
+   * (fy_conn_hold), until an append completes and makes room. */
+  uint8_t *held;
+  size_t held_len;
+  uint64_t held_offset;
+  uint64_t holds; /* times the input was held, for status */
   /* The copy of what the master held at the hello, reported once done. */
   bool catching_up;
   uint64_t catchup_from, catchup_to, catchup_start_ns;
@@ -63,6 +69,14 @@ struct fy_ha_slave {
 
 static void set_state(fy_ha_slave *s, enum slave_state st) { s->state = st; }
 
+/* The held chunk goes with its connection: the next one resumes from the
+ * log end. */
+static void drop_held(fy_ha_slave *s) {
+  free(s->held);
+  s->held = NULL;
+  s->held_len = 0;
+}
+
 static void fail_conn(fy_ha_slave *s, int reason, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -73,6 +87,7 @@ static void fail_conn(fy_ha_slave *s, int reason, const char *fmt, ...) {
   va_end(ap);
   fy_warn(MOD, "master %s: %s; reconnecting", s->master, s->last_error);
   s->catching_up = false;
+  drop_held(s);
   if (s->conn) {
     fy_conn_set_data(s->conn, NULL);
     fy_conn_close(s->conn, reason);
@@ -107,8 +122,30 @@ static void check_caught_up(fy_ha_slave *s) {
   s->catching_up = false;
   double secs = (double)(uv_hrtime() - s->catchup_start_ns) / 1e9;
   uint64_t bytes = written - s->catchup_from;
-  fy_info(MOD, "caught up with master %s: copied %" PRIu64 " bytes in %.3f s (%.1f MB/s); log end %" PRIu64,
+  fy_info(MOD,
+          "caught up with master %s: copied %" PRIu64 " bytes in %.3f s (%.1f MB/s); "
+          "log end %" PRIu64,
           s->master, bytes, secs, secs > 0 ? (double)bytes / 1e6 / secs : 0.0, written);
+}
+
+static void on_appended(void *arg, int status, uint64_t phys, uint64_t size);
+
+/* Appends the held chunk if the log has room now, and lets the connection
+ * deliver again. */
+static void retry_held(fy_ha_slave *s) {
+  if (!s->held || !s->conn)
+    return;
+  int err = fy_commitlog_append_raw(s->cl, s->held_offset, s->held, s->held_len, on_appended, s);
+  if (err == -FY_EBUSY)
+    return; /* the next completion tries again */
+  drop_held(s);
+  if (err) {
+    fail_conn(s, err, "cannot append replicated bytes at %" PRIu64 ": %s", s->held_offset,
+              fy_strerror(err));
+    return;
+  }
+  s->last_read = uv_now(s->loop); /* the silence was ours */
+  fy_conn_hold(s->conn, false);
 }
 
 static void on_appended(void *arg, int status, uint64_t phys, uint64_t size) {
@@ -121,6 +158,7 @@ static void on_appended(void *arg, int status, uint64_t phys, uint64_t size) {
   }
   send_ack(s);
   check_caught_up(s);
+  retry_held(s);
 }
 
 static void on_flushed(void *arg, uint64_t flushed) {
@@ -150,9 +188,21 @@ static void on_data(fy_ha_slave *s, const fy_frame *f) {
     return;
   }
   int err = fy_commitlog_append_raw(s->cl, offset, f->raw, f->raw_len, on_appended, s);
-  if (err == -FY_EBUSY)
-    fail_conn(s, err, "write buffers full; resuming from the log end");
-  else if (err)
+  if (err == -FY_EBUSY) {
+    /* The log's write buffers are full (the disk is slower than the link):
+     * keep the chunk and stop reading until an append completes, so TCP
+     * slows the master down instead of the slave dropping the link. */
+    s->held = malloc(f->raw_len);
+    if (!s->held) {
+      fail_conn(s, -ENOMEM, "no memory to hold a chunk of %u bytes", (unsigned)f->raw_len);
+      return;
+    }
+    memcpy(s->held, f->raw, f->raw_len);
+    s->held_len = f->raw_len;
+    s->held_offset = offset;
+    s->holds++;
+    fy_conn_hold(s->conn, true);
+  } else if (err)
     fail_conn(s, err, "cannot append replicated bytes at %" PRIu64 ": %s", offset,
               fy_strerror(err));
 }
@@ -172,6 +222,7 @@ static void on_close(fy_conn *conn, int reason) {
     return;
   s->conn = NULL;
   s->catching_up = false;
+  drop_held(s);
   if (s->state != S_FAILED)
     set_state(s, S_IDLE);
   snprintf(s->last_error, sizeof s->last_error, "connection closed: %s", fy_net_strerror(reason));
@@ -291,7 +342,9 @@ static void on_tick(uv_timer_t *t) {
     break;
   case S_HELLO_SENT:
   case S_STREAMING:
-    if (now - s->last_read > s->cfg.timeout_ms)
+    if (s->held)
+      retry_held(s); /* completions retry too; this covers a lost wake-up */
+    else if (now - s->last_read > s->cfg.timeout_ms)
       fail_conn(s, -ETIMEDOUT, "nothing heard for %" PRIu64 " ms (haHousekeepingInterval)",
                 now - s->last_read);
     else if (s->state == S_STREAMING && now - s->last_ack >= s->cfg.heartbeat_ms)
@@ -346,6 +399,7 @@ void fy_ha_slave_info(const fy_ha_slave *s, struct fy_ha_slave_info *out) {
   out->log_end = fy_commitlog_end(s->cl);
   out->master_log_end = s->master_log_end;
   out->connected_since_ms = s->state == S_STREAMING ? s->connected_ms : 0;
+  out->holds = s->holds;
   snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
 }
 
@@ -353,6 +407,7 @@ static void on_tick_closed(uv_handle_t *h) {
   fy_ha_slave *s = h->data;
   void (*done)(void *) = s->done;
   void *arg = s->done_arg;
+  drop_held(s);
   free(s);
   done(arg);
 }

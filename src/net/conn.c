@@ -102,6 +102,7 @@ struct fy_conn {
   bool turn_active;  /* uv_idle_start in force */
   bool flush_active; /* flush idle started: sends are queued in pend_* */
   bool paused;       /* write queue over the soft limit: no reading, no frames */
+  bool held;         /* the owner holds the input (fy_conn_hold): no reading, no frames */
   bool backlog;      /* the buffer may hold a frame not yet handled */
   bool eof;          /* the peer shut down its side (DRAINING only) */
   bool in_process;   /* inside conn_process (no re-entry) */
@@ -445,7 +446,7 @@ static void conn_process(fy_conn *c) {
       break;
     if (c->state != CONN_OPEN && c->state != CONN_FOREIGN)
       break;
-    if (c->paused || handled == c->cfg.frames_per_turn) {
+    if (c->paused || c->held || handled == c->cfg.frames_per_turn) {
       c->backlog = true;
       break;
     }
@@ -529,9 +530,9 @@ static void conn_update_io(fy_conn *c) {
   if (c->state == CONN_CLOSING || c->state == CONN_CONNECTING)
     return;
   bool active = state_active(c->state);
-  bool want_turn = active && !c->paused && c->backlog;
-  bool want_read = (c->state == CONN_DRAINING && !c->eof) ||
-                   (active && !c->paused && !c->backlog);
+  bool flowing = active && !c->paused && !c->held;
+  bool want_turn = flowing && c->backlog;
+  bool want_read = (c->state == CONN_DRAINING && !c->eof) || (flowing && !c->backlog);
   if (want_read != c->reading) {
     if (want_read) {
       int err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -596,6 +597,16 @@ static void release_written(fy_conn *c, struct wreq *w, int status) {
     free(w);
     w = next;
   }
+}
+
+void fy_conn_hold(fy_conn *c, bool hold) {
+  if (c->held == hold)
+    return;
+  c->held = hold;
+  if (!hold)
+    c->backlog = c->start < c->end; /* frames may be waiting */
+  if (!c->in_process) /* conn_process re-checks when it is done */
+    conn_update_io(c);
 }
 
 /* Reading resumes once the write queue has drained to half its limit. */

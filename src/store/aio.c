@@ -675,20 +675,27 @@ static enum fy_aio_backend backend_from_env(void) {
 
 /* Tests only: FERRY_TEST_FDATASYNC_DELAY_MS=N (1..600000) makes every
  * fdatasync of this process complete N ms late, a slow disk for integration
- * tests of FLUSH_DISK_TIMEOUT. Never set it in production. */
-static void delay_from_env(fy_aio *aio) {
-  const char *e = getenv("FERRY_TEST_FDATASYNC_DELAY_MS");
+ * tests of FLUSH_DISK_TIMEOUT; FERRY_TEST_WRITE_DELAY_MS=N does the same to
+ * every write (a slave whose disk is slower than its link). Never set them
+ * in production. */
+static void delay_one_from_env(fy_aio *aio, const char *var, enum fy_aio_op op, const char *what) {
+  const char *e = getenv(var);
   if (!e || !*e)
     return;
   char *end;
   unsigned long ms = strtoul(e, &end, 10);
   if (*end || ms == 0 || ms > 600000) {
-    fy_warn("aio", "ignoring FERRY_TEST_FDATASYNC_DELAY_MS=%s (want 1..600000)", e);
+    fy_warn("aio", "ignoring %s=%s (want 1..600000)", var, e);
     return;
   }
-  fy_warn("aio", "FERRY_TEST_FDATASYNC_DELAY_MS=%lu: every fdatasync completes %lu ms late "
-                 "(a test setting, never for production)", ms, ms);
-  fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, (uint32_t)ms);
+  fy_warn("aio", "%s=%lu: every %s completes %lu ms late (a test setting, never for production)",
+          var, ms, what, ms);
+  fy_aio_inject_delay(aio, op, (uint32_t)ms);
+}
+
+static void delay_from_env(fy_aio *aio) {
+  delay_one_from_env(aio, "FERRY_TEST_FDATASYNC_DELAY_MS", FY_AIO_FDATASYNC, "fdatasync");
+  delay_one_from_env(aio, "FERRY_TEST_WRITE_DELAY_MS", FY_AIO_WRITE, "write");
 }
 
 int fy_aio_init(uv_loop_t *loop, enum fy_aio_backend backend, unsigned queue_depth, fy_aio **out) {

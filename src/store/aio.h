@@ -160,7 +160,8 @@ void fy_aio_inject_fault(fy_aio *aio, enum fy_aio_op op, unsigned skip, unsigned
 void fy_aio_inject_delay(fy_aio *aio, enum fy_aio_op op, uint32_t hold_ms);
 /* Integration tests set the same hold for fdatasync in every context a
  * process creates with the environment variable
- * FERRY_TEST_FDATASYNC_DELAY_MS=N (ms, 1..600000; logged as a warning). */
+ * FERRY_TEST_FDATASYNC_DELAY_MS=N (ms, 1..600000; logged as a warning), and
+ * for writes with FERRY_TEST_WRITE_DELAY_MS=N. */
 /* Tests only: completions currently held back by fy_aio_inject_delay. */
 unsigned fy_aio_held(const fy_aio *aio);
 

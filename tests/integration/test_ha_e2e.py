@@ -14,6 +14,8 @@
   hidden from consumers across master restarts (clean and SIGKILL) until the
   slave returns and acknowledges them; then they show, none lost, and the
   slave logs that it caught up.
+- A slave whose disk is slower than its link catches up a backlog over one
+  connection: it stops reading while its write buffers are full.
 - The link cut between two real hosts (network namespaces, a firewall rule
   and a link going down) is in test_ha_netns.py.
 
@@ -33,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Pair:
-    def __init__(self, args, name, extra_master=()):
+    def __init__(self, args, name, extra_master=(), slave=True):
         self.args = args
         self.dir = fresh_dir(args.tmp, name)
         self.procs = {}
@@ -41,7 +43,11 @@ class Pair:
                                                "-o", "listenAddress=127.0.0.1"])
         self.ns = f"127.0.0.1:{self.ns_port}"
         self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
-        self.s_port = self._start("slave", self._broker("slave", False))
+        if slave:
+            self.start_slave()
+
+    def start_slave(self, extra=(), env=None):
+        self.s_port = self._start("slave", self._broker("slave", False) + list(extra), env)
 
     def _broker(self, name, master):
         conf = os.path.join(ROOT, "conf", "broker-a.conf" if master else "broker-a-s.conf")
@@ -57,13 +63,15 @@ class Pair:
             argv += ["-o", "haListenPort=0"]  # the slave learns it from the name server
         return argv
 
-    def _start(self, name, argv):
-        """Starts a process and returns the port it printed it listens on."""
+    def _start(self, name, argv, env=None):
+        """Starts a process (environment env added) and returns the port it
+        printed it listens on."""
         argv = [os.path.join(self.args.bin, argv[0])] + argv[1:]
         path = os.path.join(self.dir, f"{name}.log")
         start_at = os.path.getsize(path) if os.path.exists(path) else 0  # a restart appends
         log = open(path, "ab")
-        p = subprocess.Popen(argv, stdout=log, stderr=log)
+        p = subprocess.Popen(argv, stdout=log, stderr=log,
+                             env=dict(os.environ, **env) if env else None)
         self.procs[name] = p
 
         def port():
@@ -193,6 +201,47 @@ def test_link_cut_and_heal(args):
         pair.stop()
 
 
+def ha_status(pair, port):
+    r = pair.tool("mqadmin", "haStatus", "-n", pair.ns, "-b", f"127.0.0.1:{port}")
+    return {l.split(":", 1)[0].strip(): l.split(":", 1)[1].strip()
+            for l in r.stdout.splitlines() if ":" in l}
+
+
+def test_slow_slave_catches_up_over_one_connection(args):
+    """A slave whose disk is slower than its link (every write completes
+    50 ms late, two 1 MiB write buffers) copies a 4 MB backlog: when its
+    write buffers are full it stops reading, so TCP slows the master,
+    instead of dropping the link and starting over a second later."""
+    pair = Pair(args, "ha-slow-slave", extra_master=["-o", "brokerRole=ASYNC_MASTER"], slave=False)
+    try:
+        pair.tool("mqadmin", "updateTopic", "-n", pair.ns, "-b", f"127.0.0.1:{pair.m_port}",
+                  "-t", "Backlog", "-r", "2", "-w", "2")
+        lines = [f"{i:06d}-" + "x" * 1000 for i in range(4000)]
+        assert produce(pair, "Backlog", lines).count("SEND_OK") == len(lines)
+        master_end = int(ha_status(pair, pair.m_port)["logEnd"])
+        assert master_end > 4_000_000
+        pair.start_slave(["-o", "writeBufferSize=1048576", "-o", "writeBufferCount=2",
+                          "-o", "maxMessageSize=65536"],
+                         env={"FERRY_TEST_WRITE_DELAY_MS": "50"})
+        log_path = os.path.join(pair.dir, "slave.log")
+
+        def copied():
+            with open(log_path, errors="replace") as f:
+                m = re.search(r"caught up with master \S+: copied (\d+) bytes", f.read())
+            return int(m.group(1)) if m else None
+        assert wait_for(copied, 120, "the slave to catch up") == master_end
+        with open(log_path, errors="replace") as f:
+            log = f.read()
+        assert "FERRY_TEST_WRITE_DELAY_MS=50" in log, "the slave must run with the slow writes"
+        assert "write buffers full" not in log and "reconnecting" not in log, log
+        assert log.count("replicating from master") == 1, log
+        holds = int(ha_status(pair, pair.s_port)["inputHolds"])
+        assert holds > 0, "the slave never had to stop reading: the test did not test"
+        assert int(ha_status(pair, pair.s_port)["logEnd"]) == master_end
+    finally:
+        pair.stop()
+
+
 def consume_all(pair, topic, group):
     r = pair.tool("mqconsume", "-n", pair.ns, "-t", topic, "-g", group, "--from", "first",
                   "--format", "body", "--idle-exit-ms", "3000", timeout=120,
@@ -248,4 +297,5 @@ def test_sync_master_shows_nothing_unacknowledged_across_restarts(args):
 
 if __name__ == "__main__":
     main([test_redirect_to_slave_and_back, test_link_cut_and_heal,
-          test_sync_master_shows_nothing_unacknowledged_across_restarts])
+          test_sync_master_shows_nothing_unacknowledged_across_restarts,
+          test_slow_slave_catches_up_over_one_connection])

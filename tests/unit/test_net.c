@@ -74,6 +74,7 @@ struct srv {
   uv_check_t check;
   uint64_t iter, last_iter;
   uint32_t in_iter, max_in_iter;
+  int hold_at;           /* > 0: fy_conn_hold when this many frames are in */
 };
 
 static void srv_release(void *arg, int status) {
@@ -117,6 +118,8 @@ static void srv_on_frame(fy_conn *c, const fy_frame *f) {
   }
   if (++s->in_iter > s->max_in_iter)
     s->max_in_iter = s->in_iter;
+  if (s->frames == s->hold_at)
+    fy_conn_hold(c, true);
   if (f->kind != FY_FRAME_REQUEST)
     return;
   switch (f->op) {
@@ -924,6 +927,41 @@ static void test_frames_per_turn(void **state) {
   finish(&loop);
 }
 
+/* fy_conn_hold from on_frame stops delivery at once, frames already read
+ * included, and reading; releasing delivers the rest. */
+static void test_hold(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct srv s;
+  fy_conn_cfg scfg = {0};
+  srv_start(&loop, &s, &scfg);
+  s.hold_at = 10;
+  enum { N = 100 };
+  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
+  size_t off = 0;
+  for (int i = 0; i < N; i++) {
+    fy_frame_encode_header(frames + off, FY_FRAME_ONEWAY, 3, 0, OP_ECHO, 0, 0);
+    memcpy(frames + off + FY_FRAME_HEADER_LEN, "abc", 3);
+    off += FY_FRAME_HEADER_LEN + 3;
+  }
+  struct raw r;
+  raw_connect(&loop, &r, s.port, 0);
+  raw_send(&r, frames, off); /* 1 KiB: one read on the server side */
+  WAIT_FOR(&loop, s.frames >= 10);
+  bool never = false;
+  fy_test_run_until(&loop, &never, 50); /* whatever would come, comes */
+  assert_int_equal(s.frames, 10);
+  assert_false(fy_conn_reading(s.last));
+  fy_conn_hold(s.last, true); /* idempotent */
+  fy_conn_hold(s.last, false);
+  WAIT_FOR(&loop, s.frames == N);
+  assert_true(fy_conn_reading(s.last));
+  raw_close(&loop, &r);
+  srv_stop(&s);
+  finish(&loop);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_echo_out_of_order),
@@ -936,6 +974,7 @@ int main(void) {
       cmocka_unit_test(test_foreign_protocol),
       cmocka_unit_test(test_idle_and_connect),
       cmocka_unit_test(test_frames_per_turn),
+      cmocka_unit_test(test_hold),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
