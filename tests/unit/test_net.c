@@ -896,6 +896,18 @@ static void test_idle_and_connect(void **state) {
   finish(&loop);
 }
 
+/* Writes n one-way ECHO frames with a 3-byte raw section into buf; returns
+ * their length. */
+static size_t oneway_frames(uint8_t *buf, int n) {
+  size_t off = 0;
+  for (int i = 0; i < n; i++) {
+    fy_frame_encode_header(buf + off, FY_FRAME_ONEWAY, 3, 0, OP_ECHO, 0, 0);
+    memcpy(buf + off + FY_FRAME_HEADER_LEN, "abc", 3);
+    off += FY_FRAME_HEADER_LEN + 3;
+  }
+  return off;
+}
+
 /* 1000 pipelined one-way frames: at most frames_per_turn handled per
  * callback, so at most twice that per loop iteration (a turn ending on a
  * partial frame, then a read); all of them in the end. */
@@ -909,12 +921,7 @@ static void test_frames_per_turn(void **state) {
   srv_start(&loop, &s, &scfg);
   enum { N = 1000 };
   static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
-  size_t off = 0;
-  for (int i = 0; i < N; i++) {
-    fy_frame_encode_header(frames + off, FY_FRAME_ONEWAY, 3, 0, OP_ECHO, 0, 0);
-    memcpy(frames + off + FY_FRAME_HEADER_LEN, "abc", 3);
-    off += FY_FRAME_HEADER_LEN + 3;
-  }
+  size_t off = oneway_frames(frames, N);
   struct raw r;
   raw_connect(&loop, &r, s.port, 0);
   raw_send(&r, frames, off);
@@ -939,15 +946,10 @@ static void test_hold(void **state) {
   s.hold_at = 10;
   enum { N = 100 };
   static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
-  size_t off = 0;
-  for (int i = 0; i < N; i++) {
-    fy_frame_encode_header(frames + off, FY_FRAME_ONEWAY, 3, 0, OP_ECHO, 0, 0);
-    memcpy(frames + off + FY_FRAME_HEADER_LEN, "abc", 3);
-    off += FY_FRAME_HEADER_LEN + 3;
-  }
+  size_t off = oneway_frames(frames, N);
   struct raw r;
   raw_connect(&loop, &r, s.port, 0);
-  raw_send(&r, frames, off); /* 1 KiB: one read on the server side */
+  raw_send(&r, frames, off); /* a few KiB: likely one read on the server side */
   WAIT_FOR(&loop, s.frames >= 10);
   bool never = false;
   fy_test_run_until(&loop, &never, 50); /* whatever would come, comes */
