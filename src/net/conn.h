@@ -185,8 +185,8 @@ size_t fy_conn_write_queue_bytes(const fy_conn *conn);
 /* Holds the connection's input (hold true) until released (false): no
  * further frame is delivered, not even one already read, and nothing is
  * read, so TCP pushes back on the peer. For an owner that cannot take
- * more for a while (e.g. its writes are full); sends go on meanwhile.
- * Callable from on_frame. */
+ * more for a while (e.g. its writes are full); sends go on meanwhile, and
+ * so does the idle timeout (idle_timeout_ms). Callable from on_frame. */
 void fy_conn_hold(fy_conn *conn, bool hold);
 
 /* Whether the connection is reading from its socket now (false while
