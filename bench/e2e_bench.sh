@@ -6,10 +6,11 @@
 #
 #   - produce throughput into one ASYNC_FLUSH broker: 128 B and 1 KiB single
 #     sends with many in flight, and batches of 32 and 64;
-#   - latency (p50/p99/p99.9) at a fixed offered rate of half the measured
-#     128 B peak (open loop, from each message's intended send time), and
-#     the same with the broker and ferry-bench at SCHED_FIFO priority 10
-#     (chrt; skipped where not permitted, or with --no-rt);
+#   - latency (p50/p99/p99.9) at fixed offered rates of a tenth, a quarter
+#     and half the measured 128 B peak (open loop, from each message's
+#     intended send time), and at half the peak with the broker and
+#     ferry-bench at SCHED_FIFO priority 10 (chrt; skipped where not
+#     permitted, or with --no-rt);
 #   - consumer throughput reading the backlog the produce runs left;
 #   - the same broker with messageIndexEnable=false (to locate costs), and
 #     batches into a broker with the default commitLogPageCacheMaxBytes;
@@ -47,7 +48,7 @@ page_cache=1073741824
 command_line="bench/e2e_bench.sh${*:+ $*}"
 port_base=21000
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
@@ -251,6 +252,12 @@ scenario batch64-128 "$one" "${pargs[@]}" --size 128 --batch 64 --inflight 8192
 scenario batch32-1024 "$one" "${pargs[@]}" --size 1024 --batch 32 --inflight 4096
 peak=$(median_field single-128 msgs_per_s)
 rate=$(python3 -c "print(int(float('$peak') / 2))")
+# Below the target's rate too, for the shape of the curve: a tenth and a
+# quarter of the peak.
+for pct in 10 25; do
+  scenario "latency-128-at$pct" "$one" "${pargs[@]}" --size 128 --inflight 1024 \
+    --rate "$(python3 -c "print(int(float('$peak') * $pct / 100))")" --tick-us 200
+done
 scenario latency-128 "$one" "${pargs[@]}" --size 128 --inflight 1024 --rate "$rate" --tick-us 200
 # The same with the broker (every thread, io_uring's workers inherit it) and
 # ferry-bench at SCHED_FIFO 10, so that no other task on their CPUs delays
@@ -456,20 +463,28 @@ for name, (label, target, tv) in labels.items():
     summary.append((name, v, met))
 
 lat_rows = []
-for name, how in [("latency-128", ""),
-                  ("latency-128-rt", ", broker and ferry-bench at SCHED_FIFO 10 (`chrt`)")]:
+for name, share, how in [("latency-128-at10", "a tenth of the peak", ""),
+                         ("latency-128-at25", "a quarter of the peak", ""),
+                         ("latency-128", "half the peak", ""),
+                         ("latency-128-rt", "half the peak",
+                          ", broker and ferry-bench at SCHED_FIFO 10 (`chrt`)")]:
+    target = share == "half the peak"
     if name not in scen:
-        lat_rows.append(f"| 128 B single sends at half the peak{how} | skipped (`--no-rt`, or "
+        lat_rows.append(f"| 128 B single sends at {share}{how} | skipped (`--no-rt`, or "
                         f"`chrt -f` not permitted) | | | | | | | | |")
         continue
     m, rs = results(name)
     lat_ok = int(m['p99_us']) < 1000
     b, c = cpu_cols(m)
+    # The offered rate is in the scenario's arguments.
+    offered = float(scen[name].split("--rate ")[1].split()[0])
     lat_rows.append(
-        f"| 128 B single sends at a fixed {k(float(rate))} msgs/s (half the peak){how} | "
+        f"| 128 B single sends at a fixed {k(offered)} msgs/s ({share}){how} | "
         f"{k(float(m['msgs_per_s']))} | {b} | {c} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
-        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | p99 < 1 ms | {'yes' if lat_ok else 'no'} |")
-    summary.append((name, int(m['p99_us']), "yes" if lat_ok else "no"))
+        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | "
+        + (f"p99 < 1 ms | {'yes' if lat_ok else 'no'} |" if target else "— | — |"))
+    if target:
+        summary.append((name, int(m['p99_us']), "yes" if lat_ok else "no"))
 
 ha_rows = []
 ha = {}
@@ -564,8 +579,9 @@ then is older than the share: those rows read from disk.
 |---|---:|---:|---:|---:|---:|---:|---:|---|---|
 {chr(10).join(lat_rows)}
 
-The second row runs the same broker with every thread (io_uring's workers
-included) at real-time priority (`chrt -a -f -p 10 PID`), and ferry-bench
+The rows below half the peak show how the tail grows with the load; the
+target is for half the peak. The last row runs the same broker with every
+thread (io_uring's workers included) at real-time priority (`chrt -a -f -p 10 PID`), and ferry-bench
 under `chrt -f 10`: nothing else on their CPUs runs before them, so what is
 left of the tail is the machine itself (docs/OPERATIONS.md, "Latency").
 
