@@ -77,21 +77,6 @@ static bool config_equal(const struct fy_group_config *a, const struct fy_group_
 
 /* ---- table helpers ------------------------------------------------------ */
 
-/* Same names with equal configurations. */
-static bool table_equal(const fy_strmap *a, const fy_strmap *b) {
-  if (fy_strmap_size(a) != fy_strmap_size(b))
-    return false;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(a, &pos, &key, &klen, &v)) { /* bounded by the map's capacity */
-    const struct fy_group_config *other = fy_strmap_get(b, key, klen);
-    if (!other || !config_equal(v, other))
-      return false;
-  }
-  return true;
-}
-
 static struct fy_group_config *lookup(const fy_groups *g, const char *name) {
   return fy_strmap_get(g->map, name, strlen(name));
 }
@@ -203,12 +188,15 @@ static int group_from_json(const char *key, json_t *v, void *entry, char *err, s
   return r;
 }
 
+static bool entry_equal(const void *a, const void *b) { return config_equal(a, b); }
+
 static const struct fy__table_kind kind = {
     .table_key = "subscriptionGroupTable",
     .what = "groups",
     .entry_size = sizeof(struct fy_group_config),
     .name_offset = offsetof(struct fy_group_config, name),
     .from_json = group_from_json,
+    .equal = entry_equal,
 };
 
 /* ---- persistence -------------------------------------------------------- */
@@ -400,30 +388,11 @@ int fy_groups_foreach(const fy_groups *g, int (*fn)(void *arg, const struct fy_g
   return 0;
 }
 
-static int by_name(const void *a, const void *b) {
-  return strcmp(((const struct fy_group_config *)a)->name,
-                ((const struct fy_group_config *)b)->name);
-}
-
 int fy_groups_list(const fy_groups *g, struct fy_group_config **out, size_t *n) {
-  size_t count = fy_strmap_size(g->map), i = 0;
-  *out = NULL;
-  *n = 0;
-  if (count == 0)
-    return 0;
-  struct fy_group_config *arr = malloc(count * sizeof *arr);
-  if (!arr)
-    return -ENOMEM;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (i < count && fy_strmap_next(g->map, &pos, &key, &klen, &v))
-    arr[i++] = *(const struct fy_group_config *)v;
-  fy_assert(i == count);
-  qsort(arr, count, sizeof *arr, by_name);
+  void *arr;
+  int r = fy__table_list(&kind, g->map, &arr, n);
   *out = arr;
-  *n = count;
-  return 0;
+  return r;
 }
 
 /* ---- master/slave sync -------------------------------------------------- */
@@ -434,22 +403,9 @@ char *fy_groups_to_json(const fy_groups *g, size_t *len) {
 
 int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool *changed_out,
                                 char *err, size_t errlen) {
-  fy_strmap *map;
-  struct fy_data_version dv;
-  *changed_out = false;
-  int r = fy__table_parse(&kind, json, len, g->groups_max, &map, &dv, err, errlen);
-  if (r < 0)
-    return r;
-  /* The version alone is not trusted: two tables changed once in the same
-   * millisecond carry equal versions. */
-  if (fy_data_version_equal(&dv, &g->version) && table_equal(map, g->map)) {
-    fy__table_free(map, free);
-    return 0;
-  }
-  fy__table_free(g->map, free);
-  g->map = map;
-  g->version = dv;
-  save(g);
-  *changed_out = true;
-  return 0;
+  int r = fy__table_replace(&kind, &g->map, &g->version, g->groups_max, json, len, changed_out, err,
+                            errlen);
+  if (r == 0 && *changed_out)
+    save(g);
+  return r;
 }

@@ -330,3 +330,66 @@ void fy__persist_close(struct fy__persist *p) {
   free(p->path);
   p->path = NULL;
 }
+
+/* Same names with equal entries. */
+static bool table_equal(const struct fy__table_kind *kind, const fy_strmap *a,
+                        const fy_strmap *b) {
+  if (fy_strmap_size(a) != fy_strmap_size(b))
+    return false;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(a, &pos, &key, &klen, &v)) { /* bounded by the map's capacity */
+    const void *other = fy_strmap_get(b, key, klen);
+    if (!other || !kind->equal(v, other))
+      return false;
+  }
+  return true;
+}
+
+int fy__table_replace(const struct fy__table_kind *kind, fy_strmap **map,
+                      struct fy_data_version *dv, uint32_t max, const char *json, size_t len,
+                      bool *changed, char *err, size_t errlen) {
+  fy_strmap *next;
+  struct fy_data_version ndv;
+  *changed = false;
+  int r = fy__table_parse(kind, json, len, max, &next, &ndv, err, errlen);
+  if (r < 0)
+    return r;
+  if (fy_data_version_equal(&ndv, dv) && table_equal(kind, next, *map)) {
+    fy__table_free(next, free);
+    return 0;
+  }
+  fy__table_free(*map, free);
+  *map = next;
+  *dv = ndv;
+  *changed = true;
+  return 0;
+}
+
+static int by_name(const void *a, const void *b, void *name_offset) {
+  size_t off = *(const size_t *)name_offset;
+  return strcmp((const char *)a + off, (const char *)b + off);
+}
+
+int fy__table_list(const struct fy__table_kind *kind, const fy_strmap *map, void **out,
+                   size_t *n) {
+  size_t count = fy_strmap_size(map), i = 0;
+  *out = NULL;
+  *n = 0;
+  if (count == 0)
+    return 0;
+  char *arr = malloc(count * kind->entry_size);
+  if (!arr)
+    return -ENOMEM;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (i < count && fy_strmap_next(map, &pos, &key, &klen, &v))
+    memcpy(arr + i++ * kind->entry_size, v, kind->entry_size);
+  fy_assert(i == count);
+  qsort_r(arr, count, kind->entry_size, by_name, (void *)&kind->name_offset);
+  *out = arr;
+  *n = count;
+  return 0;
+}

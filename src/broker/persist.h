@@ -63,6 +63,8 @@ struct fy__table_kind {
   size_t name_offset; /* of the entry's NUL-terminated name, the map's key */
   /* Validates v, the entry under key, into entry; the message names it. */
   int (*from_json)(const char *key, json_t *v, void *entry, char *err, size_t errlen);
+  /* Whether two entries are the same (name and configuration). */
+  bool (*equal)(const void *a, const void *b);
 };
 
 /* Parses and validates a whole document buf[0, len) into a fresh map (at
@@ -70,6 +72,20 @@ struct fy__table_kind {
  * err says what is wrong. */
 int fy__table_parse(const struct fy__table_kind *kind, const char *buf, size_t len, uint32_t max,
                     fy_strmap **out, struct fy_data_version *dv, char *err, size_t errlen);
+
+/* Takes the document json[0, len) (at most max entries) as the new *map and
+ * *dv, unless it holds the same entries under the same version: the
+ * version alone is not trusted, as two tables changed once in the same
+ * millisecond carry equal versions. *changed says whether it took it (the
+ * caller then saves). 0, or an error with err set and nothing changed. */
+int fy__table_replace(const struct fy__table_kind *kind, fy_strmap **map,
+                      struct fy_data_version *dv, uint32_t max, const char *json, size_t len,
+                      bool *changed, char *err, size_t errlen);
+
+/* The map's entries copied into a new array (free() it) sorted by name;
+ * *out is NULL when there are none. 0 or -ENOMEM. */
+int fy__table_list(const struct fy__table_kind *kind, const fy_strmap *map, void **out,
+                   size_t *n);
 
 /* ---- the persisted file ---- */
 
