@@ -116,8 +116,10 @@ static void send_ack(fy_ha_slave *s) {
 /* Logs, once per connection, when the slave holds what the master held
  * at the hello: operators see when a new or returning slave is in step. */
 static void check_caught_up(fy_ha_slave *s) {
+  if (!s->catching_up)
+    return; /* every append of the stream comes here: keep it one branch */
   uint64_t written = fy_commitlog_written(s->cl);
-  if (!s->catching_up || written < s->catchup_to)
+  if (written < s->catchup_to)
     return;
   s->catching_up = false;
   double secs = (double)(uv_hrtime() - s->catchup_start_ns) / 1e9;

@@ -1450,7 +1450,6 @@ static void test_writeback_ahead(void **state) {
   assert_true(st.writeback_to <= written);
   assert_true(st.writebacks >= 2); /* the held one, then the rest */
   assert_true(st.writebacks <= written / step);
-
   assert_int_equal(fy_commitlog_flushed(fx->cl), 0);
   assert_int_equal(st.syncs, 0);
 
