@@ -711,8 +711,9 @@ static int clean_pass(fy_store *s, bool force) {
   localtime_r(&t, &tm);
   bool in_window = hour_listed(s->cfg.delete_when, tm.tm_hour);
   bool disk_high = s->disk_used_pct >= (int)s->cfg.disk_max_used_ratio;
-  bool disk_critical = s->disk_used_pct >= (int)s->cfg.disk_full_ratio - FORCE_CLEAN_SLACK_PCT;
-  if (!force && !in_window && !disk_high)
+  bool disk_critical = s->cfg.clean_forcibly &&
+                       s->disk_used_pct >= (int)s->cfg.disk_full_ratio - FORCE_CLEAN_SLACK_PCT;
+  if (!force && !in_window && !disk_high && !disk_critical)
     return 0;
   uint64_t starts[CLEAN_FILES_PER_PASS];
   int64_t mtimes[CLEAN_FILES_PER_PASS];
@@ -730,8 +731,13 @@ static int clean_pass(fy_store *s, bool force) {
       break;
     if (fy_commitlog_drop_oldest(s->cl) != 0)
       break;
-    fy_info(MOD, "retention: deleted commit-log segment %020" PRIu64 " (%s)", starts[i],
-            expired ? "expired" : "disk nearly full");
+    if (expired)
+      fy_info(MOD, "retention: deleted commit-log segment %020" PRIu64 " (expired)", starts[i]);
+    else
+      fy_warn(MOD,
+              "retention: deleted commit-log segment %020" PRIu64
+              " before it expired: disk %d%% used (cleanFileForciblyEnable=true, limit %u%%)",
+              starts[i], s->disk_used_pct, s->cfg.disk_full_ratio - FORCE_CLEAN_SLACK_PCT);
     deleted++;
   }
   /* Trim every pass, not only when a segment went: trims are capped per call. */

@@ -17,6 +17,10 @@
  *
  * Message bodies are derived from their sequence number, so verify can tell
  * an intact body from a damaged one without any other record.
+ *
+ * Retention never runs here: the tool checks that records survive, so it
+ * must not delete any itself, however full the disk under DIR is (a broker
+ * deletes unexpired segments from 85% used, cleanFileForciblyEnable).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -78,6 +82,8 @@ static int parse(int argc, char **argv, struct opts *o) {
   o->cfg.max_message_size = MAX_SIZE;
   o->cfg.write_buffer_size = 4 * 1024 * 1024;
   o->cfg.clean_interval_ms = 60000;
+  o->cfg.file_reserved_hours = 24 * 365 * 10;
+  o->cfg.clean_forcibly = false;
   o->count = UINT64_MAX;
   o->size = 128;
   o->inflight = 64;

@@ -778,6 +778,50 @@ static void test_disk_guard(void **state) {
   assert_false(file_exists(root_path(fx, "abort")));
 }
 
+/* Near a full disk (5 points below diskSpaceWarningLevelRatio), segments that
+ * have not expired are deleted only with cleanFileForciblyEnable. */
+static bool usage_known(void *arg) { return stats(arg).disk_used_pct > 0; }
+static bool log_trimmed(void *arg) {
+  return fy_commitlog_min(fy_store_commitlog(((struct fx *)arg)->s)) > 0;
+}
+
+static void forced_clean(struct fx *fx, bool forcibly) {
+  struct statvfs sv;
+  assert_int_equal(statvfs(fx->root, &sv), 0);
+  uint64_t used_blocks = sv.f_blocks - sv.f_bfree;
+  int used = (int)(used_blocks * 100 / (used_blocks + sv.f_bavail));
+  if (used < 1 || used > 95) {
+    fprintf(stderr, "forced clean: %s is %d%% used; skipped\n", fx->root, used);
+    skip();
+  }
+  /* Nearly full (within 5 points of the limit) but not full: writes go on. */
+  fx->cfg.disk_full_ratio = (uint32_t)used + 3;
+  fx->cfg.clean_forcibly = forcibly;
+  fx->cfg.clean_interval_ms = 100;
+  fx->cfg.flush_cq_interval_ms = 60000;
+  open_store(fx);
+  static struct msgbuf b;
+  for (uint32_t i = 0; i < 300; i++)
+    assert_int_equal(put_wait(fx, make_msg(&b, TOPIC, 0, i, 1000, NULL, NULL, NULL)), i);
+  reopen(fx); /* checkpoints everything: only expiry or the disk hold the segments now */
+  fy_commitlog *cl = fy_store_commitlog(fx->s);
+  assert_true(fy_commitlog_end(cl) > 4 * SEG);
+  if (forcibly) {
+    assert_true(run_until(&fx->loop, log_trimmed, fx)); /* on the retention timer */
+    assert_true(fy_store_min_offset(fx->s, TOPIC, 0) > 0);
+  } else {
+    assert_true(run_until(&fx->loop, usage_known, fx));
+    assert_int_equal(fy_store_clean_now(fx->s, true), 0);
+    assert_int_equal(fy_commitlog_min(cl), 0);
+    assert_int_equal(fy_store_min_offset(fx->s, TOPIC, 0), 0);
+  }
+  assert_false(stats(fx).disk_full);
+  close_store(fx);
+}
+
+static void test_forced_clean_enabled(void **state) { forced_clean(*state, true); }
+static void test_forced_clean_disabled(void **state) { forced_clean(*state, false); }
+
 /* ---- reopen ----------------------------------------------------------------------- */
 
 static void test_clean_reopen(void **state) {
@@ -1304,6 +1348,8 @@ static const struct CMUnitTest tests[] = {
     T(test_sticky_write_error),
     T(test_sticky_fdatasync_error),
     T(test_disk_guard),
+    T(test_forced_clean_enabled),
+    T(test_forced_clean_disabled),
     T(test_clean_reopen),
     T(test_confirm_hides_until_acknowledged),
     T(test_confirm_crash_with_lagging_checkpoint),
