@@ -51,8 +51,8 @@ struct fy_store_config {
   char delete_when[64];           /* deleteWhen: "04" (hours, ';'-separated) */
   uint32_t disk_max_used_ratio;   /* diskMaxUsedSpaceRatio: 75 (%) clean early */
   uint32_t disk_full_ratio;       /* diskSpaceWarningLevelRatio: 90 (%) refuse writes */
-  bool clean_forcibly;            /* cleanFileForciblyEnable: true, delete unexpired segments
-                                     from 5 points below disk_full_ratio */
+  bool clean_forcibly;            /* cleanFileForciblyEnable: false (RocketMQ: true); true deletes
+                                     unexpired segments from 5 points below disk_full_ratio */
   uint32_t clean_interval_ms;     /* cleanResourceInterval: 10000 */
   enum fy_aio_backend io_backend; /* ioBackend: auto */
   uint32_t write_buffer_size;     /* writeBufferSize: 8 MiB */

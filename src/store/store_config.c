@@ -38,7 +38,7 @@ const struct fy_config_key fy_store_config_keys[] = {
      0, 0, "04", NULL},
     {"diskMaxUsedSpaceRatio", FY_CFG_U32, F(disk_max_used_ratio), 0, 10, 95, "75", NULL},
     {"diskSpaceWarningLevelRatio", FY_CFG_U32, F(disk_full_ratio), 0, 10, 99, "90", NULL},
-    {"cleanFileForciblyEnable", FY_CFG_BOOL, F(clean_forcibly), 0, 0, 0, "true", NULL},
+    {"cleanFileForciblyEnable", FY_CFG_BOOL, F(clean_forcibly), 0, 0, 0, "false", NULL},
     {"cleanResourceInterval", FY_CFG_U32, F(clean_interval_ms), 0, 100, 3600000, "10000", NULL},
     {"ioBackend", FY_CFG_ENUM, F(io_backend), 0, 0, 0, "auto", "auto|uring|threads"},
     {"writeBufferSize", FY_CFG_U32, F(write_buffer_size), 0, 1 * MiB, 1024 * MiB, "8388608", NULL},

@@ -20,7 +20,7 @@
  *
  * Retention never runs here: the tool checks that records survive, so it
  * must not delete any itself, however full the disk under DIR is (a broker
- * deletes unexpired segments from 85% used, cleanFileForciblyEnable).
+ * with cleanFileForciblyEnable=true deletes unexpired segments from 85% used).
  */
 #include <errno.h>
 #include <getopt.h>

@@ -192,10 +192,7 @@ class Broker:
                 "brokerName=" + self.name, "namesrvAddr=" + self.namesrv,
                 "registerNameServerPeriod=1000",
                 "mappedFileSizeCommitLog=8388608", "mappedFileSizeConsumeQueue=1000000",
-                "maxHashSlotNum=50000", "maxIndexNum=400000",
-                # Small segments roll over: on a crowded host disk (85% used)
-                # forced retention would delete what the tests count on.
-                "cleanFileForciblyEnable=false"] + self.extra
+                "maxHashSlotNum=50000", "maxIndexNum=400000"] + self.extra
         argv = [binary(self.args, "mqbroker")]
         for kv in conf:
             argv += ["-o", kv]

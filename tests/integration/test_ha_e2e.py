@@ -57,7 +57,6 @@ class Pair:
                 "-o", "registerNameServerPeriod=1000", "-o", "slaveSyncMetadataInterval=300",
                 "-o", "haSendHeartbeatInterval=200", "-o", "haHousekeepingInterval=2000",
                 "-o", "slaveTimeout=1000", "-o", "mappedFileSizeCommitLog=67108864",
-                "-o", "cleanFileForciblyEnable=false",  # whatever the host disk's usage
                 "-o", "maxHashSlotNum=10007", "-o", "maxIndexNum=400000",
                 "-o", "autoCreateTopicEnable=false"]
         if master:

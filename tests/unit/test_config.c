@@ -29,6 +29,7 @@ static void test_store_defaults_are_rocketmq(void **state) {
   assert_string_equal(c.delete_when, "04");
   assert_int_equal(c.disk_max_used_ratio, 75);
   assert_int_equal(c.disk_full_ratio, 90);
+  assert_false(c.clean_forcibly); /* Ferry keeps unexpired segments; RocketMQ does not */
   assert_int_equal(c.io_backend, FY_AIO_AUTO);
 }
 
