@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "broker/broker.h"
 #include "broker/broker_int.h" /* the broker's store, to slow its fdatasync down */
@@ -29,6 +30,7 @@ struct env {
   char dir[400];
   uint32_t sync_flush_timeout_ms; /* nonzero: a SYNC_FLUSH broker with this syncFlushTimeout */
   uint64_t page_cache_max;        /* commitLogPageCacheMaxBytes (0: the default) */
+  uint32_t disk_full_ratio;       /* diskSpaceWarningLevelRatio (0: the default) */
   fy_namesrv *ns;
   fy_broker *broker;
   fy_conn *client;
@@ -77,6 +79,10 @@ static void start_broker(struct env *e, bool auto_create) {
   s.broker.listen_port = 0;
   s.broker.auto_create_topic = auto_create;
   s.store.page_cache_max = e->page_cache_max;
+  if (e->disk_full_ratio) {
+    s.store.disk_full_ratio = e->disk_full_ratio;
+    s.store.clean_interval_ms = 100; /* the disk check runs with retention */
+  }
   if (e->sync_flush_timeout_ms) {
     s.store.flush_disk_type = FY_SYNC_FLUSH;
     s.broker.sync_flush_timeout_ms = e->sync_flush_timeout_ms;
@@ -88,10 +94,7 @@ static void start_broker(struct env *e, bool auto_create) {
   assert_int_equal(fy_broker_start(&e->loop, &s, &e->broker), 0);
 }
 
-static int setup_with(void **state, uint32_t sync_flush_timeout_ms, uint64_t page_cache_max) {
-  struct env *e = calloc(1, sizeof *e);
-  e->sync_flush_timeout_ms = sync_flush_timeout_ms;
-  e->page_cache_max = page_cache_max;
+static int setup_env(void **state, struct env *e) {
   uv_loop_init(&e->loop);
   snprintf(e->dir, sizeof e->dir, "%s", fy_test_mkdtemp("broker"));
   struct fy_namesrv_config nc;
@@ -109,7 +112,26 @@ static int setup_with(void **state, uint32_t sync_flush_timeout_ms, uint64_t pag
   return 0;
 }
 
+static int setup_with(void **state, uint32_t sync_flush_timeout_ms, uint64_t page_cache_max) {
+  struct env *e = calloc(1, sizeof *e);
+  e->sync_flush_timeout_ms = sync_flush_timeout_ms;
+  e->page_cache_max = page_cache_max;
+  return setup_env(state, e);
+}
+
 static int setup(void **state) { return setup_with(state, 0, 0); }
+
+/* A broker whose diskSpaceWarningLevelRatio is below what the disk under
+ * the tests already uses: it is full from its first disk check. */
+static int setup_disk_full(void **state) {
+  struct env *e = calloc(1, sizeof *e);
+  const char *dir = fy_test_mkdtemp("disk");
+  struct statvfs sv;
+  assert_int_equal(statvfs(dir, &sv), 0);
+  uint64_t used = sv.f_blocks - sv.f_bfree;
+  e->disk_full_ratio = (uint32_t)(used * 100 / (used + sv.f_bavail) / 2); /* 0: nearly empty */
+  return setup_env(state, e);
+}
 
 #define SMALL_PAGE_CACHE (64u << 20)
 static int setup_small_cache(void **state) { return setup_with(state, 0, SMALL_PAGE_CACHE); }
@@ -575,6 +597,40 @@ static void test_flush_disk_timeout(void **state) {
   assert_int_equal(e->broker->send_flush_timeouts, 1);
 }
 
+/* A full disk (diskSpaceWarningLevelRatio reached): sends are refused with
+ * SERVICE_NOT_AVAILABLE and a text that names the key, nothing is stored,
+ * and what was stored before still reads back. */
+static bool disk_full(void *arg) {
+  struct fy_store_stats st;
+  fy_store_stats(arg, &st);
+  return st.disk_full;
+}
+
+static void test_disk_full_refuses_sends(void **state) {
+  struct env *e = *state;
+  if (!e->disk_full_ratio) {
+    fprintf(stderr, "disk full: the disk under the tests is nearly empty; skipped\n");
+    skip();
+  }
+  Ferry__V1__SendResponse *r = send_one(e, "Full", 0, "before", "", "");
+  if (r) /* the first disk check may come before the first send, or after */
+    ferry__v1__send_response__free_unpacked(r, NULL);
+  uint64_t stored = r ? 1 : 0;
+  assert_true(fy_test_run_until_pred(&e->loop, disk_full, e->broker->store, 5000));
+  for (int i = 0; i < 3; i++) {
+    assert_null(send_one(e, "Full", 0, "refused", "", ""));
+    assert_int_equal(e->status, FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE);
+    assert_non_null(strstr(e->text, "diskSpaceWarningLevelRatio"));
+  }
+  assert_int_equal(fy_store_max_offset(e->broker->store, "Full", 0), stored);
+  if (stored) {
+    Ferry__V1__PullResponse *p = pull(e, "Full", 0, 0, 0, NULL, 0);
+    assert_int_equal(e->status, FERRY__V1__STATUS__OK);
+    assert_int_equal(p->count, 1);
+    ferry__v1__pull_response__free_unpacked(p, NULL);
+  }
+}
+
 /* The born host recorded for a send comes from the peer's address, IPv4 or
  * IPv6 (an IPv6 producer was recorded as 0.0.0.0:port). */
 static void test_born_host_from_peer(void **state) {
@@ -618,6 +674,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_registration_gives_route, setup, teardown),
       cmocka_unit_test_setup_teardown(test_namesrv_drops_broker_on_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_disk_timeout, setup_sync_flush, teardown),
+      cmocka_unit_test_setup_teardown(test_disk_full_refuses_sends, setup_disk_full, teardown),
       cmocka_unit_test_setup_teardown(test_slave_read_follows_page_cache, setup_small_cache,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_page_cache_default, setup, teardown),
