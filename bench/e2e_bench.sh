@@ -12,6 +12,9 @@
 #     ferry-bench at SCHED_FIFO priority 10 (chrt; skipped where not
 #     permitted, or with --no-rt);
 #   - consumer throughput reading the backlog the produce runs left;
+#   - delivery to a consumer waiting in a long poll (100 msgs/s to one
+#     queue, send to receipt), alone and with 1,000 more pulls held on an
+#     idle topic, and the broker's CPU while it only holds those 1,000;
 #   - the same broker with messageIndexEnable=false (to locate costs), and
 #     batches into a broker with the default commitLogPageCacheMaxBytes;
 #   - HA: an ASYNC_MASTER + SLAVE pair and a SYNC_MASTER + SLAVE pair side
@@ -77,7 +80,8 @@ done
 
 echo "== building (Release) in $build" >&2
 cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" --target mqnamesrv mqbroker mqadmin ferry-bench -j "$(nproc)" >/dev/null
+cmake --build "$build" --target mqnamesrv mqbroker mqadmin ferry-bench longpoll_helper \
+  -j "$(nproc)" >/dev/null
 bin="$build/bin"
 # The real-time latency row needs SCHED_FIFO (root or CAP_SYS_NICE).
 if [ "$rt" = 1 ] && ! chrt -f 10 true 2>/dev/null; then
@@ -283,6 +287,54 @@ for ((r = 1; r <= runs; r++)); do
 done
 echo "consume4|consume -n $nsaddr -t Bench -g GROUP --from first --count 5000000 --duration-s $duration --threads 4" \
   >>"$out/scenarios"
+# Delivery to a consumer waiting in a long poll (issue #3, acceptance 4):
+# 100 msgs/s to one queue, each from its send to the consumer's receipt.
+# Then 1,000 more pulls held on a topic nobody writes to (longpoll_helper,
+# one connection): the broker's CPU while it holds only those, and the
+# delivery again beside them. A helper's pulls are held up to 60 s (the
+# broker's cap), so each run gets a fresh one.
+dargs=(deliver -n "$nsaddr" -t Bench -g bench-deliver "${common[@]}" --rate 100)
+scenario deliver "$one" "${dargs[@]}"
+create_topic "$ns" $((port_base + 1)) Idle
+held_pulls() {
+  "$bin/mqadmin" brokerStatus -n "$nsaddr" -b "127.0.0.1:$((port_base + 1))" |
+    awk -F' *: *' '$1 == "pullsHeldNow" {print $2}'
+}
+start_idle_polls() { # sets $helper once 1,000 pulls are held
+  taskset -c "$client_cpu" "$bin/longpoll_helper" "127.0.0.1:$((port_base + 1))" Idle \
+    bench-idle 1000 60000 8 >"$out/longpoll.out" 2>&1 &
+  helper=$!
+  pids+=("$helper")
+  for _ in $(seq 300); do
+    local h; h=$(held_pulls)
+    if [ "${h:-0}" -ge 1000 ]; then return 0; fi
+    sleep 0.1
+  done
+  echo "e2e_bench.sh: the broker does not hold 1,000 pulls after 30 s" >&2
+  exit 1
+}
+stop_idle_polls() {
+  kill "$helper" 2>/dev/null || true
+  wait "$helper" 2>/dev/null || true
+  for _ in $(seq 300); do
+    local h; h=$(held_pulls)
+    if [ "${h:-1}" -eq 0 ]; then return 0; fi
+    sleep 0.1
+  done
+}
+start_idle_polls
+t0=$(cpu_ticks "$one"); s0=$(date +%s.%N)
+sleep "$duration"
+t1=$(cpu_ticks "$one"); s1=$(date +%s.%N)
+echo "idle held=$(held_pulls) broker_cpu_s=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK))") secs=$(python3 -c "print($s1 - $s0)")" \
+  >"$out/idle"
+stop_idle_polls
+for ((r = 1; r <= runs; r++)); do
+  start_idle_polls
+  bench_run deliver-idle "$one" "${dargs[@]}"
+  stop_idle_polls
+done
+echo "deliver-idle|${dargs[*]}" >>"$out/scenarios"
 cleanup
 
 # The same broker without the key index (locating costs).
@@ -486,6 +538,18 @@ for name, share, how in [("latency-128-at10", "a tenth of the peak", ""),
     if target:
         summary.append((name, int(m['p99_us']), "yes" if lat_ok else "no"))
 
+deliver_rows = []
+for name, label in [("deliver", "100 msgs/s to one queue, 128 B"),
+                    ("deliver-idle", "the same, with 1,000 more pulls held on an idle topic")]:
+    m, rs = results(name)
+    sent = int(m['msgs']) + int(m['errors'])
+    bcpu = float(m['broker_cpu_s']) / float(m['broker_secs']) * 100
+    deliver_rows.append(
+        f"| {label} | {int(m['msgs']):,} of {sent:,} | {ms(m['p50_us'])} | {ms(m['p99_us'])} | "
+        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | {bcpu:.1f}% |")
+idle = dict(kv.split('=', 1) for kv in open(f"{out}/idle").read().split()[1:])
+idle_share = float(idle['broker_cpu_s']) / float(idle['secs']) * 100
+
 ha_rows = []
 ha = {}
 for kind, label in [("single-128", "128 B single sends, 1024 in flight"),
@@ -584,6 +648,24 @@ target is for half the peak. The last row runs the same broker with every
 thread (io_uring's workers included) at real-time priority (`chrt -a -f -p 10 PID`), and ferry-bench
 under `chrt -f 10`: nothing else on their CPUs runs before them, so what is
 left of the tail is the machine itself (docs/OPERATIONS.md, "Latency").
+
+### Delivery to a waiting consumer (long polling)
+
+One consumer pulls one queue and the broker holds each empty pull (15 s at
+most, RocketMQ's default); ferry-bench sends one message every 10 ms to
+that queue, synchronously, so each finds the consumer waiting. Latency runs
+from the start of a send to the consumer's pull returning the message: the
+producer's request, the store, the broker waking the held pull, and its
+response. Same broker as above, after the consume rows.
+
+| scenario | messages received | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | broker CPU |
+|---|---:|---:|---:|---:|---:|---:|
+{chr(10).join(deliver_rows)}
+
+With 1,000 pulls held (`longpoll_helper`, one connection, 8 queues of a
+topic nobody writes to) and no other work, the broker used
+**{idle_share:.2f}% of a core** over {float(idle['secs']):.1f} s
+({idle['held']} pulls held at the end).
 
 ### HA: ASYNC_MASTER and SYNC_MASTER with a slave
 

@@ -5,7 +5,7 @@ Starts mqnamesrv and one mqbroker on port 0 in a scratch directory, creates a
 topic, and runs ferry-bench as bench/e2e_bench.sh does: a one-second closed
 loop of single sends, a batched run, two open-loop runs at a fixed rate (the
 second waking the sender every 5 ms, whose wait must show in the latencies),
-then a consume of the backlog. Each run's last stdout line must be a RESULT line
+a consume of the backlog, then a delivery run to a consumer in long polls. Each run's last stdout line must be a RESULT line
 that parses, with msgs > 0 and errors = 0; the consumer must read at least
 what the first producer run counted.
 
@@ -63,10 +63,22 @@ def test_e2e_smoke(args):
         assert res["errors"] == 0, f"{res}\n{r.stderr}"
         assert res["msgs"] >= first["msgs"], f"consumed {res['msgs']} < {first['msgs']}"
 
+        # Delivery to a consumer waiting in long polls: every message sent in
+        # the window arrives (errors counts the ones that never did).
+        r = run([bench, "deliver", "-n", ns_addr, "-t", "BenchSmoke", "-g", "smoke-deliver",
+                 "--rate", "200", "--duration-s", "1", "--warmup-s", "0.2", "--queue-id", "2"],
+                timeout_s=60)
+        res = parse_result(r.stdout, "ferry-bench")
+        assert res["mode"] == "deliver", res
+        assert res["msgs"] > 0 and res["errors"] == 0, f"{res}\n{r.stderr}"
+        assert 0 < res["p50_us"] <= res["p99_us"] <= res["max_us"], res
+
         # Usage errors exit 2 and name the problem.
         r = run([bench, "produce", "-n", ns_addr, "-t", "BenchSmoke", "--batch", "0"],
                 check=False)
         assert r.returncode == 2 and "--batch" in r.stderr, r
+        r = run([bench, "deliver", "-n", ns_addr, "-t", "BenchSmoke"], check=False)
+        assert r.returncode == 2 and "-g GROUP" in r.stderr, r
     finally:
         for p in procs:
             p.kill9()

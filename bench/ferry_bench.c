@@ -9,6 +9,8 @@
  *       [--rate MSGS_PER_S=0] [--tick-us US=0] [--queue-id Q] [--timeout-ms MS=3000]
  *   ferry-bench consume -n NAMESRV -t TOPIC -g GROUP [--from first|last] [--count N]
  *       [--duration-s S=10] [--threads N=1] [--broker-id ID]
+ *   ferry-bench deliver -n NAMESRV -t TOPIC -g GROUP [--rate MSGS_PER_S=100] [--size BYTES=128]
+ *       [--duration-s S=10] [--warmup-s S=1] [--queue-id Q] [--suspend-ms MS=15000]
  *
  * Why it is shaped this way:
  *  - Each thread has its own client (its own client thread and broker
@@ -37,6 +39,15 @@
  *    before the end) count towards msgs, msgs/s and the latency percentiles;
  *    sends still in flight at the end are waited for (up to their timeout)
  *    and counted as errors if they fail.
+ *  - Deliver: how soon a consumer waiting in a long poll gets a new message.
+ *    One consumer pulls one queue with the broker holding each empty pull
+ *    (--suspend-ms, RocketMQ's 15 s by default); the main thread sends one
+ *    message every 1 / --rate s to that queue, synchronously, noting when
+ *    each send started; the body carries its sequence number. Latency runs
+ *    from the start of the send to the consumer's pull returning it: the
+ *    producer's request, the store, the broker waking the held pull, and
+ *    its response. At a low rate every message finds the consumer waiting.
+ *    A message sent in the window and never received counts as an error.
  *
  * Output: a progress line per second on stderr; on stdout a "CPU" line
  * (this process's CPU time) and, last, exactly one line
@@ -84,6 +95,8 @@ static struct {
   bool pin_broker;
   uint64_t broker_id;
   uint32_t pull_batch;
+  /* deliver */
+  uint32_t suspend_ms;
 } opt;
 
 static uint64_t now_ns(void) {
@@ -484,6 +497,9 @@ static void usage(FILE *out) {
           "       ferry-bench consume -n NAMESRV -t TOPIC -g GROUP [--from first|last]\n"
           "           [--count N] [--duration-s S=10] [--threads N=1] [--broker-id ID]\n"
           "           [--pull-batch N=%d] [--timeout-ms MS=3000]\n"
+          "       ferry-bench deliver -n NAMESRV -t TOPIC -g GROUP [--rate MSGS_PER_S=100]\n"
+          "           [--size BYTES=128] [--duration-s S=10] [--warmup-s S=1] [--queue-id Q]\n"
+          "           [--suspend-ms MS=15000] [--timeout-ms MS=3000]\n"
           "produce: --inflight messages in flight per thread (asynchronous sends of --batch\n"
           "  messages); --rate 0 is a closed loop, otherwise sends are scheduled at that total\n"
           "  rate and latency runs from each message's intended send time; --tick-us T wakes\n"
@@ -492,6 +508,9 @@ static void usage(FILE *out) {
           "consume: pulls the topic's queues (split across threads) from the first or last\n"
           "  offset until --count messages or --duration-s; --broker-id pulls from that broker\n"
           "  (1: the slave) instead of as routed.\n"
+          "deliver: one message every 1/--rate s to one queue, synchronously, while one\n"
+          "  consumer waits for them in long polls (the broker holds each empty pull up to\n"
+          "  --suspend-ms); latency runs from a send's start to the consumer receiving it.\n"
           "The last line on stdout is: RESULT mode=M msgs=N errors=N secs=F msgs_per_s=F\n"
           "  mb_per_s=F p50_us=N p99_us=N p999_us=N max_us=N\n",
           PULL_BATCH_DEFAULT);
@@ -739,6 +758,197 @@ static int run_consume(void) {
   return rc;
 }
 
+/* ----------------------------------------------------------------- deliver */
+
+#define DELIVER_RATE_DEFAULT 100
+#define DELIVER_RATE_MAX 100000
+#define DELIVER_SUSPEND_DEFAULT_MS 15000
+#define SEQ_BYTES 8 /* the body starts with the message's sequence number */
+
+static struct {
+  fy_client *pcl, *ccl;
+  fy_producer *p;
+  fy_pull_consumer *c;
+  fy_queue q;
+  uint64_t offset;           /* the consumer's next offset */
+  atomic_uint_fast64_t *sent_ns; /* by sequence number: when its send started; 0 not sent */
+  uint64_t cap;              /* sequence numbers available */
+  atomic_uint_fast64_t nsent;     /* sends that succeeded */
+  atomic_bool sending_done;
+  struct fy_hist hist;       /* consumer thread only */
+  atomic_uint_fast64_t got;  /* ours received (the main thread waits on it) */
+  uint64_t got_in_window, pull_errors, foreign;
+  char first_error[512];
+} dv;
+
+static uint64_t seq_of(const fy_message_view *m) {
+  uint64_t seq = UINT64_MAX;
+  if (m->body_len >= SEQ_BYTES)
+    memcpy(&seq, m->body, SEQ_BYTES);
+  return seq;
+}
+
+static void *deliver_consume(void *arg) {
+  (void)arg;
+  fy_pull_options po = {.max_msgs = opt.pull_batch, .suspend_timeout_ms = opt.suspend_ms};
+  for (;;) {
+    if (atomic_load(&dv.sending_done) && atomic_load(&dv.got) >= atomic_load(&dv.nsent))
+      break; /* everything sent has arrived */
+    if (atomic_load(&stop_all))
+      break; /* the main thread gave up waiting */
+    fy_pull_result *r = NULL;
+    int err = fy_pull_consumer_pull(dv.c, &dv.q, dv.offset, &po, &r);
+    uint64_t now = now_ns();
+    if (err) {
+      dv.pull_errors++;
+      if (!dv.first_error[0])
+        snprintf(dv.first_error, sizeof dv.first_error, "pull: %s: %s", fy_errname(err),
+                 fy_client_last_error());
+      sleep_until_ns(now + 10000000u); /* a broker that answers at once with an error */
+      continue;
+    }
+    if (r->status != FY_PULL_NO_NEW_MSG)
+      dv.offset = r->next_offset;
+    for (size_t i = 0; i < r->nmsgs; i++) {
+      uint64_t seq = seq_of(&r->msgs[i]);
+      uint64_t t0 = seq < dv.cap ? atomic_load(&dv.sent_ns[seq]) : 0;
+      if (!t0) {
+        dv.foreign++; /* not one of ours (another writer of the queue) */
+        continue;
+      }
+      atomic_fetch_add(&dv.got, 1);
+      if (t0 >= t_measure_ns && t0 <= t_end_ns) {
+        dv.got_in_window++;
+        fy_hist_record(&dv.hist, now > t0 ? (now - t0) / 1000u : 0);
+        atomic_fetch_add_explicit(&total_msgs, 1, memory_order_relaxed);
+      }
+    }
+    fy_result_free(r);
+  }
+  return NULL;
+}
+
+static int deliver_setup(char *buf) {
+  fy_client_config cc = {.namesrv_addr = opt.namesrv, .timeout_ms = opt.timeout_ms};
+  int err = fy_client_new(&cc, &dv.pcl);
+  if (!err) {
+    fy_producer_config pc = {.group = "ferry-bench", .send_timeout_ms = opt.timeout_ms};
+    err = fy_producer_new(dv.pcl, &pc, &dv.p);
+  }
+  if (!err)
+    err = fy_client_new(&cc, &dv.ccl);
+  if (!err)
+    err = fy_pull_consumer_new(dv.ccl, opt.group, &dv.c);
+  if (err) {
+    fprintf(stderr, "ferry-bench: client: %s: %s\n", fy_client_strerror(err),
+            fy_client_last_error());
+    return err;
+  }
+  /* A first message (not measured) says which queue the sends go to and
+   * where the consumer starts: right after it. */
+  uint64_t none = UINT64_MAX;
+  memcpy(buf, &none, SEQ_BYTES);
+  fy_message m = {.topic = opt.topic, .body = buf, .body_len = opt.size};
+  fy_send_options so = {.timeout_ms = opt.timeout_ms, .selector = fixed_queue};
+  fy_send_result res;
+  err = fy_producer_send(dv.p, &m, &so, &res);
+  if (err) {
+    fprintf(stderr, "ferry-bench: first send to %s: %s: %s\n", opt.topic, fy_client_strerror(err),
+            res.error);
+    return err;
+  }
+  snprintf(dv.q.topic, sizeof dv.q.topic, "%s", opt.topic);
+  snprintf(dv.q.broker_name, sizeof dv.q.broker_name, "%s", res.broker_name);
+  dv.q.queue_id = res.queue_id;
+  dv.offset = res.queue_offset + 1;
+  return 0;
+}
+
+static int run_deliver(void) {
+  /* One sequence number per send over the whole run, with room to spare. */
+  dv.cap = (uint64_t)(opt.rate * (opt.warmup_s + opt.duration_s)) + 16;
+  dv.sent_ns = calloc(dv.cap, sizeof *dv.sent_ns);
+  char *buf = malloc(opt.size);
+  if (!dv.sent_ns || !buf)
+    return 1;
+  memset(buf, 'd', opt.size);
+  fy_hist_init(&dv.hist);
+  int rc = deliver_setup(buf) ? 1 : 0;
+  pthread_t consumer;
+  if (rc == 0) {
+    t_start_ns = now_ns();
+    t_measure_ns = t_start_ns + (uint64_t)(opt.warmup_s * 1e9);
+    t_end_ns = t_measure_ns + (uint64_t)(opt.duration_s * 1e9);
+    cpu_at_measure = cpu_seconds();
+    pthread_create(&consumer, NULL, deliver_consume, NULL);
+    double interval_ns = 1e9 / opt.rate;
+    fy_message m = {.topic = opt.topic, .body = buf, .body_len = opt.size};
+    fy_send_options so = {.timeout_ms = opt.timeout_ms, .selector = fixed_queue};
+    uint64_t send_errors = 0, sent_in_window = 0;
+    bool sampled = false;
+    for (uint64_t seq = 0; seq < dv.cap; seq++) {
+      uint64_t due = t_start_ns + (uint64_t)(seq * interval_ns);
+      if (due >= t_end_ns)
+        break;
+      sleep_until_ns(due);
+      uint64_t t0 = now_ns();
+      if (!sampled && t0 >= t_measure_ns) {
+        cpu_at_measure = cpu_seconds();
+        sampled = true;
+      }
+      memcpy(buf, &seq, SEQ_BYTES);
+      atomic_store(&dv.sent_ns[seq], t0);
+      fy_send_result res;
+      int err = fy_producer_send(dv.p, &m, &so, &res);
+      bool in_window = t0 >= t_measure_ns && t0 <= t_end_ns; /* as the consumer counts */
+      if (err || res.queue_id != dv.q.queue_id || strcmp(res.broker_name, dv.q.broker_name)) {
+        /* Not on the queue the consumer waits on: it will never arrive. */
+        send_errors += in_window;
+        if (!err)
+          fprintf(stderr, "ferry-bench: message %" PRIu64 " went to %s/%u\n", seq,
+                  res.broker_name, res.queue_id);
+        else if (!dv.first_error[0])
+          snprintf(dv.first_error, sizeof dv.first_error, "send: %s: %s", fy_errname(err),
+                   res.error);
+        atomic_store(&dv.sent_ns[seq], 0);
+        atomic_fetch_add_explicit(&total_errors, 1, memory_order_relaxed);
+        continue;
+      }
+      sent_in_window += in_window;
+      atomic_fetch_add(&dv.nsent, 1);
+    }
+    atomic_store(&dv.sending_done, true);
+    /* The last messages arrive within a round trip; a lost one never does. */
+    uint64_t deadline = now_ns() + (uint64_t)opt.timeout_ms * 1000000u;
+    while (atomic_load(&dv.got) < atomic_load(&dv.nsent) && now_ns() < deadline)
+      sleep_until_ns(now_ns() + 1000000u);
+    atomic_store(&stop_all, true);
+    pthread_join(consumer, NULL); /* at most one long poll later */
+    cpu_at_end = cpu_seconds();
+    if (dv.first_error[0])
+      fprintf(stderr, "ferry-bench: first error: %s\n", dv.first_error);
+    if (dv.foreign)
+      fprintf(stderr, "ferry-bench: %" PRIu64 " messages on the queue were not ours\n",
+              dv.foreign);
+    uint64_t lost = sent_in_window > dv.got_in_window ? sent_in_window - dv.got_in_window : 0;
+    if (lost)
+      fprintf(stderr, "ferry-bench: %" PRIu64 " messages sent were never received\n", lost);
+    print_result(dv.got_in_window, send_errors + lost + dv.pull_errors, opt.duration_s,
+                 dv.got_in_window * opt.size, &dv.hist, cpu_at_end - cpu_at_measure);
+  }
+  if (dv.c)
+    fy_pull_consumer_close(dv.c);
+  if (dv.p)
+    fy_producer_close(dv.p);
+  if (dv.ccl)
+    fy_client_close(dv.ccl);
+  if (dv.pcl)
+    fy_client_close(dv.pcl);
+  free(dv.sent_ns);
+  free(buf);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   fy_heap_keep_freed();
   static const struct option longopts[] = {
@@ -749,7 +959,7 @@ int main(int argc, char **argv) {
       {"timeout-ms", required_argument, NULL, 'O'}, {"from", required_argument, NULL, 'F'},
       {"count", required_argument, NULL, 'C'},      {"broker-id", required_argument, NULL, 'b'},
       {"pull-batch", required_argument, NULL, 'P'}, {"help", no_argument, NULL, 'h'},
-      {"tick-us", required_argument, NULL, 'K'},
+      {"tick-us", required_argument, NULL, 'K'},    {"suspend-ms", required_argument, NULL, 'U'},
       {NULL, 0, NULL, 0}};
   if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
     usage(argc < 2 ? stderr : stdout);
@@ -757,8 +967,9 @@ int main(int argc, char **argv) {
   }
   opt.mode = argv[1];
   bool produce = !strcmp(opt.mode, "produce");
-  if (!produce && strcmp(opt.mode, "consume")) {
-    fprintf(stderr, "ferry-bench: unknown mode '%s' (produce or consume)\n", opt.mode);
+  bool deliver = !strcmp(opt.mode, "deliver");
+  if (!produce && !deliver && strcmp(opt.mode, "consume")) {
+    fprintf(stderr, "ferry-bench: unknown mode '%s' (produce, consume or deliver)\n", opt.mode);
     usage(stderr);
     return EXIT_USAGE;
   }
@@ -771,6 +982,9 @@ int main(int argc, char **argv) {
   opt.timeout_ms = 3000;
   opt.from_first = true;
   opt.pull_batch = PULL_BATCH_DEFAULT;
+  opt.suspend_ms = DELIVER_SUSPEND_DEFAULT_MS;
+  if (deliver)
+    opt.rate = DELIVER_RATE_DEFAULT;
   optind = 2;
   opterr = 0;
   int c;
@@ -813,6 +1027,7 @@ int main(int argc, char **argv) {
       opt.pin_broker = true;
       break;
     case 'P': bad = u32_arg("--pull-batch", optarg, 1, 4096, &opt.pull_batch); break;
+    case 'U': bad = u32_arg("--suspend-ms", optarg, 1, 60000, &opt.suspend_ms); break;
     case 'h': usage(stdout); return 0;
     default:
       fprintf(stderr, "ferry-bench: %s '%s'\n",
@@ -831,7 +1046,7 @@ int main(int argc, char **argv) {
   if (!opt.namesrv || !*opt.namesrv || !opt.topic || !*opt.topic ||
       (!produce && (!opt.group || !*opt.group))) {
     fprintf(stderr, "ferry-bench: -n NAMESRV and -t TOPIC are required%s\n",
-            produce ? "" : ", and -g GROUP to consume");
+            produce ? "" : ", and -g GROUP to consume or deliver");
     usage(stderr);
     return EXIT_USAGE;
   }
@@ -840,5 +1055,12 @@ int main(int argc, char **argv) {
             opt.size, SIZE_MAX_BYTES);
     return EXIT_USAGE;
   }
-  return produce ? run_produce() : run_consume();
+  if (deliver && (opt.size < SEQ_BYTES || opt.rate < 1 || opt.rate > DELIVER_RATE_MAX)) {
+    fprintf(stderr, "ferry-bench: deliver needs --size of at least %d and --rate from 1 to %d\n",
+            SEQ_BYTES, DELIVER_RATE_MAX);
+    return EXIT_USAGE;
+  }
+  if (produce)
+    return run_produce();
+  return deliver ? run_deliver() : run_consume();
 }

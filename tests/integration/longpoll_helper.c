@@ -14,6 +14,7 @@
  * connection, many calls in flight) rather than N client threads.
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,15 +34,17 @@ static struct {
   int rc;
 } h;
 
+/* Once: a signal closes the connection, whose close answers the pulls
+ * still held with errors, which calls here again. */
 static void stop(void) {
+  static bool stopped;
+  if (stopped)
+    return;
+  stopped = true;
   if (h.conn)
     fy_conn_close(h.conn, 0);
-  uv_signal_stop(&h.sig_term);
-  uv_signal_stop(&h.sig_int);
-  if (!uv_is_closing((uv_handle_t *)&h.sig_term)) {
-    uv_close((uv_handle_t *)&h.sig_term, NULL);
-    uv_close((uv_handle_t *)&h.sig_int, NULL);
-  }
+  uv_close((uv_handle_t *)&h.sig_term, NULL);
+  uv_close((uv_handle_t *)&h.sig_int, NULL);
 }
 
 static void on_pulled(fy_conn *conn, int err, const fy_frame *resp, void *arg) {
