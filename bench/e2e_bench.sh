@@ -563,7 +563,7 @@ for kind, label in [("single-128", "128 B single sends, 1024 in flight"),
     if kind != "latency-128":
         met = "yes" if ratio >= 0.9 else "no"
     ha_rows.append(
-        f"| {label} | {k(float(a['msgs_per_s']))} | {k(float(s['msgs_per_s']))} | {ratio:.2f} | "
+        f"| {label} | {k(float(a['msgs_per_s']))} | {k(float(s['msgs_per_s']))} | {ratio:.3f} | "
         f"{ms(a['p50_us'])} / {ms(a['p99_us'])} / {ms(a['p999_us'])} | "
         f"{ms(s['p50_us'])} / {ms(s['p99_us'])} / {ms(s['p999_us'])} | "
         f"{int(a['errors']) + int(s['errors'])} | {met} |")
