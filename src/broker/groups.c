@@ -83,7 +83,8 @@ static struct fy_group_config *lookup(const fy_groups *g, const char *name) {
 
 /* ---- JSON --------------------------------------------------------------- */
 
-static json_t *group_to_json(const struct fy_group_config *c) {
+static json_t *group_to_json(const void *entry) {
+  const struct fy_group_config *c = entry;
   return json_pack("{s:s,s:b,s:b,s:b,s:I,s:I,s:I,s:I,s:b}", "groupName", c->name,
                    "consumeEnable", c->consume_enable, "consumeFromMinEnable",
                    c->consume_from_min_enable, "consumeBroadcastEnable",
@@ -92,44 +93,6 @@ static json_t *group_to_json(const struct fy_group_config *c) {
                    (json_int_t)c->broker_id, "whichBrokerWhenConsumeSlowly",
                    (json_int_t)c->which_broker_when_consume_slowly,
                    "notifyConsumerIdsChangedEnable", c->notify_consumer_ids_changed_enable);
-}
-
-static json_t *table_to_json(const fy_groups *g) {
-  json_t *root = json_object(), *table = json_object();
-  json_t *dv = fy__data_version_to_json(&g->version);
-  if (!root || !table || !dv)
-    goto out_free;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(g->map, &pos, &key, &klen, &v)) { /* bounded by groups_max */
-    json_t *jg = group_to_json(v);
-    if (!jg || json_object_set_new(table, key, jg) < 0)
-      goto out_free;
-  }
-  if (json_object_set_new(root, "dataVersion", dv) < 0) {
-    dv = NULL;
-    goto out_free;
-  }
-  if (json_object_set_new(root, "subscriptionGroupTable", table) < 0)
-    goto out_free_root;
-  return root;
-
-out_free:
-  json_decref(dv);
-  json_decref(table);
-out_free_root:
-  json_decref(root);
-  return NULL;
-}
-
-static char *dump_table(const fy_groups *g, size_t flags, size_t *len) {
-  json_t *root = table_to_json(g);
-  if (!root)
-    return NULL;
-  char *s = fy__json_dump(root, flags, len);
-  json_decref(root);
-  return s;
 }
 
 static int group_fields_from_json(json_t *v, struct fy_group_config *c, char *err,
@@ -197,33 +160,19 @@ static const struct fy__table_kind kind = {
     .name_offset = offsetof(struct fy_group_config, name),
     .from_json = group_from_json,
     .equal = entry_equal,
+    .to_json = group_to_json,
+    .title = "the subscription groups",
 };
 
 /* ---- persistence -------------------------------------------------------- */
 
-static void save(fy_groups *g) {
-  size_t len;
-  char *s = dump_table(g, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
-  int r = s ? fy__persist_save(&g->persist, s, len, NULL, NULL) : -ENOMEM;
-  if (r < 0) {
-    g->persist.status = r;
-    fy_error("groups", "cannot schedule saving the subscription groups: %s", fy_strerror(r));
-  }
-}
-
 static void changed(fy_groups *g) {
   fy__data_version_bump(&g->version);
-  save(g);
+  fy__table_save(&kind, &g->persist, g->map, &g->version);
 }
 
 int fy_groups_flush(fy_groups *g, fy_metafile_cb cb, void *arg) {
-  if (!g->persist.mf)
-    return -EINVAL;
-  size_t len;
-  char *s = dump_table(g, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
-  if (!s)
-    return -ENOMEM;
-  return fy__persist_save(&g->persist, s, len, cb, arg);
+  return fy__table_flush(&kind, &g->persist, g->map, &g->version, cb, arg);
 }
 
 int fy_groups_persist_status(const fy_groups *g) { return g->persist.status; }
@@ -398,7 +347,7 @@ int fy_groups_list(const fy_groups *g, struct fy_group_config **out, size_t *n) 
 /* ---- master/slave sync -------------------------------------------------- */
 
 char *fy_groups_to_json(const fy_groups *g, size_t *len) {
-  return dump_table(g, JSON_COMPACT, len);
+  return fy__table_dump(&kind, g->map, &g->version, JSON_COMPACT, len);
 }
 
 int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool *changed_out,
@@ -406,6 +355,6 @@ int fy_groups_replace_from_json(fy_groups *g, const char *json, size_t len, bool
   int r = fy__table_replace(&kind, &g->map, &g->version, g->groups_max, json, len, changed_out, err,
                             errlen);
   if (r == 0 && *changed_out)
-    save(g);
+    fy__table_save(&kind, &g->persist, g->map, &g->version);
   return r;
 }

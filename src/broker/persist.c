@@ -324,6 +324,57 @@ int fy__persist_save(struct fy__persist *p, char *json, size_t len, fy_metafile_
   return fy_metafile_save(p->mf, json, len, cb, arg);
 }
 
+char *fy__table_dump(const struct fy__table_kind *kind, const fy_strmap *map,
+                     const struct fy_data_version *dv, size_t flags, size_t *len) {
+  json_t *root = json_object(), *table = json_object(), *jdv = fy__data_version_to_json(dv);
+  char *s = NULL;
+  if (!root || !table || !jdv)
+    goto out;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (fy_strmap_next(map, &pos, &key, &klen, &v)) { /* bounded by the table's max */
+    if (json_object_set_new(table, key, kind->to_json(v)) < 0)
+      goto out;
+  }
+  int r = json_object_set_new(root, "dataVersion", jdv);
+  jdv = NULL; /* set_new took it, even on failure */
+  if (r < 0)
+    goto out;
+  r = json_object_set_new(root, kind->table_key, table);
+  table = NULL;
+  if (r == 0)
+    s = fy__json_dump(root, flags, len);
+out:
+  json_decref(jdv);
+  json_decref(table);
+  json_decref(root);
+  return s;
+}
+
+void fy__table_save(const struct fy__table_kind *kind, struct fy__persist *p,
+                    const fy_strmap *map, const struct fy_data_version *dv) {
+  size_t len;
+  char *s = fy__table_dump(kind, map, dv, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  int r = s ? fy__persist_save(p, s, len, NULL, NULL) : -ENOMEM;
+  if (r < 0) {
+    p->status = r;
+    fy_error(p->module, "cannot schedule saving %s: %s", kind->title, fy_strerror(r));
+  }
+}
+
+int fy__table_flush(const struct fy__table_kind *kind, struct fy__persist *p,
+                    const fy_strmap *map, const struct fy_data_version *dv, fy_metafile_cb cb,
+                    void *arg) {
+  if (!p->mf)
+    return -EINVAL;
+  size_t len;
+  char *s = fy__table_dump(kind, map, dv, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
+  if (!s)
+    return -ENOMEM;
+  return fy__persist_save(p, s, len, cb, arg);
+}
+
 void fy__persist_close(struct fy__persist *p) {
   fy_metafile_close(p->mf);
   p->mf = NULL;

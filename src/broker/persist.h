@@ -65,7 +65,17 @@ struct fy__table_kind {
   int (*from_json)(const char *key, json_t *v, void *entry, char *err, size_t errlen);
   /* Whether two entries are the same (name and configuration). */
   bool (*equal)(const void *a, const void *b);
+  /* The entry as the table's JSON holds it; NULL when out of memory. */
+  json_t *(*to_json)(const void *entry);
+  /* "the topic table": what a failed save's message names */
+  const char *title;
 };
+
+/* The document {"dataVersion": dv, <table_key>: {name: entry...}} dumped
+ * with flags (JSON_COMPACT, or indented and sorted for the file); NULL when
+ * out of memory. */
+char *fy__table_dump(const struct fy__table_kind *kind, const fy_strmap *map,
+                     const struct fy_data_version *dv, size_t flags, size_t *len);
 
 /* Parses and validates a whole document buf[0, len) into a fresh map (at
  * most max entries) and its data version; on error nothing is allocated and
@@ -114,6 +124,15 @@ int fy__persist_open(struct fy__persist *p, uv_loop_t *loop, fy_aio *aio, const 
  * only: frees json and returns 0 without cb, or -EINVAL if cb is given (there
  * is nothing to wait for). */
 int fy__persist_save(struct fy__persist *p, char *json, size_t len, fy_metafile_cb cb, void *arg);
+/* Saves the table (fy__table_dump) in the background; a save that cannot be
+ * started is logged and kept in p->status. */
+void fy__table_save(const struct fy__table_kind *kind, struct fy__persist *p,
+                    const fy_strmap *map, const struct fy_data_version *dv);
+/* Saves the table now and calls cb when it is on disk: -EINVAL in memory
+ * only, -ENOMEM, or fy__persist_save's result. */
+int fy__table_flush(const struct fy__table_kind *kind, struct fy__persist *p,
+                    const fy_strmap *map, const struct fy_data_version *dv, fy_metafile_cb cb,
+                    void *arg);
 /* Closes the metafile (a save in flight completes in the background). */
 void fy__persist_close(struct fy__persist *p);
 

@@ -101,49 +101,12 @@ static struct fy_topic_config *lookup(const fy_topics *t, const char *name) {
 
 /* ---- JSON --------------------------------------------------------------- */
 
-static json_t *topic_to_json(const struct fy_topic_config *c) {
+static json_t *topic_to_json(const void *entry) {
+  const struct fy_topic_config *c = entry;
   return json_pack("{s:s,s:I,s:I,s:I,s:s,s:I,s:b}", "topicName", c->name, "readQueueNums",
                    (json_int_t)c->read_queues, "writeQueueNums", (json_int_t)c->write_queues,
                    "perm", (json_int_t)c->perm, "topicFilterType", "SINGLE_TAG", "topicSysFlag",
                    (json_int_t)c->topic_sys_flag, "order", c->order);
-}
-
-static json_t *table_to_json(const fy_topics *t) {
-  json_t *root = json_object(), *table = json_object();
-  json_t *dv = fy__data_version_to_json(&t->version);
-  if (!root || !table || !dv)
-    goto out_free;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (fy_strmap_next(t->map, &pos, &key, &klen, &v)) { /* bounded by topics_max */
-    json_t *jt = topic_to_json(v);
-    if (!jt || json_object_set_new(table, key, jt) < 0)
-      goto out_free;
-  }
-  if (json_object_set_new(root, "dataVersion", dv) < 0) {
-    dv = NULL;
-    goto out_free;
-  }
-  if (json_object_set_new(root, "topicConfigTable", table) < 0)
-    goto out_free_root;
-  return root;
-
-out_free:
-  json_decref(dv);
-  json_decref(table);
-out_free_root:
-  json_decref(root);
-  return NULL;
-}
-
-static char *dump_table(const fy_topics *t, size_t flags, size_t *len) {
-  json_t *root = table_to_json(t);
-  if (!root)
-    return NULL;
-  char *s = fy__json_dump(root, flags, len);
-  json_decref(root);
-  return s;
 }
 
 /* One entry of topicConfigTable; the name comes from the key. */
@@ -198,33 +161,19 @@ static const struct fy__table_kind kind = {
     .name_offset = offsetof(struct fy_topic_config, name),
     .from_json = topic_from_json,
     .equal = entry_equal,
+    .to_json = topic_to_json,
+    .title = "the topic table",
 };
 
 /* ---- persistence -------------------------------------------------------- */
 
-static void save(fy_topics *t) {
-  size_t len;
-  char *s = dump_table(t, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
-  int r = s ? fy__persist_save(&t->persist, s, len, NULL, NULL) : -ENOMEM;
-  if (r < 0) {
-    t->persist.status = r;
-    fy_error("topics", "cannot schedule saving the topic table: %s", fy_strerror(r));
-  }
-}
-
 static void changed(fy_topics *t) {
   fy__data_version_bump(&t->version);
-  save(t);
+  fy__table_save(&kind, &t->persist, t->map, &t->version);
 }
 
 int fy_topics_flush(fy_topics *t, fy_metafile_cb cb, void *arg) {
-  if (!t->persist.mf)
-    return -EINVAL;
-  size_t len;
-  char *s = dump_table(t, JSON_INDENT(2) | JSON_SORT_KEYS, &len);
-  if (!s)
-    return -ENOMEM;
-  return fy__persist_save(&t->persist, s, len, cb, arg);
+  return fy__table_flush(&kind, &t->persist, t->map, &t->version, cb, arg);
 }
 
 int fy_topics_persist_status(const fy_topics *t) { return t->persist.status; }
@@ -409,7 +358,7 @@ int fy_topics_list(const fy_topics *t, struct fy_topic_config **out, size_t *n) 
 /* ---- master/slave sync -------------------------------------------------- */
 
 char *fy_topics_to_json(const fy_topics *t, size_t *len) {
-  return dump_table(t, JSON_COMPACT, len);
+  return fy__table_dump(&kind, t->map, &t->version, JSON_COMPACT, len);
 }
 
 int fy_topics_replace_from_json(fy_topics *t, const char *json, size_t len, bool *changed_out,
@@ -417,6 +366,6 @@ int fy_topics_replace_from_json(fy_topics *t, const char *json, size_t len, bool
   int r = fy__table_replace(&kind, &t->map, &t->version, t->topics_max, json, len, changed_out, err,
                             errlen);
   if (r == 0 && *changed_out)
-    save(t);
+    fy__table_save(&kind, &t->persist, t->map, &t->version);
   return r;
 }
