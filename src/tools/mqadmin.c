@@ -39,6 +39,8 @@ struct cmd {
   const char *summary;
   const char *usage; /* the flags, after "mqadmin NAME " */
   const char *optstring;
+  const char *required; /* flags that must be given, in the order they are checked */
+  bool one_target;      /* exactly one of -b BROKERADDR and -c CLUSTER */
   int (*run)(struct cmd *c, int argc, char **argv);
 };
 
@@ -230,6 +232,22 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, struct opts *o
   if (!o->namesrv || !*o->namesrv)
     return usage_error("no name server address: give -n host:port[;host:port] "
                        "or set NAMESRV_ADDR");
+  for (const char *f = c->required; *f; f++) {
+    const char *v = NULL, *what = NULL;
+    switch (*f) {
+    case 't': v = o->topic, what = "-t TOPIC"; break;
+    case 'g': v = o->group, what = "-g GROUP"; break;
+    case 'k': v = o->key, what = "-k KEY"; break;
+    case 'i': v = o->msgid, what = "-i OFFSETMSGID"; break;
+    case 'b': v = o->broker, what = "-b BROKERADDR"; break;
+    case 's': v = o->timestamp, what = "-s TIMESTAMP"; break;
+    default: fy_assert(!"a required flag without a name");
+    }
+    if (!v || !*v)
+      return usage_error("%s is required", what);
+  }
+  if (c->one_target && !o->broker == !o->cluster)
+    return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
   return -1;
 }
 
@@ -290,10 +308,6 @@ static int run_update_topic(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
-  if (!o.broker == !o.cluster)
-    return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -329,10 +343,6 @@ static int run_delete_topic(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
-  if (!o.broker == !o.cluster)
-    return usage_error("give exactly one of -c CLUSTER and -b BROKERADDR");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -494,8 +504,6 @@ static int run_topic_route(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -518,8 +526,6 @@ static int run_topic_status(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -610,8 +616,6 @@ static int run_ha_status(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.broker)
-    return usage_error("haStatus needs -b BROKERADDR");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -633,8 +637,6 @@ static int run_broker_status(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.broker == !o.cluster)
-    return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -660,8 +662,6 @@ static int run_consumer_progress(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.group || !*o.group)
-    return usage_error("-g GROUP is required");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -701,13 +701,6 @@ static int run_reset_offset(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.group || !*o.group)
-    return usage_error("-g GROUP is required");
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
-  if (!o.timestamp)
-    return usage_error("-s TIMESTAMP is required (milliseconds, 'now' or "
-                       "yyyy-MM-dd#HH:mm:ss:SSS)");
   int64_t ts;
   if (parse_time(o.timestamp, &ts))
     return usage_error("-s: '%s' is not a time (milliseconds since the epoch, 'now' or "
@@ -817,8 +810,6 @@ static int run_query_by_id(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.msgid || !*o.msgid)
-    return usage_error("-i OFFSETMSGID is required");
   fy_client *cl;
   if ((rc = client_open(&o, &cl)))
     return rc;
@@ -867,10 +858,6 @@ static int run_query_by_key(struct cmd *c, int argc, char **argv) {
   int rc = parse_opts(c, argc, argv, &o);
   if (rc >= 0)
     return rc;
-  if (!o.topic || !*o.topic)
-    return usage_error("-t TOPIC is required");
-  if (!o.key || !*o.key)
-    return usage_error("-k KEY is required");
   int64_t begin = 0, end = 0;
   uint32_t max = 64;
   if (o.begin && parse_time(o.begin, &begin))
@@ -917,51 +904,51 @@ static struct cmd cmds[] = {
      "  -w N            write queues (default 8)\n"
      "  -p PERM         2 write, 4 read, 6 read and write (default 6)\n"
      "  -o true|false   ordered topic (default false)",
-     "hn:b:c:t:r:w:p:o:", run_update_topic},
+     "hn:b:c:t:r:w:p:o:", "t", true, run_update_topic},
     {"deleteTopic", "Delete a topic from the brokers of a cluster",
      "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -t TOPIC\n"
      "  -c CLUSTER      delete from every master of the cluster\n"
      "  -b BROKERADDR   delete from this broker only\n"
      "  -t TOPIC        topic name",
-     "hn:c:b:t:", run_delete_topic},
+     "hn:c:b:t:", "t", true, run_delete_topic},
     {"topicList", "List every topic the name servers know", "-n NAMESRV_ADDR", "hn:",
-     run_topic_list},
+     "", false, run_topic_list},
     {"topicRoute", "Show a topic's route",
      "-n NAMESRV_ADDR -t TOPIC [-l]\n"
      "  -t TOPIC        topic name\n"
      "  -l              a table instead of JSON",
-     "hn:t:l", run_topic_route},
+     "hn:t:l", "t", false, run_topic_route},
     {"topicStatus", "Show the min and max offset of every queue of a topic",
-     "-n NAMESRV_ADDR -t TOPIC", "hn:t:", run_topic_status},
+     "-n NAMESRV_ADDR -t TOPIC", "hn:t:", "t", false, run_topic_status},
     {"clusterList", "List the brokers of every cluster",
      "-n NAMESRV_ADDR [-c CLUSTER]\n"
      "  -c CLUSTER      only this cluster",
-     "hn:c:", run_cluster_list},
+     "hn:c:", "", false, run_cluster_list},
     {"brokerStatus", "Show a broker's status entries",
      "-n NAMESRV_ADDR (-b BROKERADDR | -c CLUSTER)\n"
      "  -b BROKERADDR   this broker (host:port)\n"
      "  -c CLUSTER      every master of the cluster (lines prefixed with the address)",
-     "hn:b:c:", run_broker_status},
+     "hn:b:c:", "", true, run_broker_status},
     {"haStatus", "Show a broker's replication status (per slave: offsets and lag)",
      "-n NAMESRV_ADDR -b BROKERADDR\n"
      "  -b BROKERADDR   the broker (host:port): a master lists its slaves, a slave its master",
-     "hn:b:", run_ha_status},
+     "hn:b:", "b", false, run_ha_status},
     {"consumerProgress", "Show a consumer group's offsets and lag per queue",
      "-n NAMESRV_ADDR -g GROUP [-t TOPIC]\n"
      "  -g GROUP        consumer group\n"
      "  -t TOPIC        only this topic",
-     "hn:g:t:", run_consumer_progress},
+     "hn:g:t:", "g", false, run_consumer_progress},
     {"resetOffsetByTime", "Move a consumer group's offsets on a topic to a point in time",
      "-n NAMESRV_ADDR -g GROUP -t TOPIC -s TIMESTAMP\n"
      "  -g GROUP        consumer group\n"
      "  -t TOPIC        topic\n"
      "  -s TIMESTAMP    milliseconds since the epoch, 'now', or yyyy-MM-dd#HH:mm:ss:SSS",
-     "hn:g:t:s:f:", run_reset_offset},
+     "hn:g:t:s:f:", "gts", false, run_reset_offset},
     {"queryMsgById", "Show a message by its offset message id",
      "-n NAMESRV_ADDR -i OFFSETMSGID[,OFFSETMSGID...] [-b BROKERADDR]\n"
      "  -i ID           offset message id (as mqproduce and mqconsume print it)\n"
      "  -b BROKERADDR   ask this broker instead of the one the id names",
-     "hn:i:b:", run_query_by_id},
+     "hn:i:b:", "i", false, run_query_by_id},
     {"queryMsgByKey", "Find messages of a topic by key",
      "-n NAMESRV_ADDR -t TOPIC -k KEY [-b BEGIN] [-e END] [-c MAX]\n"
      "  -t TOPIC        topic\n"
@@ -969,7 +956,7 @@ static struct cmd cmds[] = {
      "  -b BEGIN        stored at or after this time (ms, 'now', or yyyy-MM-dd#HH:mm:ss:SSS)\n"
      "  -e END          stored at or before this time\n"
      "  -c MAX          at most this many per broker (default 64)",
-     "hn:t:k:b:e:c:", run_query_by_key},
+     "hn:t:k:b:e:c:", "tk", false, run_query_by_key},
 };
 
 #define NCMDS (sizeof cmds / sizeof cmds[0])
