@@ -537,6 +537,7 @@ static void on_ha_status(struct fy_broker *b, fy_conn *conn, const fy_frame *f) 
     HKV("lagBytes", "%" PRIu64, in.master_log_end > in.log_end ? in.master_log_end - in.log_end : 0);
     HKV("connectedSinceMs", "%" PRId64, in.connected_since_ms);
     HKV("inputHolds", "%" PRIu64, in.holds);
+    HKV("diskFullPaused", "%s", in.disk_full_paused ? "true" : "false");
     HKV("lastError", "%s", in.last_error[0] ? in.last_error : "none");
   }
 #undef HKV

@@ -106,7 +106,8 @@ struct fy_ha_slave_info {
   uint64_t log_end;
   uint64_t master_log_end;  /* as last reported by the master */
   int64_t connected_since_ms;
-  uint64_t holds;           /* times reading stopped for the log's write buffers */
+  uint64_t holds;           /* times reading stopped for the log's write buffers or disk */
+  bool disk_full_paused;    /* the disk guard refuses writes: replication waits for room */
   char last_error[256];
 };
 

@@ -52,11 +52,15 @@ struct fy_ha_slave {
   uint64_t master_log_end;
   uint64_t acked_received, acked_durable;
   /* A chunk the log had no room for: kept, with the connection held
-   * (fy_conn_hold), until an append completes and makes room. */
+   * (fy_conn_hold), until an append completes and makes room, or, when the
+   * disk is full (disk_full_paused), until the disk guard lets writes in
+   * again; the tick retries and keeps acknowledging, so the master keeps
+   * the link. */
   uint8_t *held;
   size_t held_len;
   uint64_t held_offset;
   uint64_t holds; /* times the input was held, for status */
+  bool disk_full_paused;
   /* The copy of what the master held at the hello, reported once done. */
   bool catching_up;
   uint64_t catchup_from, catchup_to, catchup_start_ns;
@@ -75,6 +79,7 @@ static void drop_held(fy_ha_slave *s) {
   free(s->held);
   s->held = NULL;
   s->held_len = 0;
+  s->disk_full_paused = false;
 }
 
 static void fail_conn(fy_ha_slave *s, int reason, const char *fmt, ...)
@@ -138,8 +143,11 @@ static void retry_held(fy_ha_slave *s) {
   if (!s->held || !s->conn)
     return;
   int err = fy_commitlog_append_raw(s->cl, s->held_offset, s->held, s->held_len, on_appended, s);
-  if (err == -FY_EBUSY)
-    return; /* the next completion tries again */
+  if (err == -FY_EBUSY || err == -FY_EDISK_FULL)
+    return; /* the next completion or tick tries again */
+  if (!err && s->disk_full_paused)
+    fy_info(MOD, "disk accepts writes again: replication from master %s resumed at %" PRIu64,
+            s->master, s->held_offset);
   drop_held(s);
   if (err) {
     fail_conn(s, err, "cannot append replicated bytes at %" PRIu64 ": %s", s->held_offset,
@@ -190,10 +198,11 @@ static void on_data(fy_ha_slave *s, const fy_frame *f) {
     return;
   }
   int err = fy_commitlog_append_raw(s->cl, offset, f->raw, f->raw_len, on_appended, s);
-  if (err == -FY_EBUSY) {
-    /* The log's write buffers are full (the disk is slower than the link):
-     * keep the chunk and stop reading until an append completes, so TCP
-     * slows the master down instead of the slave dropping the link. */
+  if (err == -FY_EBUSY || err == -FY_EDISK_FULL) {
+    /* The log's write buffers are full (the disk is slower than the link),
+     * or the disk guard refuses writes: keep the chunk and stop reading
+     * until it fits, so TCP slows the master down instead of the slave
+     * dropping the link (and, on a full disk, redialling every second). */
     s->held = malloc(f->raw_len);
     if (!s->held) {
       fail_conn(s, -ENOMEM, "no memory to hold a chunk of %u bytes", (unsigned)f->raw_len);
@@ -204,6 +213,13 @@ static void on_data(fy_ha_slave *s, const fy_frame *f) {
     s->held_offset = offset;
     s->holds++;
     fy_conn_hold(s->conn, true);
+    if (err == -FY_EDISK_FULL) {
+      s->disk_full_paused = true;
+      snprintf(s->last_error, sizeof s->last_error,
+               "disk full (diskSpaceWarningLevelRatio): replication paused at %" PRIu64, offset);
+      fy_warn(MOD, "master %s: %s until the disk has room; a SYNC_MASTER's sends wait meanwhile",
+              s->master, s->last_error);
+    }
   } else if (err)
     fail_conn(s, err, "cannot append replicated bytes at %" PRIu64 ": %s", offset,
               fy_strerror(err));
@@ -344,9 +360,11 @@ static void on_tick(uv_timer_t *t) {
     break;
   case S_HELLO_SENT:
   case S_STREAMING:
-    if (s->held)
-      retry_held(s); /* completions retry too; this covers a lost wake-up */
-    else if (now - s->last_read > s->cfg.timeout_ms)
+    if (s->held) {
+      retry_held(s); /* completions retry too; this covers a lost wake-up and a full disk */
+      if (s->held && s->state == S_STREAMING && now - s->last_ack >= s->cfg.heartbeat_ms)
+        send_ack(s); /* still here: the master keeps the link while the chunk waits */
+    } else if (now - s->last_read > s->cfg.timeout_ms)
       fail_conn(s, -ETIMEDOUT, "nothing heard for %" PRIu64 " ms (haHousekeepingInterval)",
                 now - s->last_read);
     else if (s->state == S_STREAMING && now - s->last_ack >= s->cfg.heartbeat_ms)
@@ -402,6 +420,7 @@ void fy_ha_slave_info(const fy_ha_slave *s, struct fy_ha_slave_info *out) {
   out->master_log_end = s->master_log_end;
   out->connected_since_ms = s->state == S_STREAMING ? s->connected_ms : 0;
   out->holds = s->holds;
+  out->disk_full_paused = s->disk_full_paused;
   snprintf(out->last_error, sizeof out->last_error, "%s", s->last_error);
 }
 

@@ -320,6 +320,44 @@ static void test_slave_restart_resumes(void **state) {
   wait_caught_up(e); /* equal digests: no gap and no duplicate byte */
 }
 
+/* A slave whose disk guard refuses writes keeps the master's chunk and the
+ * link, acknowledging what it holds (so the master does not drop it after
+ * ha_timeout_ms), and catches up on the same connection once writes are
+ * allowed again. It used to drop the link and redial every second. */
+static bool slave_paused(void *arg) {
+  struct fy_ha_slave_info in;
+  fy_ha_slave_info(arg, &in);
+  return in.disk_full_paused;
+}
+
+static void test_slave_disk_full_pauses_replication(void **state) {
+  struct env *e = *state;
+  assert_int_equal(send_batch(e, "Full", 500, 0), FERRY__V1__STATUS__OK);
+  wait_caught_up(e);
+  fy_ha_slave *hs = e->slave.b->ha_slave;
+  struct fy_ha_slave_info before, during, after;
+  fy_ha_slave_info(hs, &before);
+  assert_string_equal(before.state, "STREAMING");
+  fy_commitlog *scl = fy_store_commitlog(e->slave.b->store);
+  fy_commitlog_set_disk_full(scl, true);
+  assert_int_equal(send_batch(e, "Full", 500, 500), FERRY__V1__STATUS__OK); /* ASYNC_MASTER */
+  assert_true(fy_test_run_until_pred(&e->loop, slave_paused, hs, 10000));
+  /* Past the master's timeout (2 s here) and several redials' worth. */
+  bool never = false;
+  fy_test_run_until(&e->loop, &never, 5000);
+  fy_ha_slave_info(hs, &during);
+  assert_true(during.disk_full_paused);
+  assert_string_equal(during.state, "STREAMING");
+  assert_int_equal(during.connected_since_ms, before.connected_since_ms); /* one link */
+  assert_true(during.log_end < during.master_log_end);
+  assert_non_null(strstr(during.last_error, "disk full"));
+  fy_commitlog_set_disk_full(scl, false);
+  wait_caught_up(e);
+  fy_ha_slave_info(hs, &after);
+  assert_false(after.disk_full_paused);
+  assert_int_equal(after.connected_since_ms, before.connected_since_ms);
+}
+
 /* SYNC_MASTER: sends n messages to topic until they are SEND_OK, i.e. until
  * the slave is attached (SLAVE_NOT_AVAILABLE before). */
 static void wait_slave_attached(struct env *e, const char *topic, size_t n) {
@@ -568,6 +606,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_async_replicas_are_identical, setup_async, teardown),
       cmocka_unit_test_setup_teardown(test_slave_restart_resumes, setup_async, teardown),
+      cmocka_unit_test_setup_teardown(test_slave_disk_full_pauses_replication, setup_async,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_sync_master, setup_sync, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master_flush_timeout, setup_sync_flush, teardown),
       cmocka_unit_test_setup_teardown(test_sync_master_restart_keeps_unacknowledged_hidden,
