@@ -659,6 +659,60 @@ static void test_flush_writes_slots(void **state) {
   assert_int_equal(fy_test_loop_finish(&loop), 0);
 }
 
+/* A flush writes the slot table as it was when the flush was queued, though
+ * it writes it a step at a time: puts made meanwhile (into chunks not yet
+ * written) change nothing on disk. The table read back from the file must
+ * equal the one rebuilt from the entries numbered below the flush's start. */
+static void test_flush_is_a_snapshot(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_aio *aio;
+  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  const uint32_t slots = 300007; /* 293 chunks: five flush writes */
+  const uint32_t before = 150000, during_step = 3000;
+  fy_index *ix = open_ix(slots, 1000000);
+  for (uint32_t i = 0; i < before; i++)
+    put_one(ix, i, (int)i);
+  struct flush_rec r = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r), 0);
+  uint32_t next = before;
+  for (int turns = 0; !r.done; turns++) {
+    assert_true(turns < 10000);
+    for (uint32_t k = 0; k < during_step && next < 900000; k++, next++)
+      put_one(ix, next, (int)next);
+    uv_run(&loop, UV_RUN_ONCE);
+  }
+  assert_int_equal(r.status, 0);
+  assert_true(next > before + during_step); /* puts did run during the flush */
+
+  char path[800];
+  first_file(path, sizeof path);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  uint32_t *disk = malloc((size_t)slots * 4), *want = calloc(slots, 4);
+  assert_non_null(disk);
+  assert_non_null(want);
+  assert_int_equal(pread(fd, disk, (size_t)slots * 4, HDR), (ssize_t)slots * 4);
+  for (uint32_t n = 1; n <= before; n++) { /* entry n holds key n - 1 */
+    uint32_t hash;
+    assert_int_equal(pread(fd, &hash, 4, HDR + (off_t)slots * 4 + (off_t)n * 20), 4);
+    want[hash % slots] = n;
+  }
+  close(fd);
+  uint32_t changed = 0;
+  for (uint32_t s = 0; s < slots; s++) {
+    if (disk[s] != want[s] && changed++ < 5)
+      print_message("slot %u: %u on disk, %u as of the flush\n", s, disk[s], want[s]);
+  }
+  assert_int_equal(changed, 0);
+  free(disk);
+  free(want);
+  fy_index_close(ix);
+  fy_aio_close(aio);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_query, setup, teardown),
@@ -675,6 +729,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_corrupt_chains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_writes_slots, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flush_is_a_snapshot, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
