@@ -187,6 +187,8 @@ struct ix_flush_ctx {
   fy_syncset *syncs; /* made when the flush starts, started after the slot writes */
   fy_aio_req write;  /* the slot write in flight (one at a time) */
   int write_fd;      /* its dup()ed fd, or -1 */
+  char write_file[IX_NAME_LEN]; /* its file and chunks, made dirty again if it fails */
+  uint32_t write_first, write_end;
   int status;        /* first slot write error */
   void (*cb)(void *arg, int status);
   void *arg;
@@ -1130,6 +1132,14 @@ static void mark_pending(fy_index *ix, uint8_t *snap, uint64_t gen) {
   }
 }
 
+/* Chunk c of f goes to the next flush (a write of it failed, or never ran). */
+static void mark_dirty(struct ix_file *f, uint32_t c) {
+  if (!(f->slot_dirty[c] & CH_DIRTY))
+    f->dirty_chunks++;
+  f->slot_dirty[c] = CH_DIRTY;
+  f->dirty = true;
+}
+
 /* Takes f's next run of chunks to write, from its cursor: pending or
  * copied chunks, with up to IX_GAP_CHUNKS unchanged ones between them
  * (their bytes equal the file's), at most IX_STEP_CHUNKS. Pending chunks
@@ -1138,8 +1148,9 @@ static void mark_pending(fy_index *ix, uint8_t *snap, uint64_t gen) {
 static uint32_t take_run(struct ix_file *f, uint32_t *end) {
   uint32_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
   uint32_t c = f->snap_cursor;
-  while (!(f->slot_dirty[c] & (CH_PENDING | CH_COPIED))) /* snap_todo > 0: one is ahead */
+  while (c < chunks && !(f->slot_dirty[c] & (CH_PENDING | CH_COPIED)))
     c++;
+  fy_assert(c < chunks); /* snap_todo > 0: one is at or after the cursor */
   uint32_t first = c, last = c;
   for (; c < chunks && c - first < IX_STEP_CHUNKS; c++) {
     uint8_t fl = f->slot_dirty[c];
@@ -1185,6 +1196,9 @@ static int slots_step(struct ix_flush_ctx *ctx) {
       break;
     }
     ctx->write.data = ctx;
+    snprintf(ctx->write_file, sizeof ctx->write_file, "%s", f->name);
+    ctx->write_first = first;
+    ctx->write_end = end;
     int err = fy_aio_write(ctx->aio, &ctx->write, ctx->write_fd, buf, (size_t)(b - a) * 4,
                            IX_HEADER_SIZE + (uint64_t)a * 4, on_slots_written);
     if (err == 0)
@@ -1200,14 +1214,10 @@ static int slots_step(struct ix_flush_ctx *ctx) {
         continue;
       uint32_t chunks = (f->slot_count + IX_SLOT_CHUNK - 1) / IX_SLOT_CHUNK;
       for (uint32_t c = 0; c < chunks; c++)
-        if (f->slot_dirty[c] & (CH_PENDING | CH_COPIED)) {
-          if (!(f->slot_dirty[c] & CH_DIRTY))
-            f->dirty_chunks++;
-          f->slot_dirty[c] = CH_DIRTY;
-        }
+        if (f->slot_dirty[c] & (CH_PENDING | CH_COPIED))
+          mark_dirty(f, c);
       f->snap_todo = 0;
       f->snap = NULL;
-      f->dirty = true;
     }
   fy_syncset *syncs = ctx->syncs;
   ctx->syncs = NULL;
@@ -1218,6 +1228,14 @@ static void on_slots_written(fy_aio_req *req, int64_t res) {
   struct ix_flush_ctx *ctx = req->data;
   close(ctx->write_fd);
   ctx->write_fd = -1;
+  if (res < 0 && ctx->ix) {
+    for (size_t i = 0; i < ctx->ix->nfiles; i++) {
+      struct ix_file *f = &ctx->ix->files[i];
+      if (f->slots && strncmp(f->name, ctx->write_file, IX_NAME_LEN) == 0)
+        for (uint32_t c = ctx->write_first; c < ctx->write_end; c++)
+          mark_dirty(f, c);
+    }
+  }
   if (res < 0 && !ctx->status)
     ctx->status = (int)res;
   int err = slots_step(ctx);

@@ -659,6 +659,33 @@ static void test_flush_writes_slots(void **state) {
   assert_int_equal(fy_test_loop_finish(&loop), 0);
 }
 
+/* The first file's slot table on disk equals the one rebuilt from its entries
+ * 1..upto (entry n holds key n - 1, one key per record). */
+static void assert_disk_slots(uint32_t slots, uint32_t upto) {
+  char path[800];
+  first_file(path, sizeof path);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  uint32_t *disk = malloc((size_t)slots * 4), *want = calloc(slots, 4);
+  assert_non_null(disk);
+  assert_non_null(want);
+  assert_int_equal(pread(fd, disk, (size_t)slots * 4, HDR), (ssize_t)slots * 4);
+  for (uint32_t n = 1; n <= upto; n++) {
+    uint32_t hash;
+    assert_int_equal(pread(fd, &hash, 4, HDR + (off_t)slots * 4 + (off_t)n * 20), 4);
+    want[hash % slots] = n;
+  }
+  close(fd);
+  uint32_t changed = 0;
+  for (uint32_t s = 0; s < slots; s++) {
+    if (disk[s] != want[s] && changed++ < 5)
+      print_message("slot %u: %u on disk, %u expected\n", s, disk[s], want[s]);
+  }
+  assert_int_equal(changed, 0);
+  free(disk);
+  free(want);
+}
+
 /* A flush writes the slot table as it was when the flush was queued, though
  * it writes it a step at a time: puts made meanwhile (into chunks not yet
  * written) change nothing on disk. The table read back from the file must
@@ -686,28 +713,36 @@ static void test_flush_is_a_snapshot(void **state) {
   assert_int_equal(r.status, 0);
   assert_true(next > before + during_step); /* puts did run during the flush */
 
-  char path[800];
-  first_file(path, sizeof path);
-  int fd = open(path, O_RDONLY);
-  assert_true(fd >= 0);
-  uint32_t *disk = malloc((size_t)slots * 4), *want = calloc(slots, 4);
-  assert_non_null(disk);
-  assert_non_null(want);
-  assert_int_equal(pread(fd, disk, (size_t)slots * 4, HDR), (ssize_t)slots * 4);
-  for (uint32_t n = 1; n <= before; n++) { /* entry n holds key n - 1 */
-    uint32_t hash;
-    assert_int_equal(pread(fd, &hash, 4, HDR + (off_t)slots * 4 + (off_t)n * 20), 4);
-    want[hash % slots] = n;
-  }
-  close(fd);
-  uint32_t changed = 0;
-  for (uint32_t s = 0; s < slots; s++) {
-    if (disk[s] != want[s] && changed++ < 5)
-      print_message("slot %u: %u on disk, %u as of the flush\n", s, disk[s], want[s]);
-  }
-  assert_int_equal(changed, 0);
-  free(disk);
-  free(want);
+  assert_disk_slots(slots, before);
+  fy_index_close(ix);
+  fy_aio_close(aio);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+}
+
+/* A slot write that fails fails the flush once; what it did not write is
+ * still dirty, so the next flush writes the whole table. */
+static void test_flush_write_error(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_aio *aio;
+  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  const uint32_t slots = 300007, keys = 100000;
+  fy_index *ix = open_ix(slots, 1000000);
+  for (uint32_t i = 0; i < keys; i++)
+    put_one(ix, i, (int)i);
+  fy_aio_inject_fault(aio, FY_AIO_WRITE, 1, 1, -EIO); /* the second of five writes */
+  struct flush_rec r1 = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r1), 0);
+  assert_true(fy_test_run_until(&loop, &r1.done, 10000));
+  assert_int_equal(r1.status, -EIO);
+  assert_int_equal(r1.calls, 1);
+  assert_true(fy_index_dirty(ix));
+  struct flush_rec r2 = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r2), 0);
+  assert_true(fy_test_run_until(&loop, &r2.done, 10000));
+  assert_int_equal(r2.status, 0);
+  assert_disk_slots(slots, keys);
   fy_index_close(ix);
   fy_aio_close(aio);
   assert_int_equal(fy_test_loop_finish(&loop), 0);
@@ -730,6 +765,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_writes_slots, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_is_a_snapshot, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_flush_write_error, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
