@@ -79,6 +79,13 @@ def test_e2e_smoke(args):
         assert r.returncode == 2 and "--batch" in r.stderr, r
         r = run([bench, "deliver", "-n", ns_addr, "-t", "BenchSmoke"], check=False)
         assert r.returncode == 2 and "-g GROUP" in r.stderr, r
+        # An option the mode would ignore is refused, not silently dropped.
+        r = run([bench, "deliver", "-n", ns_addr, "-t", "BenchSmoke", "-g", "g",
+                 "--threads", "2"], check=False)
+        assert r.returncode == 2 and "--threads does not apply to deliver" in r.stderr, r
+        r = run([bench, "consume", "-n", ns_addr, "-t", "BenchSmoke", "-g", "g",
+                 "--batch", "8"], check=False)
+        assert r.returncode == 2 and "--batch does not apply to consume" in r.stderr, r
     finally:
         for p in procs:
             p.kill9()

@@ -511,9 +511,42 @@ static void usage(FILE *out) {
           "deliver: one message every 1/--rate s to one queue, synchronously, while one\n"
           "  consumer waits for them in long polls (the broker holds each empty pull up to\n"
           "  --suspend-ms); latency runs from a send's start to the consumer receiving it.\n"
+          "An option the mode does not read is a usage error (exit 2).\n"
           "The last line on stdout is: RESULT mode=M msgs=N errors=N secs=F msgs_per_s=F\n"
           "  mb_per_s=F p50_us=N p99_us=N p999_us=N max_us=N\n",
           PULL_BATCH_DEFAULT);
+}
+
+/* Which modes read an option: one given to a mode that would ignore it is a
+ * usage error, so a command line never seems to ask for what it does not get. */
+enum { M_PRODUCE = 1, M_CONSUME = 2, M_DELIVER = 4 };
+static const struct {
+  int opt;
+  const char *name;
+  int modes;
+} option_modes[] = {
+    {'g', "-g", M_CONSUME | M_DELIVER},
+    {'S', "--size", M_PRODUCE | M_DELIVER},
+    {'B', "--batch", M_PRODUCE},
+    {'I', "--inflight", M_PRODUCE},
+    {'T', "--threads", M_PRODUCE | M_CONSUME},
+    {'W', "--warmup-s", M_PRODUCE | M_DELIVER},
+    {'R', "--rate", M_PRODUCE | M_DELIVER},
+    {'K', "--tick-us", M_PRODUCE},
+    {'Q', "--queue-id", M_PRODUCE | M_DELIVER},
+    {'F', "--from", M_CONSUME},
+    {'C', "--count", M_PRODUCE | M_CONSUME},
+    {'b', "--broker-id", M_CONSUME},
+    {'P', "--pull-batch", M_CONSUME},
+    {'U', "--suspend-ms", M_DELIVER},
+};
+
+/* 0, or the name of an option in given[] that mode does not read. */
+static const char *option_unused(const bool *given, int mode) {
+  for (size_t i = 0; i < sizeof option_modes / sizeof option_modes[0]; i++)
+    if (given[option_modes[i].opt] && !(option_modes[i].modes & mode))
+      return option_modes[i].name;
+  return NULL;
 }
 
 static int num_arg(const char *name, const char *s, double min, double max, double *out) {
@@ -990,8 +1023,11 @@ int main(int argc, char **argv) {
   int c;
   double v;
   uint32_t u;
+  bool given[128] = {false};
   while ((c = getopt_long(argc, argv, "n:t:g:h", longopts, NULL)) != -1) {
     int bad = 0;
+    if (c > 0 && c < 128)
+      given[c] = true;
     switch (c) {
     case 'n': opt.namesrv = optarg; break;
     case 't': opt.topic = optarg; break;
@@ -1041,6 +1077,11 @@ int main(int argc, char **argv) {
   }
   if (optind < argc) {
     fprintf(stderr, "ferry-bench: unexpected argument '%s'\n", argv[optind]);
+    return EXIT_USAGE;
+  }
+  const char *unused = option_unused(given, produce ? M_PRODUCE : deliver ? M_DELIVER : M_CONSUME);
+  if (unused) {
+    fprintf(stderr, "ferry-bench: %s does not apply to %s (see --help)\n", unused, opt.mode);
     return EXIT_USAGE;
   }
   if (!opt.namesrv || !*opt.namesrv || !opt.topic || !*opt.topic ||
