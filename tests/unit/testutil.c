@@ -30,15 +30,28 @@ void fy_test_rmtree(const char *path) { nftw(path, rm_one, 16, FTW_DEPTH | FTW_P
 
 static void on_timer(uv_timer_t *t) { *(bool *)t->data = true; }
 
+/* Runs before each poll: once the flag is set (say by a timer that ran at
+ * the top of this iteration), the poll must not block until the next
+ * event, which may be the deadline. */
+static void on_prepare(uv_prepare_t *p) {
+  if (*(const bool *)p->data)
+    uv_stop(p->loop);
+}
+
 bool fy_test_run_until(uv_loop_t *loop, const bool *flag, uint64_t timeout_ms) {
   bool expired = false;
   uv_timer_t timer;
   uv_timer_init(loop, &timer);
   timer.data = &expired;
   uv_timer_start(&timer, on_timer, timeout_ms, 0);
+  uv_prepare_t prepare;
+  uv_prepare_init(loop, &prepare);
+  prepare.data = (void *)flag;
+  uv_prepare_start(&prepare, on_prepare);
   while (!*flag && !expired)
     uv_run(loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&timer, NULL);
+  uv_close((uv_handle_t *)&prepare, NULL);
   uv_run(loop, UV_RUN_NOWAIT);
   return *flag;
 }
