@@ -393,6 +393,13 @@ static void on_query_by_id(struct fy_broker *b, fy_conn *conn, const fy_frame *f
 
 static void on_query_by_key(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   UNPACK(Ferry__V1__QueryByKeyRequest, ferry__v1__query_by_key_request__descriptor, req);
+  if (!b->settings.store.index_enable) { /* an empty answer would read as "no such key" */
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__UNSUPPORTED_OP,
+                        "broker %s keeps no key index (messageIndexEnable=false)",
+                        b->cfg->broker_name);
+    fy_pb_free(&req->base);
+    return;
+  }
   struct pinned_slices *p = calloc(1, sizeof *p);
   if (!p) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory");

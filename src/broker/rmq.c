@@ -1117,9 +1117,11 @@ static void on_query_message(struct fy_broker *b, fy_conn *conn, const fy_rmq_cm
   struct fy_cl_slice slices[QUERY_MAX];
   size_t n = fy_store_query_key(b->store, topic, key, begin, end, slices,
                                 max <= 0 || max > QUERY_MAX ? QUERY_MAX : (size_t)max);
-  if (n == 0) {
+  if (n == 0) { /* RocketMQ's code either way; the text says why */
     reply(conn, c, FY_RMQ_RESP_QUERY_NOT_FOUND, NULL, 0,
-          "can not find message, maybe time range not correct");
+          b->settings.store.index_enable
+              ? "can not find message, maybe time range not correct"
+              : "can not find message: this broker keeps no key index (messageIndexEnable=false)");
     return;
   }
   struct fy_store_stats st;

@@ -31,6 +31,7 @@ struct env {
   uint32_t sync_flush_timeout_ms; /* nonzero: a SYNC_FLUSH broker with this syncFlushTimeout */
   uint64_t page_cache_max;        /* commitLogPageCacheMaxBytes (0: the default) */
   uint32_t disk_full_ratio;       /* diskSpaceWarningLevelRatio (0: the default) */
+  bool no_index;                  /* messageIndexEnable=false */
   fy_namesrv *ns;
   fy_broker *broker;
   fy_conn *client;
@@ -79,6 +80,7 @@ static void start_broker(struct env *e, bool auto_create) {
   s.broker.listen_port = 0;
   s.broker.auto_create_topic = auto_create;
   s.store.page_cache_max = e->page_cache_max;
+  s.store.index_enable = !e->no_index;
   if (e->disk_full_ratio) {
     s.store.disk_full_ratio = e->disk_full_ratio;
     s.store.clean_interval_ms = 100; /* the disk check runs with retention */
@@ -130,6 +132,12 @@ static int setup_disk_full(void **state) {
   assert_int_equal(statvfs(dir, &sv), 0);
   uint64_t used = sv.f_blocks - sv.f_bfree;
   e->disk_full_ratio = (uint32_t)(used * 100 / (used + sv.f_bavail) / 2); /* 0: nearly empty */
+  return setup_env(state, e);
+}
+
+static int setup_no_index(void **state) {
+  struct env *e = calloc(1, sizeof *e);
+  e->no_index = true;
   return setup_env(state, e);
 }
 
@@ -631,6 +639,45 @@ static void test_disk_full_refuses_sends(void **state) {
   }
 }
 
+/* Messages with key K in topic T (-1: an error, in e->status and e->text). */
+static int query_key(struct env *e, const char *topic, const char *key) {
+  Ferry__V1__QueryByKeyRequest req = FERRY__V1__QUERY_BY_KEY_REQUEST__INIT;
+  req.topic = (char *)topic;
+  req.key = (char *)key;
+  req.max = 32;
+  call(e, FERRY__V1__OP__OP_QUERY_BY_KEY, &req.base, NULL, 0, 5000);
+  if (e->status != FERRY__V1__STATUS__OK)
+    return -1;
+  Ferry__V1__QueryResponse *r = ferry__v1__query_response__unpack(NULL, e->header_len, e->header);
+  assert_non_null(r);
+  int n = (int)r->count;
+  ferry__v1__query_response__free_unpacked(r, NULL);
+  return n;
+}
+
+static bool key_found(void *arg) { return query_key(arg, "Keyed", "ORDER-7") == 1; }
+
+/* Query by key finds a message once it is dispatched; a broker without the
+ * index says so instead of answering "no such key". */
+static void test_query_by_key(void **state) {
+  struct env *e = *state;
+  Ferry__V1__SendResponse *r = send_one(e, "Keyed", 0, "body", "", "ORDER-7");
+  assert_non_null(r);
+  ferry__v1__send_response__free_unpacked(r, NULL);
+  if (!e->no_index) {
+    assert_true(fy_test_run_until_pred(&e->loop, key_found, e, 5000));
+    assert_int_equal(query_key(e, "Keyed", "ORDER-8"), 0);
+    return;
+  }
+  assert_int_equal(query_key(e, "Keyed", "ORDER-7"), -1);
+  assert_int_equal(e->status, FERRY__V1__STATUS__UNSUPPORTED_OP);
+  assert_non_null(strstr(e->text, "messageIndexEnable=false"));
+  Ferry__V1__PullResponse *p = pull(e, "Keyed", 0, 0, 0, NULL, 0); /* the message is there */
+  assert_non_null(p);
+  assert_int_equal(p->count, 1);
+  ferry__v1__pull_response__free_unpacked(p, NULL);
+}
+
 /* The born host recorded for a send comes from the peer's address, IPv4 or
  * IPv6 (an IPv6 producer was recorded as 0.0.0.0:port). */
 static void test_born_host_from_peer(void **state) {
@@ -675,6 +722,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_namesrv_drops_broker_on_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush_disk_timeout, setup_sync_flush, teardown),
       cmocka_unit_test_setup_teardown(test_disk_full_refuses_sends, setup_disk_full, teardown),
+      cmocka_unit_test_setup_teardown(test_query_by_key, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_query_by_key, setup_no_index, teardown),
       cmocka_unit_test_setup_teardown(test_slave_read_follows_page_cache, setup_small_cache,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_page_cache_default, setup, teardown),
