@@ -539,6 +539,26 @@ static void on_flushed(void *arg, int status) {
   r->calls++;
 }
 
+/* Flushes ix and runs the loop until the one callback; returns its status. */
+static int flush_and_wait(fy_index *ix, fy_aio *aio, uv_loop_t *loop) {
+  struct flush_rec r = {0};
+  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r), 0);
+  assert_true(fy_test_run_until(loop, &r.done, 10000));
+  assert_int_equal(r.calls, 1);
+  return r.status;
+}
+
+/* A loop and an I/O context on it (io_uring where the kernel has it). */
+static void aio_open(uv_loop_t *loop, fy_aio **aio) {
+  assert_int_equal(uv_loop_init(loop), 0);
+  assert_int_equal(fy_aio_init(loop, FY_AIO_AUTO, 64, aio), 0);
+}
+
+static void aio_finish(uv_loop_t *loop, fy_aio *aio) {
+  fy_aio_close(aio);
+  assert_int_equal(fy_test_loop_finish(loop), 0);
+}
+
 /* Runs on one backend; false if it cannot be set up here. */
 static bool flush_on(enum fy_aio_backend backend) {
   uv_loop_t loop;
@@ -572,19 +592,12 @@ static bool flush_on(enum fy_aio_backend backend) {
   assert_false(fy_index_dirty(ix));
 
   /* nothing dirty: the callback still comes */
-  struct flush_rec r3 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r3), 0);
-  assert_true(fy_test_run_until(&loop, &r3.done, 10000));
-  assert_int_equal(r3.status, 0);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), 0);
 
   /* an error is reported once */
   put_one(ix, 4, 1);
   fy_aio_inject_fault(aio, FY_AIO_FDATASYNC, 0, 1, -EIO);
-  struct flush_rec r4 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r4), 0);
-  assert_true(fy_test_run_until(&loop, &r4.done, 10000));
-  assert_int_equal(r4.status, -EIO);
-  assert_int_equal(r4.calls, 1);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), -EIO); /* once */
 
   /* files deleted and the index closed while a flush is in flight */
   put_one(ix, 5, 1);
@@ -617,16 +630,12 @@ static void test_flush(void **state) {
 static void test_flush_writes_slots(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   fy_aio *aio;
-  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  aio_open(&loop, &aio);
   const uint32_t slots = 8;
   fy_index *ix = open_ix(slots, 4); /* 3 keys per file */
   put_one(ix, 0, 1);
-  struct flush_rec r1 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r1), 0);
-  assert_true(fy_test_run_until(&loop, &r1.done, 10000));
-  assert_int_equal(r1.status, 0);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), 0);
   char path[800];
   first_file(path, sizeof path);
   int fd = open(path, O_RDONLY);
@@ -642,10 +651,7 @@ static void test_flush_writes_slots(void **state) {
   assert_int_equal(used, 1); /* entry 1, in the slot of its key */
   for (uint64_t i = 1; i < 7; i++) /* three files */
     put_one(ix, i, 1);
-  struct flush_rec r2 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r2), 0);
-  assert_true(fy_test_run_until(&loop, &r2.done, 10000));
-  assert_int_equal(r2.status, 0);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), 0);
   uint64_t out[16];
   assert_int_equal(query_all(ix, 1, out, 16), 7);
   for (size_t j = 0; j < 7; j++)
@@ -655,8 +661,7 @@ static void test_flush_writes_slots(void **state) {
   assert_int_equal(query_all(ix, 1, out, 16), 7);
   assert_int_equal(fy_index_max_phys(ix), 7 * REC);
   fy_index_close(ix);
-  fy_aio_close(aio);
-  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  aio_finish(&loop, aio);
 }
 
 /* The first file's slot table on disk equals the one rebuilt from its entries
@@ -693,9 +698,8 @@ static void assert_disk_slots(uint32_t slots, uint32_t upto) {
 static void test_flush_is_a_snapshot(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   fy_aio *aio;
-  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  aio_open(&loop, &aio);
   const uint32_t slots = 300007; /* 293 chunks: five flush writes */
   const uint32_t before = 150000, during_step = 3000;
   fy_index *ix = open_ix(slots, 1000000);
@@ -715,8 +719,7 @@ static void test_flush_is_a_snapshot(void **state) {
 
   assert_disk_slots(slots, before);
   fy_index_close(ix);
-  fy_aio_close(aio);
-  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  aio_finish(&loop, aio);
 }
 
 /* A slot write that fails fails the flush once; what it did not write is
@@ -724,28 +727,19 @@ static void test_flush_is_a_snapshot(void **state) {
 static void test_flush_write_error(void **state) {
   (void)state;
   uv_loop_t loop;
-  assert_int_equal(uv_loop_init(&loop), 0);
   fy_aio *aio;
-  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  aio_open(&loop, &aio);
   const uint32_t slots = 300007, keys = 100000;
   fy_index *ix = open_ix(slots, 1000000);
   for (uint32_t i = 0; i < keys; i++)
     put_one(ix, i, (int)i);
   fy_aio_inject_fault(aio, FY_AIO_WRITE, 1, 1, -EIO); /* the second of five writes */
-  struct flush_rec r1 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r1), 0);
-  assert_true(fy_test_run_until(&loop, &r1.done, 10000));
-  assert_int_equal(r1.status, -EIO);
-  assert_int_equal(r1.calls, 1);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), -EIO);
   assert_true(fy_index_dirty(ix));
-  struct flush_rec r2 = {0};
-  assert_int_equal(fy_index_flush(ix, aio, on_flushed, &r2), 0);
-  assert_true(fy_test_run_until(&loop, &r2.done, 10000));
-  assert_int_equal(r2.status, 0);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), 0);
   assert_disk_slots(slots, keys);
   fy_index_close(ix);
-  fy_aio_close(aio);
-  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  aio_finish(&loop, aio);
 }
 
 int main(void) {
