@@ -34,6 +34,10 @@
 #define EXIT_USAGE 2
 #define CLUSTER_MASTERS_MAX 256
 
+struct opts;
+
+/* A subcommand. main parses and checks its flags (parse_opts), connects,
+ * and calls run, which prints and returns the exit code. */
 struct cmd {
   const char *name;
   const char *summary;
@@ -41,7 +45,7 @@ struct cmd {
   const char *optstring;
   const char *required; /* flags that must be given, in the order they are checked */
   bool one_target;      /* exactly one of -b BROKERADDR and -c CLUSTER */
-  int (*run)(struct cmd *c, int argc, char **argv);
+  int (*run)(const struct opts *o, fy_client *cl);
 };
 
 /* The subcommand being run, for messages. */
@@ -84,7 +88,10 @@ struct opts {
   const char *namesrv;
   const char *topic, *cluster, *broker, *group, *key, *msgid;
   const char *timestamp; /* -s */
+  int64_t ts_ms;         /* -s, parsed */
   const char *begin, *end, *max; /* queryMsgByKey -b -e -c */
+  int64_t begin_ms, end_ms;      /* parsed; both 0: any time */
+  uint32_t max_n;                /* parsed; 64 without -c */
   uint32_t read_queues, write_queues, perm;
   bool order;
   bool list; /* topicRoute -l */
@@ -248,6 +255,18 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, struct opts *o
   }
   if (c->one_target && !o->broker == !o->cluster)
     return usage_error("give exactly one of -b BROKERADDR and -c CLUSTER");
+  if (o->timestamp && parse_time(o->timestamp, &o->ts_ms))
+    return usage_error("-s: '%s' is not a time (milliseconds since the epoch, 'now' or "
+                       "yyyy-MM-dd#HH:mm:ss:SSS)", o->timestamp);
+  o->max_n = 64;
+  if (o->begin && parse_time(o->begin, &o->begin_ms))
+    return usage_error("-b: '%s' is not a time", o->begin);
+  if (o->end && parse_time(o->end, &o->end_ms))
+    return usage_error("-e: '%s' is not a time", o->end);
+  if (o->max && parse_u32(o->max, 1, 64, &o->max_n))
+    return usage_error("-c: '%s' is not a count from 1 to 64", o->max);
+  if (o->begin && !o->end)
+    o->end_ms = INT64_MAX;
   return -1;
 }
 
@@ -303,23 +322,17 @@ static const char *perm_text(uint32_t perm) {
 
 /* ------------------------------------------------------------- updateTopic */
 
-static int run_update_topic(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
-  fy_topic_config tc = {.topic = o.topic, .read_queues = o.read_queues,
-                        .write_queues = o.write_queues, .perm = o.perm, .order = o.order};
+static int run_update_topic(const struct opts *o, fy_client *cl) {
+  int rc = 0;
+  fy_topic_config tc = {.topic = o->topic, .read_queues = o->read_queues,
+                        .write_queues = o->write_queues, .perm = o->perm, .order = o->order};
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
   size_t n = 1;
-  if (o.broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o.broker);
-  else if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)))
-    goto out;
+  if (o->broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
+  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+    return rc;
   for (size_t i = 0; i < n; i++) {
     int err = fy_admin_update_topic(cl, addrs[i], NULL, &tc, 0);
     if (err) {
@@ -330,47 +343,38 @@ static int run_update_topic(struct cmd *c, int argc, char **argv) {
   }
   if (rc == 0)
     printf("TopicConfig [topicName=%s, readQueueNums=%u, writeQueueNums=%u, perm=%s, order=%s]\n",
-           o.topic, o.read_queues, o.write_queues, perm_text(o.perm), o.order ? "true" : "false");
-out:
-  fy_client_close(cl);
+           o->topic, o->read_queues, o->write_queues, perm_text(o->perm),
+           o->order ? "true" : "false");
   return rc;
 }
 
 /* ------------------------------------------------------------- deleteTopic */
 
-static int run_delete_topic(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_delete_topic(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
   size_t n = 1, deleted = 0;
-  if (o.broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o.broker);
-  else if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)))
-    goto out;
+  if (o->broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
+  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+    return rc;
   for (size_t i = 0; i < n; i++) {
-    int err = fy_admin_delete_topic(cl, addrs[i], NULL, o.topic, 0);
+    int err = fy_admin_delete_topic(cl, addrs[i], NULL, o->topic, 0);
     if (err == -FY_ETOPIC_NOT_EXIST)
       continue; /* not on this broker: fine while it is on another */
     if (err)
-      rc = fail("delete topic [%s] from broker %s failed: %s", o.topic, addrs[i], why(err));
+      rc = fail("delete topic [%s] from broker %s failed: %s", o->topic, addrs[i], why(err));
     else
       deleted++;
   }
   if (rc == 0 && deleted == 0)
-    rc = fail("topic %s does not exist %s %s", o.topic, o.broker ? "on broker" : "in cluster",
-              o.broker ? o.broker : o.cluster);
-  else if (rc == 0 && o.cluster)
-    printf("delete topic [%s] from cluster [%s] success.\n", o.topic, o.cluster);
+    rc = fail("topic %s does not exist %s %s", o->topic, o->broker ? "on broker" : "in cluster",
+              o->broker ? o->broker : o->cluster);
+  else if (rc == 0 && o->cluster)
+    printf("delete topic [%s] from cluster [%s] success.\n", o->topic, o->cluster);
   else if (rc == 0)
-    printf("delete topic [%s] from broker [%s] success.\n", o.topic, o.broker);
-out:
-  fy_client_close(cl);
+    printf("delete topic [%s] from broker [%s] success.\n", o->topic, o->broker);
   return rc;
 }
 
@@ -380,14 +384,8 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int run_topic_list(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_topic_list(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_string_list *l;
   int err = fy_admin_topic_list(cl, 0, &l);
   if (err) {
@@ -406,7 +404,6 @@ static int run_topic_list(struct cmd *c, int argc, char **argv) {
     }
     fy_result_free(l);
   }
-  fy_client_close(cl);
   return rc;
 }
 
@@ -499,40 +496,27 @@ static int print_route_list(const fy_topic_route *r) {
   return 0;
 }
 
-static int run_topic_route(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_topic_route(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_topic_route *r;
-  int err = fy_admin_topic_route(cl, o.topic, 0, &r);
+  int err = fy_admin_topic_route(cl, o->topic, 0, &r);
   if (err) {
-    rc = route_fail(o.topic, err);
+    rc = route_fail(o->topic, err);
   } else {
-    rc = o.list ? print_route_list(r) : print_route_json(r);
+    rc = o->list ? print_route_list(r) : print_route_json(r);
     fy_result_free(r);
   }
-  fy_client_close(cl);
   return rc;
 }
 
 /* ------------------------------------------------------------- topicStatus */
 
-static int run_topic_status(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_topic_status(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_topic_status *st;
-  int err = fy_admin_topic_status(cl, o.topic, 0, &st);
+  int err = fy_admin_topic_status(cl, o->topic, 0, &st);
   if (err) {
-    rc = route_fail(o.topic, err);
+    rc = route_fail(o->topic, err);
   } else {
     printf("%-32s  %-4s  %-20s  %-20s\n", "#Broker Name", "#QID", "#Min Offset", "#Max Offset");
     for (size_t i = 0; i < st->n; i++) {
@@ -548,20 +532,13 @@ static int run_topic_status(struct cmd *c, int argc, char **argv) {
     }
     fy_result_free(st);
   }
-  fy_client_close(cl);
   return rc;
 }
 
 /* ------------------------------------------------------------- clusterList */
 
-static int run_cluster_list(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_cluster_list(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_cluster_info *ci;
   int err = fy_admin_cluster_list(cl, 0, &ci);
   if (err) {
@@ -570,7 +547,7 @@ static int run_cluster_list(struct cmd *c, int argc, char **argv) {
     printf("%-16s  %-22s  %-4s  %-22s\n", "#Cluster Name", "#Broker Name", "#BID", "#Addr");
     for (size_t i = 0; i < ci->nbrokers; i++) {
       const fy_broker_info *b = &ci->brokers[i];
-      if (o.cluster && strcmp(o.cluster, b->cluster) != 0)
+      if (o->cluster && strcmp(o->cluster, b->cluster) != 0)
         continue;
       for (size_t j = 0; j < b->naddrs; j++)
         printf("%-16s  %-22s  %-4" PRIu64 "  %-22s\n", b->cluster, b->broker_name,
@@ -578,7 +555,6 @@ static int run_cluster_list(struct cmd *c, int argc, char **argv) {
     }
     fy_result_free(ci);
   }
-  fy_client_close(cl);
   return rc;
 }
 
@@ -611,69 +587,49 @@ static int print_broker_status(fy_client *cl, const char *addr, bool prefix) {
 }
 
 /* haStatus: replication status of one broker, in the broker's order. */
-static int run_ha_status(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_ha_status(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_kv_list *kv;
-  int err = fy_admin_ha_status(cl, o.broker, 0, &kv);
+  int err = fy_admin_ha_status(cl, o->broker, 0, &kv);
   if (err) {
-    rc = fail("cannot get the HA status of broker %s: %s", o.broker, why(err));
+    rc = fail("cannot get the HA status of broker %s: %s", o->broker, why(err));
   } else {
     for (size_t i = 0; i < kv->n; i++)
       printf("%-20s: %s\n", kv->items[i].key, kv->items[i].value);
     fy_result_free(kv);
   }
-  fy_client_close(cl);
   return rc;
 }
 
-static int run_broker_status(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
-  if (o.broker) {
-    rc = print_broker_status(cl, o.broker, false);
+static int run_broker_status(const struct opts *o, fy_client *cl) {
+  int rc = 0;
+  if (o->broker) {
+    rc = print_broker_status(cl, o->broker, false);
   } else {
     static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
     static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
     size_t n;
-    if ((rc = cluster_masters(cl, o.cluster, addrs, names, &n)) == 0)
+    if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)) == 0)
       for (size_t i = 0; i < n; i++)
         if (print_broker_status(cl, addrs[i], true))
           rc = 1;
   }
-  fy_client_close(cl);
   return rc;
 }
 
 /* -------------------------------------------------------- consumerProgress */
 
-static int run_consumer_progress(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_consumer_progress(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_consumer_progress *p;
-  int err = fy_admin_consumer_progress(cl, o.group, o.topic, 0, &p);
-  if (err == -FY_ETOPIC_NOT_EXIST && o.topic) {
-    rc = route_fail(o.topic, err);
+  int err = fy_admin_consumer_progress(cl, o->group, o->topic, 0, &p);
+  if (err == -FY_ETOPIC_NOT_EXIST && o->topic) {
+    rc = route_fail(o->topic, err);
   } else if (err) {
-    rc = fail("cannot get the progress of consumer group %s: %s", o.group, why(err));
+    rc = fail("cannot get the progress of consumer group %s: %s", o->group, why(err));
   } else if (p->n == 0 && p->brokers_failed == 0) {
     rc = fail("consumer group %s has no committed offsets%s%s (no such group, or it never "
-              "committed)", o.group, o.topic ? " on topic " : "", o.topic ? o.topic : "");
+              "committed)", o->group, o->topic ? " on topic " : "", o->topic ? o->topic : "");
     fy_result_free(p);
   } else {
     printf("%-32s  %-24s  %-4s  %-20s  %-20s  %-20s  %s\n", "#Topic", "#Broker Name", "#QID",
@@ -690,43 +646,27 @@ static int run_consumer_progress(struct cmd *c, int argc, char **argv) {
       rc = fail("%zu broker(s) did not answer: their queues are missing above", p->brokers_failed);
     fy_result_free(p);
   }
-  fy_client_close(cl);
   return rc;
 }
 
 /* ------------------------------------------------------- resetOffsetByTime */
 
-static int run_reset_offset(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  int64_t ts;
-  if (parse_time(o.timestamp, &ts))
-    return usage_error("-s: '%s' is not a time (milliseconds since the epoch, 'now' or "
-                       "yyyy-MM-dd#HH:mm:ss:SSS)", o.timestamp);
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
-  int err = fy_admin_reset_offset_by_time(cl, o.group, o.topic, ts, 0);
-  if (err == -FY_ETOPIC_NOT_EXIST) {
-    rc = route_fail(o.topic, err);
-    goto out;
-  }
-  if (err) {
-    rc = fail("reset of group %s on topic %s failed: %s", o.group, o.topic, why(err));
-    goto out;
-  }
+static int run_reset_offset(const struct opts *o, fy_client *cl) {
+  int rc = 0;
+  int64_t ts = o->ts_ms;
+  int err = fy_admin_reset_offset_by_time(cl, o->group, o->topic, ts, 0);
+  if (err == -FY_ETOPIC_NOT_EXIST)
+    return route_fail(o->topic, err);
+  if (err)
+    return fail("reset of group %s on topic %s failed: %s", o->group, o->topic, why(err));
   printf("rollback consumer offset by specified group[%s], topic[%s], force[true], "
          "timestamp(string)[%s], timestamp(long)[%" PRId64 "]\n",
-         o.group, o.topic, o.timestamp, ts);
+         o->group, o->topic, o->timestamp, ts);
   /* The offsets the reset chose: the broker's own search at the same time. */
   fy_queue_list *ql;
-  err = fy_client_topic_queues(cl, o.topic, false, 0, &ql);
-  if (err) {
-    rc = fail("offsets were reset, but the topic's queues cannot be listed: %s", why(err));
-    goto out;
-  }
+  err = fy_client_topic_queues(cl, o->topic, false, 0, &ql);
+  if (err)
+    return fail("offsets were reset, but the topic's queues cannot be listed: %s", why(err));
   printf("%-32s  %-8s  %s\n", "#brokerName", "#queueId", "#offset");
   for (size_t i = 0; i < ql->n; i++) {
     uint64_t off;
@@ -741,8 +681,6 @@ static int run_reset_offset(struct cmd *c, int argc, char **argv) {
     }
   }
   fy_result_free(ql);
-out:
-  fy_client_close(cl);
   return rc;
 }
 
@@ -805,24 +743,16 @@ static void print_message(fy_client *cl, const fy_message_view *m) {
   printf("\n");
 }
 
-static int run_query_by_id(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_query_by_id(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   /* Several ids may be given separated by commas, as RocketMQ allows. */
-  char *ids = strdup(o.msgid), *save = NULL;
-  if (!ids) {
-    rc = fail("out of memory");
-    goto out;
-  }
+  char *ids = strdup(o->msgid), *save = NULL;
+  if (!ids)
+    return fail("out of memory");
   int nth = 0;
   for (char *id = strtok_r(ids, ",", &save); id; id = strtok_r(NULL, ",", &save)) {
     fy_message_list *l;
-    int err = fy_admin_query_by_id(cl, id, o.broker, 0, &l);
+    int err = fy_admin_query_by_id(cl, id, o->broker, 0, &l);
     if (err == -FY_ENOT_FOUND || (!err && l->n == 0)) {
       if (!err)
         fy_result_free(l);
@@ -846,37 +776,19 @@ static int run_query_by_id(struct cmd *c, int argc, char **argv) {
     fy_result_free(l);
   }
   free(ids);
-out:
-  fy_client_close(cl);
   return rc;
 }
 
 /* ----------------------------------------------------------- queryMsgByKey */
 
-static int run_query_by_key(struct cmd *c, int argc, char **argv) {
-  struct opts o;
-  int rc = parse_opts(c, argc, argv, &o);
-  if (rc >= 0)
-    return rc;
-  int64_t begin = 0, end = 0;
-  uint32_t max = 64;
-  if (o.begin && parse_time(o.begin, &begin))
-    return usage_error("-b: '%s' is not a time", o.begin);
-  if (o.end && parse_time(o.end, &end))
-    return usage_error("-e: '%s' is not a time", o.end);
-  if (o.max && parse_u32(o.max, 1, 64, &max))
-    return usage_error("-c: '%s' is not a count from 1 to 64", o.max);
-  if (o.begin && !o.end)
-    end = INT64_MAX;
-  fy_client *cl;
-  if ((rc = client_open(&o, &cl)))
-    return rc;
+static int run_query_by_key(const struct opts *o, fy_client *cl) {
+  int rc = 0;
   fy_message_list *l;
-  int err = fy_admin_query_by_key(cl, o.topic, o.key, max, begin, end, 0, &l);
+  int err = fy_admin_query_by_key(cl, o->topic, o->key, o->max_n, o->begin_ms, o->end_ms, 0, &l);
   if (err == -FY_ETOPIC_NOT_EXIST) {
-    rc = route_fail(o.topic, err);
+    rc = route_fail(o->topic, err);
   } else if (err) {
-    rc = fail("query by key %s on topic %s failed: %s", o.key, o.topic, why(err));
+    rc = fail("query by key %s on topic %s failed: %s", o->key, o->topic, why(err));
   } else {
     printf("%-32s  %-4s  %-20s  %-24s  %s\n", "#Message ID", "#QID", "#Offset", "#Broker Name",
            "#Offset Message ID");
@@ -887,7 +799,6 @@ static int run_query_by_key(struct cmd *c, int argc, char **argv) {
     }
     fy_result_free(l);
   }
-  fy_client_close(cl);
   return rc;
 }
 
@@ -1009,7 +920,15 @@ int main(int argc, char **argv) {
   }
   cur = c;
   fy_log_set_level(FY_LOG_WARN); /* our own messages say what failed */
-  int rc = c->run(c, argc - 1, argv + 1);
+  struct opts o;
+  int rc = parse_opts(c, argc - 1, argv + 1, &o);
+  if (rc >= 0)
+    return rc;
+  fy_client *cl;
+  if ((rc = client_open(&o, &cl)))
+    return rc;
+  rc = c->run(&o, cl);
+  fy_client_close(cl);
   if (fflush(stdout) != 0 && rc == 0) {
     fprintf(stderr, "mqadmin %s: cannot write the output: %s\n", c->name, strerror(errno));
     rc = 1;
