@@ -896,6 +896,21 @@ static bool copy_str(char *dst, size_t size, const char *src, bool required, con
     }                                                                                  \
   } while (0)
 
+/* An op naming one topic, or one broker, and nothing else. */
+static int by_topic(fy_client *cl, enum kind kind, const char *topic, uint32_t timeout_ms,
+                    void **out) {
+  NEW_OP(kind);
+  REQUIRE(copy_str(op->topic, sizeof op->topic, topic, true, "topic"));
+  return admin_run(op, out);
+}
+
+static int by_broker(fy_client *cl, enum kind kind, const char *broker_addr, uint32_t timeout_ms,
+                     void **out) {
+  NEW_OP(kind);
+  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
+  return admin_run(op, out);
+}
+
 static int topic_write(fy_client *cl, enum kind kind, const char *broker_addr,
                        const char *cluster, const char *topic, const fy_topic_config *cfg,
                        uint32_t timeout_ms) {
@@ -941,16 +956,12 @@ int fy_admin_topic_list(fy_client *cl, uint32_t timeout_ms, fy_string_list **out
 
 int fy_admin_topic_route(fy_client *cl, const char *topic, uint32_t timeout_ms,
                          fy_topic_route **out) {
-  NEW_OP(K_TOPIC_ROUTE);
-  REQUIRE(copy_str(op->topic, sizeof op->topic, topic, true, "topic"));
-  return admin_run(op, (void **)out);
+  return by_topic(cl, K_TOPIC_ROUTE, topic, timeout_ms, (void **)out);
 }
 
 int fy_admin_topic_status(fy_client *cl, const char *topic, uint32_t timeout_ms,
                           fy_topic_status **out) {
-  NEW_OP(K_TOPIC_STATUS);
-  REQUIRE(copy_str(op->topic, sizeof op->topic, topic, true, "topic"));
-  return admin_run(op, (void **)out);
+  return by_topic(cl, K_TOPIC_STATUS, topic, timeout_ms, (void **)out);
 }
 
 int fy_admin_cluster_list(fy_client *cl, uint32_t timeout_ms, fy_cluster_info **out) {
@@ -960,23 +971,17 @@ int fy_admin_cluster_list(fy_client *cl, uint32_t timeout_ms, fy_cluster_info **
 
 int fy_admin_broker_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_kv_list **out) {
-  NEW_OP(K_BROKER_STATUS);
-  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
-  return admin_run(op, (void **)out);
+  return by_broker(cl, K_BROKER_STATUS, broker_addr, timeout_ms, (void **)out);
 }
 
 int fy_admin_ha_status(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                        fy_kv_list **out) {
-  NEW_OP(K_HA_STATUS);
-  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
-  return admin_run(op, (void **)out);
+  return by_broker(cl, K_HA_STATUS, broker_addr, timeout_ms, (void **)out);
 }
 
 int fy_admin_topic_configs(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_topic_config_list **out) {
-  NEW_OP(K_TOPIC_CONFIGS);
-  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, true, "broker address"));
-  return admin_run(op, (void **)out);
+  return by_broker(cl, K_TOPIC_CONFIGS, broker_addr, timeout_ms, (void **)out);
 }
 
 int fy_admin_consumer_progress(fy_client *cl, const char *group, const char *topic,
