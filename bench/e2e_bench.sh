@@ -32,7 +32,9 @@
 # Brokers (and the name server) are pinned to --broker-cpu, ferry-bench and
 # the slaves to --client-cpu (taskset). Each scenario runs --runs times; the
 # run with the median msgs/s is reported with the range over the runs. The
-# scratch directory (default build-bench/e2e) should be on a real disk.
+# scratch directory (default build-bench/e2e) should be on a real disk with
+# room for about 2.5 GB per second of runs x (duration + warmup), 50 GB at
+# --runs 3 --duration 5; the script checks before it starts.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -89,6 +91,22 @@ if [ "$rt" = 1 ] && ! chrt -f 10 true 2>/dev/null; then
   rt=0
 fi
 client_sched=()
+
+# Room on the scratch disk. The first broker's store takes about 2.5 GB per
+# second measured or warmed (runs x (duration + warmup)), mostly the 1 KiB
+# rows, plus its page-cache warm-up; a broker refuses sends once its disk
+# is 90 % full (diskSpaceWarningLevelRatio), so a run that would get there
+# stops now instead of at the delivery rows, minutes in.
+mkdir -p "$scratch"
+need_mb=$(awk -v r="$runs" -v d="$duration" -v w="$warmup" -v pc="$page_cache" \
+  'BEGIN { printf "%d", 2560 * r * (d + w) + 1.25 * pc / 1048576 + 3072 }')
+read -r used_mb avail_mb < <(df -Pm "$scratch" | awk 'NR == 2 { print $3, $4 }')
+if (( (used_mb + need_mb) * 100 >= (used_mb + avail_mb) * 88 )); then
+  echo "e2e_bench.sh: about $((need_mb / 1024)) GB is written under $scratch, and the brokers" \
+    "refuse sends at 90 % disk use; that disk has $((avail_mb / 1024)) GB free of" \
+    "$(((used_mb + avail_mb) / 1024)) GB. Free some, or use --scratch, --runs or --duration." >&2
+  exit 1
+fi
 
 # A process already listening on one of the ports (another run, or a
 # leftover) would be measured instead of ours: refuse to start.
