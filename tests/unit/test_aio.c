@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -628,6 +629,48 @@ static void test_backend_env(void **state) {
   {#fn "/" #su "/uring", fn, su, teardown, &backend_uring},                           \
       {#fn "/" #su "/threads", fn, su, teardown, &backend_threads}
 
+/* Milliseconds a write of one byte to fd takes with FERRY_TEST_WRITE_DELAY_MS
+ * set to value, or -1 if it has not completed within 2 s. */
+static int64_t write_ms_with_delay(const char *value, int fd) {
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  setenv("FERRY_TEST_WRITE_DELAY_MS", value, 1);
+  fy_aio *aio;
+  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 4, &aio), 0);
+  unsetenv("FERRY_TEST_WRITE_DELAY_MS");
+  struct done d = {0};
+  fy_aio_req req = {.data = &d};
+  uv_update_time(&loop);
+  uint64_t t0 = uv_now(&loop);
+  assert_int_equal(fy_aio_write(aio, &req, fd, "x", 1, 0, on_done), 0);
+  int64_t ms = fy_test_run_until(&loop, &d.called, 2000) ? (int64_t)(uv_now(&loop) - t0) : -1;
+  if (ms < 0) { /* release it so the context can close */
+    fy_aio_inject_delay(aio, FY_AIO_WRITE, 0);
+    assert_true(fy_test_run_until(&loop, &d.called, 2000));
+  }
+  fy_aio_close(aio);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  return ms;
+}
+
+/* The test-only write delay applies a value in 1..600000 ms and ignores
+ * anything else (with a warning) rather than delaying by a misread number. */
+static void test_write_delay_env(void **state) {
+  (void)state;
+  char path[600];
+  snprintf(path, sizeof path, "%s/f", fy_test_mkdtemp("aio-env"));
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  assert_true(fd >= 0);
+  assert_true(write_ms_with_delay("300", fd) >= 300);
+  const char *bad[] = {"600001", "5000x", "-3000", "0", "", "99999999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int64_t ms = write_ms_with_delay(bad[i], fd);
+    if (ms < 0 || ms >= 300)
+      fail_msg("FERRY_TEST_WRITE_DELAY_MS=%s delayed a write (%" PRId64 " ms)", bad[i], ms);
+  }
+  close(fd);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       BOTH(test_write_read_back, setup),
@@ -645,6 +688,7 @@ int main(void) {
       BOTH(test_close_from_callback, setup),
       BOTH(test_loop_liveness, setup),
       cmocka_unit_test(test_backend_env),
+      cmocka_unit_test(test_write_delay_env),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
