@@ -1012,6 +1012,15 @@ def test_mqadmin_subcommands(args):
                         "-s TIMESTAMP is required"),
                        (["queryMsgById", "-n", c.ns.addr], "-i OFFSETMSGID is required"),
                        (["queryMsgByKey", "-n", c.ns.addr, "-t", "X"], "-k KEY is required"),
+                       # times and counts, also checked before connecting
+                       (["resetOffsetByTime", "-n", c.ns.addr, "-g", "G", "-t", "X", "-s",
+                         "yesterday"], "-s: 'yesterday' is not a time"),
+                       (["queryMsgByKey", "-n", c.ns.addr, "-t", "X", "-k", "K", "-b", "soon"],
+                        "-b: 'soon' is not a time"),
+                       (["queryMsgByKey", "-n", c.ns.addr, "-t", "X", "-k", "K", "-e", "-5"],
+                        "-e: '-5' is not a time"),
+                       (["queryMsgByKey", "-n", c.ns.addr, "-t", "X", "-k", "K", "-c", "65"],
+                        "-c: '65' is not a count from 1 to 64"),
                        (["topicRoute", "-t", "X"], "no name server address"),
                        (["topicRoute", "-n", c.ns.addr, "-t", "X", "-Z"], "unknown option"),
                        (["noSuchCommand"], "unknown subcommand 'noSuchCommand'")]:
