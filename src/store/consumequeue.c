@@ -23,9 +23,14 @@
  *
  * Flush: the dirty files' fds are dup()ed and fdatasynced through fy_aio, so
  * a file may be unmapped, deleted, or the queue closed while the flush is in
- * flight; the dup is closed when its request completes. Before that, our
- * page-table entries of the entries put since the last flush are dropped
- * (zap), so writeback finds no writable mapping to write-protect page by page.
+ * flight; the dup is closed when its request completes.
+ *
+ * Zap: the puts drop our page-table entries of the pages they have moved
+ * past, CQ_ZAP_STEP at a time, so writeback finds no writable mapping to
+ * write-protect page by page. Not at the flush: zapping what eight queues
+ * had left since the last step cost the loop 0.7 ms every second on the
+ * benchmark VM, where page-table changes are slow; writeback write-protects
+ * those few pages on the flush's worker instead.
  *
  * Files made ahead (fy_cq_use_loop): halfway through a file the next one is
  * created on the thread pool (fileops.h), so a put never waits for the disk
@@ -55,6 +60,8 @@
 #define CQ_NAME_LEN 20u           /* digits in a file name */
 #define CQ_PARENT_SYNCS 3u        /* <topic>, consumequeue, root: synced after mkdir */
 #define CQ_DIR_ENTRIES_MAX 1000000u /* bound on names read from one directory */
+#define CQ_PAGE 4096u
+#define CQ_ZAP_STEP (64u * 1024u) /* puts zap the pages behind them this much at a time */
 
 _Static_assert(FY_CQ_ENTRY_SIZE == 20, "consume-queue entry is 20 bytes on disk");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "entries are stored little-endian");
@@ -66,7 +73,7 @@ struct cq_file {
   uint64_t last_use; /* cache clock value at the last access */
   bool dirty;        /* stored into since its last flush was queued */
   bool random;       /* its mapping has MADV_RANDOM (see advise_for_writes) */
-  uint32_t put_lo, put_hi; /* entries fy_cq_put stored since then (put_lo < put_hi) */
+  uint32_t put_lo, put_hi; /* entries put and not yet zapped, if put_lo < put_hi */
 };
 
 struct fy_cq {
@@ -319,6 +326,7 @@ static void file_unmap(fy_cq *cq, struct cq_file *f) {
   close(f->fd);
   f->map = NULL;
   f->random = false;
+  f->put_lo = f->put_hi = 0;
   f->fd = -1;
   fy_assert(cq->nmapped > 0);
   cq->nmapped--;
@@ -704,6 +712,19 @@ static void maybe_make_ahead(fy_cq *cq, uint64_t qoff) {
 
 void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
 
+/* Zaps the whole pages below the one holding the next entry once they add
+ * up to CQ_ZAP_STEP, and moves put_lo past them (see Zap above). */
+static void zap_behind(struct cq_file *f) {
+  size_t a = (size_t)f->put_lo * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
+  size_t b = (size_t)f->put_hi * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
+  if (b < a + CQ_ZAP_STEP)
+    return;
+  madvise(f->map + a, b - a, MADV_DONTNEED);
+  /* the first entry that starts at or after b: the tail of one straddling b
+   * is in the page at b, where the next zap starts */
+  f->put_lo = (uint32_t)((b + FY_CQ_ENTRY_SIZE - 1) / FY_CQ_ENTRY_SIZE);
+}
+
 int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   if (e->size == 0 || e->phys > UINT64_MAX - e->size || qoff >= start_limit(cq))
     return -EINVAL;
@@ -727,7 +748,7 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
   }
   entry_store(p, e);
   uint32_t rel = (uint32_t)(qoff - f->start);
-  if (!f->dirty || f->put_lo >= f->put_hi) {
+  if (f->put_lo >= f->put_hi) {
     f->put_lo = rel;
     f->put_hi = rel + 1;
   } else if (rel < f->put_lo) {
@@ -736,6 +757,7 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
     f->put_hi = rel + 1;
   }
   f->dirty = true;
+  zap_behind(f);
   if (empty) {
     cq->min = qoff;
     cq->max = qoff + 1;
@@ -935,15 +957,6 @@ bool fy_cq_dirty(const fy_cq *cq) {
  * mapping of those pages to write-protect one by one (a TLB shootdown per
  * page, expensive in a VM). The next store or read re-faults the page.
  */
-static void zap(struct cq_file *f, uint32_t lo, uint32_t hi) {
-  if (lo >= hi)
-    return;
-  size_t page = 4096;
-  size_t a = (size_t)lo * FY_CQ_ENTRY_SIZE / page * page;
-  size_t b = ((size_t)hi * FY_CQ_ENTRY_SIZE + page - 1) / page * page;
-  madvise(f->map + a, b - a, MADV_DONTNEED);
-}
-
 /* Syncs <topic>, consumequeue and the root: the entries mkdir_p made. */
 static int sync_parents(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
   char path[4200];
@@ -967,8 +980,6 @@ static int queue_syncs(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
     if (!f->dirty)
       continue;
     fy_assert(f->map != NULL); /* dirty files stay mapped */
-    zap(f, f->put_lo, f->put_hi);
-    f->put_lo = f->put_hi = 0;
     err = fy_syncset_add(fl, aio, fcntl(f->fd, F_DUPFD_CLOEXEC, 0));
     if (!err)
       f->dirty = false;

@@ -73,6 +73,27 @@ int fy_test_loop_finish(uv_loop_t *loop) {
   return uv_loop_close(loop);
 }
 
+size_t fy_test_mapped_kb(const char *prefix) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (!f)
+    return 0;
+  char line[4096];
+  size_t kb = 0, plen = strlen(prefix);
+  bool in = false;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long a, b;
+    size_t v;
+    if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      char *slash = strchr(line, '/');
+      in = slash && strncmp(slash, prefix, plen) == 0;
+    } else if (in && sscanf(line, "Rss: %zu kB", &v) == 1) {
+      kb += v;
+    }
+  }
+  fclose(f);
+  return kb;
+}
+
 size_t fy_test_mappings(const char *prefix, const char *flag, size_t *with) {
   FILE *f = fopen("/proc/self/smaps", "r");
   if (!f)

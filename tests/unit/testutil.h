@@ -26,5 +26,8 @@ int fy_test_loop_finish(uv_loop_t *loop);
  * /proc/self/smaps: how many there are, and how many carry VmFlags flag
  * (e.g. "rr" for MADV_RANDOM) in *with (may be NULL). */
 size_t fy_test_mappings(const char *prefix, const char *flag, size_t *with);
+/* KiB of this process's mappings of files under `prefix` that its page
+ * tables map now (the Rss of /proc/self/smaps). */
+size_t fy_test_mapped_kb(const char *prefix);
 
 #endif
