@@ -952,13 +952,6 @@ bool fy_cq_dirty(const fy_cq *cq) {
   return false;
 }
 
-
-/*
- * Drops our page-table entries for entries [lo, hi) of f (page aligned
- * outwards). The page cache keeps the data; writeback then finds no writable
- * mapping of those pages to write-protect one by one (a TLB shootdown per
- * page, expensive in a VM). The next store or read re-faults the page.
- */
 /* Syncs <topic>, consumequeue and the root: the entries mkdir_p made. */
 static int sync_parents(fy_cq *cq, fy_syncset *fl, fy_aio *aio) {
   char path[4200];

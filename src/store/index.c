@@ -982,6 +982,8 @@ static void undo_last(struct ix_file *f) {
     slot_set(f, slot, e.prev < n ? e.prev : 0);
   memset(entry_at(f, n), 0, IX_ENTRY_SIZE);
   f->entry_count = n;
+  if (f->entries_zapped > n) /* the puts that write here again zap it again */
+    f->entries_zapped = n;
 }
 
 /* Removes f's entries with phys >= phys_end, newest first. */

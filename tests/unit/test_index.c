@@ -140,9 +140,6 @@ static void test_put_query(void **state) {
   assert_int_equal(fy_index_open(dir, 16, 1, &bad), -EINVAL);
 }
 
-/* Index files are mapped MADV_RANDOM: lookups follow hash chains and puts
- * append, and the default read-around zero-filled 8 MiB of the file's
- * unwritten part under a put on the benchmark VM. */
 /* The puts drop our page-table entries of the entry pages they have moved
  * past, 256 KiB at a time (zap_behind), so neither writeback nor a flush
  * has a second's worth to deal with: the file's mapping keeps less than a
@@ -165,6 +162,9 @@ static void test_puts_zap_behind(void **state) {
   fy_index_close(ix);
 }
 
+/* Index files are mapped MADV_RANDOM: lookups follow hash chains and puts
+ * append, and the default read-around zero-filled 8 MiB of the file's
+ * unwritten part under a put on the benchmark VM. */
 static void test_mapping_random(void **state) {
   (void)state;
   fy_index *ix = open_ix(64, 1000);
