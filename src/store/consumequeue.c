@@ -32,7 +32,10 @@
  * benchmark VM, where page-table changes are slow; writeback write-protects
  * those few pages on the flush's worker instead. The step is more than 33
  * pages: up to that many the kernel flushes the TLB page by page, which on
- * that VM made a 64 KiB zap take 280 us and a 256 KiB one 18-40 us.
+ * that VM made a 64 KiB zap take 280 us and a 256 KiB one 18-40 us. With
+ * each zap the thread pool faults in the step after the page being written
+ * (populate_ahead), and a file made ahead gets its first step that way, so
+ * the puts rarely fault (fileops.h, fy_mapping_populate).
  *
  * Files made ahead (fy_cq_use_loop): halfway through a file the next one is
  * created on the thread pool (fileops.h), so a put never waits for the disk
@@ -72,6 +75,7 @@ struct cq_file {
   uint64_t start;    /* queue offset of the file's first entry */
   int fd;            /* open iff mapped */
   uint8_t *map;      /* NULL when not mapped */
+  fy_mapping *mref;  /* map's owner reference (NULL: munmap it directly) */
   uint64_t last_use; /* cache clock value at the last access */
   bool dirty;        /* stored into since its last flush was queued */
   bool random;       /* its mapping has MADV_RANDOM (see advise_for_writes) */
@@ -324,9 +328,13 @@ static int files_insert(fy_cq *cq, uint64_t start, struct cq_file **out) {
 static void file_unmap(fy_cq *cq, struct cq_file *f) {
   if (!f->map)
     return;
-  munmap(f->map, cq->file_bytes);
+  if (f->mref)
+    fy_mapping_unmap(f->mref); /* after a population in flight */
+  else
+    munmap(f->map, cq->file_bytes);
   close(f->fd);
   f->map = NULL;
+  f->mref = NULL;
   f->random = false;
   f->put_lo = f->put_hi = 0;
   f->fd = -1;
@@ -393,6 +401,7 @@ static int file_map(fy_cq *cq, struct cq_file *f) {
   }
   f->fd = fd;
   f->map = m;
+  f->mref = fy_mapping_new(m, cq->file_bytes);
   cq->nmapped++;
   return 0;
 }
@@ -671,6 +680,15 @@ static int file_for_write(fy_cq *cq, uint64_t qoff, struct cq_file **out) {
   return err;
 }
 
+/* Has the thread pool fault in the CQ_ZAP_STEP of f's pages from byte
+ * `from` on, before the puts reach them (see fy_mapping_populate). */
+static void populate_ahead(fy_cq *cq, struct cq_file *f, size_t from) {
+  if (!cq->loop || from >= cq->file_bytes)
+    return;
+  size_t n = cq->file_bytes - from < CQ_ZAP_STEP ? cq->file_bytes - from : CQ_ZAP_STEP;
+  fy_mapping_populate(cq->loop, f->mref, from, n);
+}
+
 static void on_ahead(void *arg, int fd, int err) {
   fy_cq *cq = arg;
   cq->ahead = NULL;
@@ -694,8 +712,10 @@ static void on_ahead(void *arg, int fd, int err) {
   }
   f->fd = fd;
   f->map = m;
+  f->mref = fy_mapping_new(m, cq->file_bytes);
   cq->nmapped++;
   advise_for_writes(cq, f); /* made to be written */
+  populate_ahead(cq, f, 0);
 }
 
 /* Once the queue is halfway through a file, the next one is created on the
@@ -716,12 +736,13 @@ void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
 
 /* Zaps the whole pages below the one holding the next entry once they add
  * up to CQ_ZAP_STEP, and moves put_lo past them (see Zap above). */
-static void zap_behind(struct cq_file *f) {
+static void zap_behind(fy_cq *cq, struct cq_file *f) {
   size_t a = (size_t)f->put_lo * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
   size_t b = (size_t)f->put_hi * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
   if (b < a + CQ_ZAP_STEP)
     return;
   madvise(f->map + a, b - a, MADV_DONTNEED);
+  populate_ahead(cq, f, b + CQ_PAGE); /* the step after the page being written */
   /* the first entry that starts at or after b: the tail of one straddling b
    * is in the page at b, where the next zap starts */
   f->put_lo = (uint32_t)((b + FY_CQ_ENTRY_SIZE - 1) / FY_CQ_ENTRY_SIZE);
@@ -759,7 +780,7 @@ int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {
     f->put_hi = rel + 1;
   }
   f->dirty = true;
-  zap_behind(f);
+  zap_behind(cq, f);
   if (empty) {
     cq->min = qoff;
     cq->max = qoff + 1;

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -136,3 +137,72 @@ int fy_file_unlink(uv_loop_t *loop, const char *path, const char *what) {
   }
   return 0;
 }
+
+/* ---- mappings populated on the thread pool ---- */
+
+struct fy_mapping {
+  uv_work_t work;
+  void *addr;
+  size_t len;
+  size_t off, n;   /* the population in flight */
+  unsigned refs;   /* the owner's, and one while a population is in flight */
+  bool busy;
+  int err;         /* of the last population */
+  uint64_t done;   /* populations completed */
+};
+
+/* MADV_POPULATE_WRITE is refused (EINVAL) by kernels before 5.14: stop asking. */
+static bool populate_unsupported;
+
+fy_mapping *fy_mapping_new(void *addr, size_t len) {
+  fy_mapping *m = calloc(1, sizeof *m);
+  if (!m)
+    return NULL;
+  m->addr = addr;
+  m->len = len;
+  m->refs = 1;
+  m->work.data = m;
+  return m;
+}
+
+static void mapping_put(fy_mapping *m) {
+  if (--m->refs > 0)
+    return;
+  munmap(m->addr, m->len);
+  free(m);
+}
+
+void fy_mapping_unmap(fy_mapping *m) {
+  if (m)
+    mapping_put(m);
+}
+
+static void populate_work(uv_work_t *w) {
+  fy_mapping *m = w->data;
+  m->err = madvise((uint8_t *)m->addr + m->off, m->n, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+}
+
+static void populate_done(uv_work_t *w, int status) {
+  fy_mapping *m = w->data;
+  (void)status; /* cancelled: nothing was done */
+  if (m->err == -EINVAL)
+    populate_unsupported = true;
+  m->busy = false;
+  m->done++;
+  mapping_put(m);
+}
+
+bool fy_mapping_populate(uv_loop_t *loop, fy_mapping *m, size_t off, size_t n) {
+  if (!m || m->busy || populate_unsupported || n == 0 || off >= m->len || n > m->len - off)
+    return false;
+  m->off = off;
+  m->n = n;
+  m->err = 0;
+  if (uv_queue_work(loop, &m->work, populate_work, populate_done) != 0)
+    return false;
+  m->busy = true;
+  m->refs++;
+  return true;
+}
+
+uint64_t fy_mapping_populated(const fy_mapping *m) { return m ? m->done : 0; }

@@ -113,6 +113,7 @@ struct ix_file {
   uint32_t version; /* IX_VERSION or IX_VERSION_FNV: which key hash */
   int fd;
   uint8_t *map;
+  fy_mapping *mref; /* map's owner reference (NULL: munmap it directly) */
   size_t size;
   uint32_t slot_count;
   uint32_t max_entries;
@@ -472,13 +473,20 @@ static void zap(struct ix_file *f, uint64_t lo, uint64_t hi) {
     madvise(f->map + lo, (size_t)(hi - lo), MADV_DONTNEED);
 }
 
+static void map_release(struct ix_file *f) {
+  if (f->mref)
+    fy_mapping_unmap(f->mref); /* after a population in flight */
+  else if (f->map)
+    munmap(f->map, f->size);
+  f->map = NULL;
+  f->mref = NULL;
+}
+
 static void file_unmap(struct ix_file *f) {
   slots_drop(f);
-  if (f->map)
-    munmap(f->map, f->size);
+  map_release(f);
   if (f->fd >= 0)
     close(f->fd);
-  f->map = NULL;
   f->fd = -1;
 }
 
@@ -494,6 +502,7 @@ static int map_fd(struct ix_file *f, int fd, size_t size) {
   (void)madvise(m, size, MADV_RANDOM); /* advice only */
   f->fd = fd;
   f->map = m;
+  f->mref = fy_mapping_new(m, size);
   f->size = size;
   return 0;
 }
@@ -669,8 +678,7 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   f->entries_zapped = 1;
   err = slots_make(ix, f, false);
   if (err) {
-    munmap(f->map, f->size);
-    f->map = NULL;
+    map_release(f);
     goto out_unlink;
   }
   header_store(f);
@@ -851,7 +859,7 @@ static int put_file(fy_index *ix, size_t n, uint64_t phys, uint32_t size, int64_
 /* Zaps the entry pages the puts have left behind, IX_ZAP_STEP at a time,
  * so a flush has only the last few to zap: zapping ten seconds of entries at
  * once (52 MB at 260k keys/s) stopped the loop for 6 ms. */
-static void zap_behind(struct ix_file *f) {
+static void zap_behind(fy_index *ix, struct ix_file *f) {
   uint64_t base = IX_HEADER_SIZE + (uint64_t)f->slot_count * 4;
   uint64_t lo = base + (uint64_t)f->entries_zapped * IX_ENTRY_SIZE;
   uint64_t hi = (base + (uint64_t)f->entry_count * IX_ENTRY_SIZE) / IX_PAGE * IX_PAGE;
@@ -859,6 +867,12 @@ static void zap_behind(struct ix_file *f) {
     return;
   zap(f, lo, hi); /* the page holding the next entry stays */
   f->entries_zapped = (uint32_t)((hi - base) / IX_ENTRY_SIZE);
+  /* the step after the page being written, faulted in on the thread pool
+   * before the puts get there (see fy_mapping_populate) */
+  uint64_t from = hi + IX_PAGE;
+  if (ix->loop && from < f->size)
+    fy_mapping_populate(ix->loop, f->mref, (size_t)from,
+                        (size_t)(f->size - from < IX_ZAP_STEP ? f->size - from : IX_ZAP_STEP));
 }
 
 /* The header is stored by fy_index_flush: only what a flush covers counts. */
@@ -867,7 +881,7 @@ static void put_done(fy_index *ix, struct ix_file *f, uint64_t phys, uint32_t si
     f->end_phys = phys + size;
     f->end_ts = ts;
     f->dirty = true;
-    zap_behind(f);
+    zap_behind(ix, f);
   }
   ix->max_phys = phys + size;
 }

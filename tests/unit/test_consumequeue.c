@@ -159,6 +159,45 @@ static void test_puts_zap_behind(void **state) {
   fy_cq_close(cq);
 }
 
+/* With a loop, the thread pool faults in the step after the page being
+ * written (MADV_POPULATE_WRITE) whenever the puts zap one, so they find it
+ * mapped; the zeros it maps are unwritten entries. A mapping dropped while
+ * that is in flight is unmapped once it completes. */
+static void test_populate_ahead(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  char qdir[1024];
+  queue_path(qdir, sizeof qdir, NULL);
+  fy_cq *cq = open_cq(100000);
+  fy_cq_use_loop(cq, &loop);
+  /* 400,000 bytes: one step zapped at 13,108 entries, then the next 256 KiB
+   * populated, of which the puts have written only the first 136 KiB */
+  put_range(cq, 0, 20000);
+  uv_run(&loop, UV_RUN_DEFAULT); /* until the population is done */
+  size_t kb = fy_test_mapped_kb(qdir);
+  assert_true(kb >= 256);
+  assert_true(kb <= 256 + 4 + 4);
+  for (uint64_t q = 0; q < 20000; q++)
+    expect_entry(cq, q);
+  fy_cq_close(cq);
+  assert_int_equal(fy_test_mapped_kb(qdir), 0);
+
+  cq = open_cq(100000);
+  assert_int_equal(fy_cq_max(cq), 20000); /* the populated zeros are not entries */
+  fy_cq_use_loop(cq, &loop);
+  put_range(cq, 20000, 40000); /* another step: a population starts */
+  fy_cq_close(cq);             /* with it in flight */
+  assert_true(fy_test_mapped_kb(qdir) > 0);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  assert_int_equal(fy_test_mapped_kb(qdir), 0);
+  cq = open_cq(100000);
+  assert_int_equal(fy_cq_max(cq), 40000);
+  for (uint64_t q = 0; q < 40000; q += 7)
+    expect_entry(cq, q);
+  fy_cq_close(cq);
+}
+
 static void test_put_get(void **state) {
   (void)state;
   fy_cq *cq = open_cq(8);
@@ -755,6 +794,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_puts_zap_behind, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_populate_ahead, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_mapping_random, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idempotent_conflict_gap, setup, teardown),
       cmocka_unit_test_setup_teardown(test_empty_queue_starts_anywhere, setup, teardown),

@@ -162,6 +162,40 @@ static void test_puts_zap_behind(void **state) {
   fy_index_close(ix);
 }
 
+/* With a loop, the thread pool faults in the step of entries after the page
+ * being written whenever the puts zap one, and a file closed while that is
+ * in flight is unmapped once it completes. */
+static void test_populate_ahead(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_index *ix = open_ix(4096, 100000);
+  fy_index_use_loop(ix, &loop);
+  for (uint64_t i = 0; i < 20000; i++) /* 400,000 bytes of entries */
+    put_one(ix, i, (int)i);
+  uv_run(&loop, UV_RUN_DEFAULT); /* until the population (and the spare table) is done */
+  /* the header, the written part of the second step (136 KiB), the rest of
+   * that step populated, and the file's slot table if mapped */
+  size_t kb = fy_test_mapped_kb(dir);
+  assert_true(kb >= 256);
+  assert_true(kb <= 4 + 256 + 4 + 4 + 16);
+  uint64_t out[4];
+  for (uint64_t i = 0; i < 20000; i += 101) {
+    assert_int_equal(query_all(ix, (int)i, out, 4), 1);
+    assert_int_equal(out[0], i * REC);
+  }
+  for (uint64_t i = 20000; i < 40000; i++) /* another step: a population starts */
+    put_one(ix, i, (int)i);
+  fy_index_close(ix); /* with it in flight */
+  assert_true(fy_test_mapped_kb(dir) > 0);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+  assert_int_equal(fy_test_mapped_kb(dir), 0);
+  ix = open_ix(4096, 100000);
+  assert_int_equal(query_all(ix, 39999, out, 4), 1);
+  assert_int_equal(out[0], 39999 * REC);
+  fy_index_close(ix);
+}
+
 /* Index files are mapped MADV_RANDOM: lookups follow hash chains and puts
  * append, and the default read-around zero-filled 8 MiB of the file's
  * unwritten part under a put on the benchmark VM. */
@@ -770,6 +804,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_collisions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_mapping_random, setup, teardown),
       cmocka_unit_test_setup_teardown(test_puts_zap_behind, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_populate_ahead, setup, teardown),
       cmocka_unit_test_setup_teardown(test_time_window, setup, teardown),
       cmocka_unit_test_setup_teardown(test_roll_over, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idempotent, setup, teardown),
