@@ -92,6 +92,7 @@ struct fy_cq {
   size_t nfiles;
   size_t cap;
   size_t nmapped;
+  uint64_t zaps; /* zap_behind's madvise calls (for tests) */
   uint64_t clock;
   uint64_t min;
   uint64_t max;
@@ -105,6 +106,7 @@ struct fy_cq {
 };
 
 size_t fy__cq_mapped_count(const fy_cq *cq);
+uint64_t fy__cq_zap_count(const fy_cq *cq);
 
 /* ---- entries ---- */
 
@@ -641,6 +643,7 @@ uint64_t fy_cq_max(const fy_cq *cq) { return cq->max; }
 uint64_t fy_cq_max_phys(const fy_cq *cq) { return cq->max_phys; }
 
 size_t fy__cq_mapped_count(const fy_cq *cq) { return cq->nmapped; }
+uint64_t fy__cq_zap_count(const fy_cq *cq) { return cq->zaps; }
 
 /* ---- put and reads ---- */
 
@@ -742,6 +745,7 @@ static void zap_behind(fy_cq *cq, struct cq_file *f) {
   if (b < a + CQ_ZAP_STEP)
     return;
   madvise(f->map + a, b - a, MADV_DONTNEED);
+  cq->zaps++;
   populate_ahead(cq, f, b + CQ_PAGE); /* the step after the page being written */
   /* the first entry that starts at or after b: the tail of one straddling b
    * is in the page at b, where the next zap starts */
@@ -890,6 +894,9 @@ uint64_t fy_cq_offset_for_time(const fy_cq *cq, int64_t ts_ms,
 /* Zeroes f's entries with phys >= phys_end, from its last written entry back
  * to the first one that stays. */
 static void zero_tail(struct cq_file *f, uint32_t per_file, uint64_t phys_end) {
+  /* The puts start a new zap range where they write next: one ending past
+   * that would make zap_behind zap the page being written on every put. */
+  f->put_lo = f->put_hi = 0;
   int64_t k = last_written_in(f->map, per_file);
   while (k >= 0) { /* k strictly decreases */
     uint8_t *p = f->map + (uint64_t)k * FY_CQ_ENTRY_SIZE;

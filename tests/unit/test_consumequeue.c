@@ -22,6 +22,7 @@
 #include "testutil.h"
 
 size_t fy__cq_mapped_count(const fy_cq *cq);
+uint64_t fy__cq_zap_count(const fy_cq *cq);
 
 #define TOPIC "TopicTest"
 #define QID 3u
@@ -156,6 +157,14 @@ static void test_puts_zap_behind(void **state) {
   assert_true(kb <= open_kb + 256 + 4);
   for (uint64_t q = 0; q < n + 20000; q++)
     expect_entry(cq, q);
+  /* after a truncation the puts zap a step at a time again, not on every
+   * put (the zap range once kept its old end and covered the page written) */
+  assert_int_equal(fy_cq_truncate_phys(cq, 20000 * REC), 0);
+  uint64_t zaps = fy__cq_zap_count(cq);
+  put_range(cq, 20000, 60000); /* 800,000 bytes: three steps */
+  assert_true(fy__cq_zap_count(cq) - zaps <= 4);
+  for (uint64_t q = 0; q < 60000; q += 7)
+    expect_entry(cq, q);
   fy_cq_close(cq);
 }
 
@@ -165,6 +174,8 @@ static void test_puts_zap_behind(void **state) {
  * that is in flight is unmapped once it completes. */
 static void test_populate_ahead(void **state) {
   (void)state;
+  if (!fy_test_populate_supported())
+    skip(); /* before Linux 5.14 the puts fault as before */
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
   char qdir[1024];

@@ -4,6 +4,7 @@
 
 #include <ftw.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -71,6 +72,16 @@ bool fy_test_run_until_pred(uv_loop_t *loop, bool (*pred)(void *arg), void *arg,
 int fy_test_loop_finish(uv_loop_t *loop) {
   uv_run(loop, UV_RUN_DEFAULT);
   return uv_loop_close(loop);
+}
+
+bool fy_test_populate_supported(void) {
+  size_t len = 4096;
+  void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return false;
+  bool ok = madvise(m, len, MADV_POPULATE_WRITE) == 0;
+  munmap(m, len);
+  return ok;
 }
 
 size_t fy_test_mapped_kb(const char *prefix) {

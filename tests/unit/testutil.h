@@ -29,5 +29,7 @@ size_t fy_test_mappings(const char *prefix, const char *flag, size_t *with);
 /* KiB of this process's mappings of files under `prefix` that its page
  * tables map now (the Rss of /proc/self/smaps). */
 size_t fy_test_mapped_kb(const char *prefix);
+/* Whether this kernel has madvise(MADV_POPULATE_WRITE) (Linux 5.14). */
+bool fy_test_populate_supported(void);
 
 #endif
