@@ -657,8 +657,9 @@ static int64_t write_ms_with_delay(const char *value, int fd) {
  * anything else (with a warning) rather than delaying by a misread number. */
 static void test_write_delay_env(void **state) {
   (void)state;
-  char path[600];
-  snprintf(path, sizeof path, "%s/f", fy_test_mkdtemp("aio-env"));
+  char dir[512], path[600];
+  snprintf(dir, sizeof dir, "%s", fy_test_mkdtemp("aio-env"));
+  snprintf(path, sizeof path, "%s/f", dir);
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
   assert_true(fd >= 0);
   assert_true(write_ms_with_delay("300", fd) >= 300);
@@ -669,6 +670,7 @@ static void test_write_delay_env(void **state) {
       fail_msg("FERRY_TEST_WRITE_DELAY_MS=%s delayed a write (%" PRId64 " ms)", bad[i], ms);
   }
   close(fd);
+  fy_test_rmtree(dir);
 }
 
 int main(void) {

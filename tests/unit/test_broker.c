@@ -127,9 +127,10 @@ static int setup(void **state) { return setup_with(state, 0, 0); }
  * the tests already uses: it is full from its first disk check. */
 static int setup_disk_full(void **state) {
   struct env *e = calloc(1, sizeof *e);
-  const char *dir = fy_test_mkdtemp("disk");
+  const char *dir = fy_test_mkdtemp("disk"); /* on the disk the broker's store goes to */
   struct statvfs sv;
   assert_int_equal(statvfs(dir, &sv), 0);
+  fy_test_rmtree(dir);
   uint64_t used = sv.f_blocks - sv.f_bfree;
   e->disk_full_ratio = (uint32_t)(used * 100 / (used + sv.f_bavail) / 2); /* 0: nearly empty */
   return setup_env(state, e);
