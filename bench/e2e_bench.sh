@@ -18,7 +18,10 @@
 #   - the same broker with messageIndexEnable=false (to locate costs), and
 #     batches into a broker with the default commitLogPageCacheMaxBytes;
 #   - HA: an ASYNC_MASTER + SLAVE pair and a SYNC_MASTER + SLAVE pair side
-#     by side, and the slave's catch-up speed for a cold backlog.
+#     by side, and the slave's catch-up speed for a cold backlog;
+#   - the machine itself, before anything starts: how late cyclictest's
+#     100 us sleeps wake up on the broker's and the client's CPU (the floor
+#     under every latency row; skipped without cyclictest, from rt-tests).
 #
 #   bench/e2e_bench.sh [--duration SEC] [--warmup SEC] [--runs N] [--catchup-mb MB]
 #                      [--broker-cpu CPU] [--client-cpu CPU] [--scratch DIR]
@@ -254,6 +257,18 @@ scenario() {
   for ((r = 1; r <= runs; r++)); do bench_run "$name" "$bpids" "$@"; done
   echo "$name|$*" >>"$out/scenarios"
 }
+
+# The machine's own wake-up latency, while nothing of ours runs: on a
+# virtual machine an idle CPU can wake milliseconds late, and no broker
+# setting gets below that (bench/e2e_notes.md, tenth session).
+if command -v cyclictest >/dev/null; then
+  echo "== machine: cyclictest, 100 us sleeps on CPUs $broker_cpu and $client_cpu for ${duration} s" >&2
+  cyclictest -q -t2 -a "$broker_cpu,$client_cpu" -i 100 -D "$duration" -h 20000 --policy=other \
+    >"$out/cyclictest.txt" 2>"$out/cyclictest.err" || rm -f "$out/cyclictest.txt"
+else
+  echo "e2e_bench.sh: cyclictest is missing (scripts/install-deps.sh installs rt-tests);" \
+    "the machine's own wake-up latency is not measured" >&2
+fi
 
 common=(--duration-s "$duration" --warmup-s "$warmup")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -578,6 +593,46 @@ idle = dict(kv.split('=', 1) for kv in open(f"{out}/idle").read().split()[1:])
 idle_share = float(idle['broker_cpu_s']) / float(idle['secs']) * 100
 # /proc counts CPU time in clock ticks (10 ms at 100 Hz): below one, say so.
 tick_share = 100 / os.sysconf("SC_CLK_TCK") / float(idle['secs'])
+# cyclictest's histogram: one line per microsecond (count per thread),
+# then "# Max Latencies:" and "# Histogram Overflows:" (beyond 20 ms).
+def machine_floor():
+    path = f"{out}/cyclictest.txt"
+    if not os.path.exists(path):
+        return ("The machine's own wake-up latency was not measured (cyclictest "
+                "missing; `scripts/install-deps.sh` installs rt-tests).")
+    hist, maxes, over = [], [], []
+    for l in open(path):
+        p = l.split()
+        if l.startswith("# Max Latencies:"):
+            maxes = [int(x) for x in p[3:]]
+        elif l.startswith("# Histogram Overflows:"):
+            over = [int(x) for x in p[3:]]
+        elif p and not l.startswith("#") and len(p) >= 3:
+            hist.append([int(x) for x in p])
+    if not hist or not maxes:
+        return "The machine's own wake-up latency could not be read from cyclictest."
+    parts = []
+    for t, cpu in enumerate([broker_cpu, client_cpu]):
+        counts = [(h[0], h[1 + t]) for h in hist]
+        total = sum(c for _, c in counts) + (over[t] if t < len(over) else 0)
+        def pct(q):
+            need, seen = q * total, 0
+            for us, c in counts:
+                seen += c
+                if seen >= need:
+                    return us
+            return maxes[t]
+        late = sum(c for us, c in counts if us > 1000) + (over[t] if t < len(over) else 0)
+        parts.append(f"CPU {cpu} ({'broker' if t == 0 else 'client'}): p99 {pct(0.99)} µs, "
+                     f"p99.9 {pct(0.999)} µs, max {maxes[t] / 1000:.2f} ms, "
+                     f"{late:,} of {total:,} over 1 ms")
+    return ("**The machine itself**, measured before anything started: `cyclictest` "
+            f"sleeping 100 µs at a time on each CPU for {duration} s (SCHED_OTHER), "
+            "how late each wake-up came: " + "; ".join(parts) + ". No broker setting "
+            "gets a message through faster than its CPUs wake up.")
+
+machine_text = machine_floor()
+
 idle_text = (f"{idle_share:.2f}% of a core" if idle_share > 0 else
              f"less than {tick_share:.1f}% of a core (not one {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms clock tick)")
 
@@ -681,6 +736,8 @@ target is for half the peak. The last row runs the same broker with every
 thread (io_uring's workers included) at real-time priority (`chrt -a -f -p 10 PID`), and ferry-bench
 under `chrt -f 10`: nothing else on their CPUs runs before them, so what is
 left of the tail is the machine itself (docs/OPERATIONS.md, "Latency").
+
+{machine_text}
 
 ### Delivery to a waiting consumer (long polling)
 

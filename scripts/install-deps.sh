@@ -8,6 +8,7 @@ PKGS=(build-essential cmake pkg-config python3
       libuv1-dev libprotobuf-c-dev protobuf-c-compiler liburing-dev libcmocka-dev libjansson-dev libxxhash-dev
       fio
       iproute2 nftables   # the drill's and test_ha_netns's hosts as network namespaces, link cuts
+      rt-tests            # cyclictest: bench/e2e_bench.sh measures the machine's own wake-up latency
       clang libclang-rt-14-dev) # clang's libFuzzer runtime, for scripts/fuzz.sh
 
 # Node.js runs the RocketMQ client the integration tests drive (ali-ons, from
