@@ -686,10 +686,8 @@ static int file_for_write(fy_cq *cq, uint64_t qoff, struct cq_file **out) {
 /* Has the thread pool fault in the CQ_ZAP_STEP of f's pages from byte
  * `from` on, before the puts reach them (see fy_mapping_populate). */
 static void populate_ahead(fy_cq *cq, struct cq_file *f, size_t from) {
-  if (!cq->loop || from >= cq->file_bytes)
-    return;
-  size_t n = cq->file_bytes - from < CQ_ZAP_STEP ? cq->file_bytes - from : CQ_ZAP_STEP;
-  fy_mapping_populate(cq->loop, f->mref, from, n);
+  if (cq->loop)
+    fy_mapping_populate(cq->loop, f->mref, from, CQ_ZAP_STEP);
 }
 
 static void on_ahead(void *arg, int fd, int err) {

@@ -148,7 +148,6 @@ struct fy_mapping {
   unsigned refs;   /* the owner's, and one while a population is in flight */
   bool busy;
   int err;         /* of the last population */
-  uint64_t done;   /* populations completed */
 };
 
 /* MADV_POPULATE_WRITE is refused (EINVAL) by kernels before 5.14: stop asking. */
@@ -188,13 +187,14 @@ static void populate_done(uv_work_t *w, int status) {
   if (m->err == -EINVAL)
     populate_unsupported = true;
   m->busy = false;
-  m->done++;
   mapping_put(m);
 }
 
 bool fy_mapping_populate(uv_loop_t *loop, fy_mapping *m, size_t off, size_t n) {
-  if (!m || m->busy || populate_unsupported || n == 0 || off >= m->len || n > m->len - off)
+  if (!m || m->busy || populate_unsupported || n == 0 || off >= m->len)
     return false;
+  if (n > m->len - off)
+    n = m->len - off;
   m->off = off;
   m->n = n;
   m->err = 0;
@@ -204,5 +204,3 @@ bool fy_mapping_populate(uv_loop_t *loop, fy_mapping *m, size_t off, size_t n) {
   m->refs++;
   return true;
 }
-
-uint64_t fy_mapping_populated(const fy_mapping *m) { return m ? m->done : 0; }

@@ -53,13 +53,10 @@ fy_mapping *fy_mapping_new(void *addr, size_t len);
 /* The owner is done with it: unmapped now, or when a population completes. */
 void fy_mapping_unmap(fy_mapping *m);
 
-/* Faults [off, off + n) in on loop's thread pool. Best effort: false, with
- * nothing started, if one is still in flight for m, the range is empty or
- * outside the mapping, the kernel lacks MADV_POPULATE_WRITE (before 5.14),
- * or the work could not be queued. */
+/* Faults [off, off + n) in on loop's thread pool, cut at the mapping's end.
+ * Best effort: false, with nothing started, if one is still in flight for
+ * m, the range is empty or starts past the end, the kernel lacks
+ * MADV_POPULATE_WRITE (before 5.14), or the work could not be queued. */
 bool fy_mapping_populate(uv_loop_t *loop, fy_mapping *m, size_t off, size_t n);
-
-/* Ranges fy_mapping_populate has completed on m (for tests). */
-uint64_t fy_mapping_populated(const fy_mapping *m);
 
 #endif

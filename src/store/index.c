@@ -869,10 +869,8 @@ static void zap_behind(fy_index *ix, struct ix_file *f) {
   f->entries_zapped = (uint32_t)((hi - base) / IX_ENTRY_SIZE);
   /* the step after the page being written, faulted in on the thread pool
    * before the puts get there (see fy_mapping_populate) */
-  uint64_t from = hi + IX_PAGE;
-  if (ix->loop && from < f->size)
-    fy_mapping_populate(ix->loop, f->mref, (size_t)from,
-                        (size_t)(f->size - from < IX_ZAP_STEP ? f->size - from : IX_ZAP_STEP));
+  if (ix->loop)
+    fy_mapping_populate(ix->loop, f->mref, (size_t)(hi + IX_PAGE), IX_ZAP_STEP);
 }
 
 /* The header is stored by fy_index_flush: only what a flush covers counts. */

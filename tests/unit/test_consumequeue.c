@@ -207,6 +207,24 @@ static void test_populate_ahead(void **state) {
   for (uint64_t q = 0; q < 40000; q += 7)
     expect_entry(cq, q);
   fy_cq_close(cq);
+
+  /* a step running past the file's end is populated up to the end: a file
+   * of 20,000 entries (400,000 bytes) with its first zap at 262,144 */
+  char odir[1024];
+  /* the first file only: the next one, made ahead, gets its first step */
+  snprintf(odir, sizeof odir, "%s/consumequeue/Other/%u/00000000000000000000", root, QID);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_cq *small = NULL;
+  assert_int_equal(fy_cq_open(root, "Other", QID, 20000, &small), 0);
+  fy_cq_use_loop(small, &loop);
+  for (uint64_t q = 0; q < 13200; q++) {
+    struct fy_cq_entry e = ent(q, 0xA);
+    assert_int_equal(fy_cq_put(small, q, &e), 0);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_true(fy_test_mapped_kb(odir) >= (400000 - 266240) / 1024);
+  fy_cq_close(small);
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
 }
 
 static void test_put_get(void **state) {
