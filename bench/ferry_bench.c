@@ -68,7 +68,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "bench/hist.h"
+#include "common/hist.h"
 #include "common/heap.h"
 #include "ferry/client.h"
 

@@ -27,7 +27,7 @@
  *  - A window of --inflight outstanding requests (not messages) split over
  *    the connections: each response frees a slot that is refilled at once.
  *    Latency per request, from queuing the request to parsing its response,
- *    goes into bench/hist.h. Only responses inside the measurement window
+ *    goes into src/common/hist.h. Only responses inside the measurement window
  *    (after --warmup-s, before --duration-s ends) count; requests still
  *    outstanding 5 s after the end are errors.
  *  - Consume: PULL_MESSAGE (32 per pull, RocketMQ's default pullBatchSize)
@@ -64,7 +64,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bench/hist.h"
+#include "common/hist.h"
 #include "common/record.h"
 #include "remoting/remoting.h"
 

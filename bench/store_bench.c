@@ -20,7 +20,7 @@
  * --warmup): messages/s, MB/s of log written, CPU time of the whole process
  * (getrusage: the loop thread, libuv's pool threads and io_uring's workers),
  * the log's writes and fdatasyncs (fy_commitlog_stats) and ack latency
- * percentiles (bench/hist.h) of every 8th append (reading the clock twice
+ * percentiles (src/common/hist.h) of every 8th append (reading the clock twice
  * per append would cost ~10 % of the CPU measured). The last line of output is machine-readable:
  * "RESULT key=value ...".
  *
@@ -42,7 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "bench/hist.h"
+#include "common/hist.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "store/consumequeue.h"

@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "bench/hist.h"
+#include "common/hist.h"
 
 #define PR_SIZE_MAX (1024u * 1024)
 #define PR_INFLIGHT_MAX 65536u

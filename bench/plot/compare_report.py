@@ -345,7 +345,7 @@ prints the same `RESULT` line: Ferry through `ferry-bench` on the client
 library, the peers through the small C clients in `bench/peers/`
 (`redis_bench`, `nats_bench`, `rabbit_bench`), which count, pace and
 measure exactly like it (`bench/peers/peer_run.c`, percentiles from the
-same log-linear histogram, `bench/hist.h`). Only acknowledgements inside
+same log-linear histogram, `src/common/hist.h`). Only acknowledgements inside
 the measured interval count; latency is from the send (or, in the
 open-loop row, from the intended send time) to the acknowledgement, so
 with {meta['inflight']} in flight most of it is queueing. Each peer is

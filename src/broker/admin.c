@@ -417,8 +417,8 @@ static void on_query_by_key(struct fy_broker *b, fy_conn *conn, const fy_frame *
 static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   struct fy_store_stats st;
   fy_store_stats(b->store, &st);
-  char vals[40][160];
-  const char *keys[40];
+  char vals[48][192];
+  const char *keys[48];
   size_t n = 0;
 #define KV(k, ...) (keys[n] = (k), snprintf(vals[n], sizeof vals[n], __VA_ARGS__), n++)
   KV("brokerName", "%s", b->cfg->broker_name);
@@ -437,6 +437,15 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("sendFailures", "%" PRIu64, b->send_failures);
   KV("sendBusy", "%" PRIu64, b->send_busy);
   KV("sendFlushDiskTimeouts", "%" PRIu64, b->send_flush_timeouts);
+  if (b->send_lat) {
+    uint64_t now_ns = uv_hrtime();
+    keys[n] = "sendLatencyUs";
+    fy__send_latency_summary(b->send_lat, false, now_ns, vals[n++], sizeof vals[0]);
+    keys[n] = "sendLatencyUsLastMinute";
+    fy__send_latency_summary(b->send_lat, true, now_ns, vals[n++], sizeof vals[0]);
+    keys[n] = "sendLatencyBands";
+    fy__send_latency_bands(b->send_lat, vals[n++], sizeof vals[0]);
+  }
   KV("pullRequests", "%" PRIu64, b->pulls);
   KV("pullsHeldTotal", "%" PRIu64, b->pulls_held);
   KV("pullsHeldNow", "%zu", b->nheld);
@@ -461,7 +470,7 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("diskFull", "%s", st.disk_full ? "true" : "false");
   KV("storeError", "%s", st.error ? fy_errname(st.error) : "none");
 #undef KV
-  Ferry__V1__KeyValue kv[40], *kvp[40];
+  Ferry__V1__KeyValue kv[48], *kvp[48];
   for (size_t i = 0; i < n; i++) {
     ferry__v1__key_value__init(&kv[i]);
     kv[i].key = (char *)keys[i];

@@ -14,6 +14,7 @@
 #include "broker/offsets.h"
 #include "broker/persist.h"
 #include "broker/topics.h"
+#include "common/hist.h"
 #include "common/strmap.h"
 #include "ferry.pb-c.h"
 #include "ha/ha.h"
@@ -159,7 +160,31 @@ struct fy_broker {
   uint64_t send_flush_timeouts;   /* sends answered FLUSH_DISK_TIMEOUT */
   int64_t flush_timeout_logged_ms; /* last warning about them (rate limit) */
   uint64_t pulls, pulled_msgs, pulls_held;
+  struct fy_send_latency *send_lat; /* NULL: not measured (out of memory at start) */
 };
+
+/* Send latency: from a send reaching the store path (decoded and checked)
+ * to its reply being queued on the connection, for every send that was
+ * appended (its reply may still be an error, e.g. FLUSH_DISK_TIMEOUT).
+ * Refusals before the store (bad request, unknown topic, busy) are not
+ * timed. brokerStatus shows it since start, for the last full minute, and
+ * as counts per band (RocketMQ's putMessageDistributeTime, finer). */
+#define FY_SEND_LAT_BANDS 12
+struct fy_send_latency {
+  struct fy_hist total;       /* since start, in microseconds */
+  struct fy_hist minute;      /* the minute in progress */
+  struct fy_hist last_minute; /* the last full minute */
+  uint64_t minute_start_ms;   /* monotonic */
+  uint64_t bands[FY_SEND_LAT_BANDS]; /* since start; bounds in fy__send_lat_band_us */
+};
+extern const uint64_t fy__send_lat_band_us[FY_SEND_LAT_BANDS - 1]; /* upper bounds; the last band is open */
+void fy__send_latency_record(struct fy_send_latency *l, uint64_t arrived_ns, uint64_t now_ns);
+/* "count=N p50=US p99=US p999=US max=US" since start (minute false) or for
+ * the last full minute as of now_ns. */
+void fy__send_latency_summary(struct fy_send_latency *l, bool minute, uint64_t now_ns, char *out,
+                              size_t outlen);
+/* "<=100us:N <=200us:N ... >1s:N": sends per band since start. */
+void fy__send_latency_bands(const struct fy_send_latency *l, char *out, size_t outlen);
 
 /* What a send stored, for its reply. */
 struct fy_send_result {

@@ -38,6 +38,7 @@ struct pending_send {
   uint64_t end; /* commit-log offset after the last record */
   bool flush_timed_out; /* stored, but not flushed within syncFlushTimeout */
   size_t n;
+  uint64_t arrived_ns; /* uv_hrtime() when the send reached the store path */
   struct fy_send_result results[];
 };
 
@@ -122,6 +123,8 @@ static const char *text_of_store_error(int err) {
 static void reply_stored(struct pending_send *p, uint16_t status) {
   struct bconn *bc = p->bc;
   struct fy_broker *b = p->b;
+  if (b->send_lat)
+    fy__send_latency_record(b->send_lat, p->arrived_ns, uv_hrtime());
   unlink_pending(p);
   if (bc && p->ref.proto == FY_PROTO_RMQ) {
     fy__rmq_reply_send(b, bc->conn, &p->ref, status, p->queue_id, p->results, p->n);
@@ -312,6 +315,7 @@ uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_req
     return FERRY__V1__STATUS__SYSTEM_BUSY;
   }
   p->b = b;
+  p->arrived_ns = uv_hrtime();
   p->ref = *ref;
   p->queue_id = msgs[0].queue_id;
   p->n = n;
@@ -491,4 +495,69 @@ out:
   free(props);
   free(ids);
   fy_pb_arena_reset(&b->send_arena);
+}
+
+/* ------------------------------------------------------------ send latency */
+
+const uint64_t fy__send_lat_band_us[FY_SEND_LAT_BANDS - 1] = {
+    100, 200, 500, 1000, 2000, 5000, 10000, 50000, 100000, 500000, 1000000};
+
+#define MINUTE_MS 60000u
+
+/* Moves the minute window on to the minute that holds now_ms. */
+static void lat_rotate(struct fy_send_latency *l, uint64_t now_ms) {
+  uint64_t age = now_ms - l->minute_start_ms;
+  if (age < MINUTE_MS)
+    return;
+  if (age < 2 * MINUTE_MS)
+    l->last_minute = l->minute;
+  else
+    fy_hist_init(&l->last_minute); /* a whole minute passed without a send */
+  fy_hist_init(&l->minute);
+  l->minute_start_ms = now_ms - age % MINUTE_MS;
+}
+
+void fy__send_latency_record(struct fy_send_latency *l, uint64_t arrived_ns, uint64_t now_ns) {
+  uint64_t us = now_ns > arrived_ns ? (now_ns - arrived_ns) / 1000u : 0;
+  lat_rotate(l, now_ns / 1000000u);
+  fy_hist_record(&l->total, us);
+  fy_hist_record(&l->minute, us);
+  size_t band = 0;
+  while (band < FY_SEND_LAT_BANDS - 1 && us > fy__send_lat_band_us[band])
+    band++;
+  l->bands[band]++;
+}
+
+void fy__send_latency_summary(struct fy_send_latency *l, bool minute, uint64_t now_ns, char *out,
+                              size_t outlen) {
+  lat_rotate(l, now_ns / 1000000u);
+  const struct fy_hist *h = minute ? &l->last_minute : &l->total;
+  snprintf(out, outlen,
+           "count=%" PRIu64 " p50=%" PRIu64 " p99=%" PRIu64 " p999=%" PRIu64 " max=%" PRIu64,
+           h->count, fy_hist_percentile(h, 50), fy_hist_percentile(h, 99),
+           fy_hist_percentile(h, 99.9), h->count ? h->max : 0);
+}
+
+static int band_label(char *out, size_t outlen, const char *op, uint64_t us) {
+  if (us >= 1000000u && us % 1000000u == 0)
+    return snprintf(out, outlen, "%s%" PRIu64 "s", op, us / 1000000u);
+  if (us >= 1000u && us % 1000u == 0)
+    return snprintf(out, outlen, "%s%" PRIu64 "ms", op, us / 1000u);
+  return snprintf(out, outlen, "%s%" PRIu64 "us", op, us);
+}
+
+void fy__send_latency_bands(const struct fy_send_latency *l, char *out, size_t outlen) {
+  size_t len = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < FY_SEND_LAT_BANDS && len < outlen; i++) {
+    char label[32];
+    if (i < FY_SEND_LAT_BANDS - 1)
+      band_label(label, sizeof label, "<=", fy__send_lat_band_us[i]);
+    else
+      band_label(label, sizeof label, ">", fy__send_lat_band_us[i - 1]);
+    int w = snprintf(out + len, outlen - len, "%s%s:%" PRIu64, i ? " " : "", label, l->bands[i]);
+    if (w < 0)
+      break;
+    len += (size_t)w;
+  }
 }

@@ -961,6 +961,14 @@ def test_mqadmin_subcommands(args):
     # Writeback ahead: 1 MiB steps by default, never past what was written.
     assert int(st["commitLogWritebackBytes"]) == 1 << 20, st
     assert int(st["commitLogWritebackTo"]) <= int(st["commitLogWritten"]), st
+    # Send latency: every stored send is timed, once, in one band.
+    lat = dict(kv.split("=") for kv in st["sendLatencyUs"].split())
+    bands = [int(b.rsplit(":", 1)[1]) for b in st["sendLatencyBands"].split()]
+    assert len(bands) == 12 and st["sendLatencyBands"].startswith("<=100us:"), st
+    assert 1 <= int(lat["count"]) <= int(st["sendRequests"]), st
+    assert sum(bands) == int(lat["count"]), st
+    assert int(lat["p50"]) <= int(lat["p99"]) <= int(lat["p999"]) <= int(lat["max"]), st
+    assert "count=" in st["sendLatencyUsLastMinute"], st
     out = mqadmin(c, "brokerStatus", "-c", "DefaultCluster").stdout
     assert {l.split()[0] for l in out.splitlines()} == {x.addr for x in c.brokers}, out
 

@@ -5,7 +5,7 @@
  *                           g = msb(v) - SUB_BITS, s = the SUB_BITS bits after the msb
  * so every bucket's width is at most 1/SUB of its lowest value.
  */
-#include "bench/hist.h"
+#include "common/hist.h"
 
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* The benchmark's latency histogram (bench/hist.c): bucket boundaries cover
+/* The latency histogram (src/common/hist.c): bucket boundaries cover
  * the whole uint64_t range without gaps, every bucket is narrow enough for a
  * 1/64 relative error, and percentiles are never below the exact value. */
 #include <setjmp.h>
@@ -9,7 +9,7 @@
 
 #include <stdlib.h>
 
-#include "bench/hist.h"
+#include "common/hist.h"
 
 static void test_exact_below_sub(void **state) {
   (void)state;

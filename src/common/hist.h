@@ -4,10 +4,11 @@
  * above, each power of two is cut into FY_HIST_SUB equal buckets, so a value
  * is known to within 1/FY_HIST_SUB (1.6 %) of itself. Fixed size (no
  * allocation), covers the whole uint64_t range, recording is a few
- * instructions. Benchmarks only; not thread-safe.
+ * instructions. Not thread-safe. The benchmarks measure with it, and the
+ * broker keeps its send latency in it (brokerStatus).
  */
-#ifndef FY_BENCH_HIST_H
-#define FY_BENCH_HIST_H
+#ifndef FY_COMMON_HIST_H
+#define FY_COMMON_HIST_H
 
 #include <stdint.h>
 
