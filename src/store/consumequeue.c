@@ -33,9 +33,17 @@
  * those few pages on the flush's worker instead. The step is more than 33
  * pages: up to that many the kernel flushes the TLB page by page, which on
  * that VM made a 64 KiB zap take 280 us and a 256 KiB one 18-40 us. With
- * each zap the thread pool faults in the step after the page being written
- * (populate_ahead), and a file made ahead gets its first step that way, so
+ * each zap the thread pool faults in the step after the one being written
+ * (populate_ahead), and a file made ahead gets its first steps that way, so
  * the puts rarely fault (fileops.h, fy_mapping_populate).
+ *
+ * The zaps happen at boundaries every CQ_ZAP_STEP bytes, shifted by a
+ * phase that depends on the queue id. The queues of a topic fill at the
+ * same pace (producers pick them round-robin), and with boundaries in the
+ * same place all eight reached theirs in the same dispatch: eight zaps and
+ * eight populations, which on a broker with one CPU preempted the loop for
+ * about 2 ms every 311 ms at 337k msgs/s (bench/e2e_notes.md, eleventh
+ * session). Shifted, they come one at a time, 39 ms apart.
  *
  * Files made ahead (fy_cq_use_loop): halfway through a file the next one is
  * created on the thread pool (fileops.h), so a put never waits for the disk
@@ -67,6 +75,8 @@
 #define CQ_DIR_ENTRIES_MAX 1000000u /* bound on names read from one directory */
 #define CQ_PAGE 4096u
 #define CQ_ZAP_STEP (256u * 1024u) /* puts zap the pages behind them this much at a time */
+#define CQ_ZAP_MIN (136u * 1024u)  /* 34 pages: a smaller zap flushes the TLB page by page */
+#define CQ_ZAP_PHASES 8u           /* queue ids spread over this many boundary phases */
 
 _Static_assert(FY_CQ_ENTRY_SIZE == 20, "consume-queue entry is 20 bytes on disk");
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "entries are stored little-endian");
@@ -86,6 +96,7 @@ struct fy_cq {
   char *dir; /* <root>/consumequeue/<topic>/<queueId> */
   char *topic;
   uint32_t queue_id;
+  uint32_t zap_phase; /* bytes: zap boundaries lie at zap_phase + k * CQ_ZAP_STEP */
   uint32_t per_file;
   size_t file_bytes;
   struct cq_file *files; /* sorted by start; gaps allowed */
@@ -568,6 +579,7 @@ int fy_cq_open(const char *root_dir, const char *topic, uint32_t queue_id,
   if (!cq)
     return -ENOMEM;
   cq->queue_id = queue_id;
+  cq->zap_phase = queue_id % CQ_ZAP_PHASES * (CQ_ZAP_STEP / CQ_ZAP_PHASES);
   cq->per_file = entries_per_file;
   cq->file_bytes = (size_t)entries_per_file * FY_CQ_ENTRY_SIZE;
   cq->topic = strdup(topic);
@@ -683,11 +695,23 @@ static int file_for_write(fy_cq *cq, uint64_t qoff, struct cq_file **out) {
   return err;
 }
 
-/* Has the thread pool fault in the CQ_ZAP_STEP of f's pages from byte
- * `from` on, before the puts reach them (see fy_mapping_populate). */
-static void populate_ahead(fy_cq *cq, struct cq_file *f, size_t from) {
+/* Has the thread pool fault in len bytes of f's pages from byte `from` on,
+ * before the puts reach them (see fy_mapping_populate). */
+static void populate_ahead(fy_cq *cq, struct cq_file *f, size_t from, size_t len) {
   if (cq->loop)
-    fy_mapping_populate(cq->loop, f->mref, from, CQ_ZAP_STEP);
+    fy_mapping_populate(cq->loop, f->mref, from, len);
+}
+
+/* The last zap boundary at or below x (0 if there is none). */
+static size_t zap_boundary_below(const fy_cq *cq, size_t x) {
+  if (x < cq->zap_phase)
+    return 0;
+  return cq->zap_phase + (x - cq->zap_phase) / CQ_ZAP_STEP * CQ_ZAP_STEP;
+}
+
+/* The first boundary a zap from byte 0 stops at: at least CQ_ZAP_MIN in. */
+static size_t first_zap_boundary(const fy_cq *cq) {
+  return cq->zap_phase >= CQ_ZAP_MIN ? cq->zap_phase : cq->zap_phase + CQ_ZAP_STEP;
 }
 
 static void on_ahead(void *arg, int fd, int err) {
@@ -716,7 +740,8 @@ static void on_ahead(void *arg, int fd, int err) {
   f->mref = fy_mapping_new(m, cq->file_bytes);
   cq->nmapped++;
   advise_for_writes(cq, f); /* made to be written */
-  populate_ahead(cq, f, 0);
+  /* up to the end of the step after the first zap's (see zap_behind) */
+  populate_ahead(cq, f, 0, first_zap_boundary(cq) + CQ_ZAP_STEP);
 }
 
 /* Once the queue is halfway through a file, the next one is created on the
@@ -735,19 +760,22 @@ static void maybe_make_ahead(fy_cq *cq, uint64_t qoff) {
 
 void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
 
-/* Zaps the whole pages below the one holding the next entry once they add
- * up to CQ_ZAP_STEP, and moves put_lo past them (see Zap above). */
+/* Once the puts have passed a zap boundary at least CQ_ZAP_MIN above the
+ * first page they have not zapped, zaps the whole pages below that
+ * boundary and moves put_lo past them (see Zap above). The thread pool then
+ * faults in the step after the one being written. */
 static void zap_behind(fy_cq *cq, struct cq_file *f) {
   size_t a = (size_t)f->put_lo * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
   size_t b = (size_t)f->put_hi * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
-  if (b < a + CQ_ZAP_STEP)
+  size_t z = zap_boundary_below(cq, b);
+  if (z < a + CQ_ZAP_MIN)
     return;
-  madvise(f->map + a, b - a, MADV_DONTNEED);
+  madvise(f->map + a, z - a, MADV_DONTNEED);
   cq->zaps++;
-  populate_ahead(cq, f, b + CQ_PAGE); /* the step after the page being written */
-  /* the first entry that starts at or after b: the tail of one straddling b
-   * is in the page at b, where the next zap starts */
-  f->put_lo = (uint32_t)((b + FY_CQ_ENTRY_SIZE - 1) / FY_CQ_ENTRY_SIZE);
+  populate_ahead(cq, f, z + CQ_ZAP_STEP, CQ_ZAP_STEP);
+  /* the first entry that starts at or after z: the tail of one straddling z
+   * is in the page at z, where the next zap starts */
+  f->put_lo = (uint32_t)((z + FY_CQ_ENTRY_SIZE - 1) / FY_CQ_ENTRY_SIZE);
 }
 
 int fy_cq_put(fy_cq *cq, uint64_t qoff, const struct fy_cq_entry *e) {

@@ -168,6 +168,41 @@ static void test_puts_zap_behind(void **state) {
   fy_cq_close(cq);
 }
 
+/* The queues of a topic zap at different puts: queue q's boundaries are
+ * shifted by q % 8 eighths of a step, so eight queues filled in lockstep
+ * do not all zap (and populate) in the same dispatch. */
+static void test_zap_phases(void **state) {
+  (void)state;
+  fy_cq *q[8];
+  uint64_t first_zap[8] = {0};
+  for (uint32_t i = 0; i < 8; i++)
+    assert_int_equal(fy_cq_open(root, "Phases", i, 100000, &q[i]), 0);
+  for (uint64_t off = 0; off < 40000; off++) {
+    for (uint32_t i = 0; i < 8; i++) {
+      struct fy_cq_entry e = ent(off, 0xB);
+      assert_int_equal(fy_cq_put(q[i], off, &e), 0);
+      if (!first_zap[i] && fy__cq_zap_count(q[i]) == 1)
+        first_zap[i] = off + 1; /* entries put when it zapped */
+    }
+  }
+  /* Queue i's boundaries lie at i * 32 KiB + k * 256 KiB; the first zap
+   * stops at the first one at least 136 KiB in, and comes with the put
+   * that fills the page below it. */
+  const uint64_t first_boundary[8] = {262144, 294912, 327680, 360448,
+                                      393216, 163840, 196608, 229376};
+  for (uint32_t i = 0; i < 8; i++)
+    assert_int_equal(first_zap[i], (first_boundary[i] + 19) / 20);
+  for (uint32_t i = 0; i < 8; i++)
+    for (uint32_t j = i + 1; j < 8; j++)
+      assert_true(first_zap[i] != first_zap[j]);
+  /* 800,000 bytes each (the page being written starts at 798,720): the
+   * later zaps come a step apart. */
+  for (uint32_t i = 0; i < 8; i++) {
+    assert_int_equal(fy__cq_zap_count(q[i]), (798720 - first_boundary[i]) / 262144 + 1);
+    fy_cq_close(q[i]);
+  }
+}
+
 /* With a loop, the thread pool faults in the step after the page being
  * written (MADV_POPULATE_WRITE) whenever the puts zap one, so they find it
  * mapped; the zeros it maps are unwritten entries. A mapping dropped while
@@ -182,13 +217,15 @@ static void test_populate_ahead(void **state) {
   queue_path(qdir, sizeof qdir, NULL);
   fy_cq *cq = open_cq(100000);
   fy_cq_use_loop(cq, &loop);
-  /* 400,000 bytes: one step zapped at 13,108 entries, then the next 256 KiB
-   * populated, of which the puts have written only the first 136 KiB */
+  /* 400,000 bytes. Queue 3's zap boundaries lie at 96 KiB + k * 256 KiB;
+   * the first zap stops at 352 KiB (96 KiB is below the 136 KiB minimum).
+   * Then the step after the one being written, 608-864 KiB, is populated;
+   * the puts have written 39,552 bytes (10 pages) past the zap. */
   put_range(cq, 0, 20000);
   uv_run(&loop, UV_RUN_DEFAULT); /* until the population is done */
   size_t kb = fy_test_mapped_kb(qdir);
-  assert_true(kb >= 256);
-  assert_true(kb <= 256 + 4 + 4);
+  assert_true(kb >= 256 + 40);
+  assert_true(kb <= 256 + 40 + 4);
   for (uint64_t q = 0; q < 20000; q++)
     expect_entry(cq, q);
   fy_cq_close(cq);
@@ -209,20 +246,21 @@ static void test_populate_ahead(void **state) {
   fy_cq_close(cq);
 
   /* a step running past the file's end is populated up to the end: a file
-   * of 20,000 entries (400,000 bytes) with its first zap at 262,144 */
+   * of 35,000 entries (700,000 bytes) with its first zap at 360,448 and
+   * the step after, from 622,592, cut at 700,000 */
   char odir[1024];
-  /* the first file only: the next one, made ahead, gets its first step */
+  /* the first file only: the next one, made ahead, gets its first steps */
   snprintf(odir, sizeof odir, "%s/consumequeue/Other/%u/00000000000000000000", root, QID);
   assert_int_equal(uv_loop_init(&loop), 0);
   fy_cq *small = NULL;
-  assert_int_equal(fy_cq_open(root, "Other", QID, 20000, &small), 0);
+  assert_int_equal(fy_cq_open(root, "Other", QID, 35000, &small), 0);
   fy_cq_use_loop(small, &loop);
-  for (uint64_t q = 0; q < 13200; q++) {
+  for (uint64_t q = 0; q < 18100; q++) {
     struct fy_cq_entry e = ent(q, 0xA);
     assert_int_equal(fy_cq_put(small, q, &e), 0);
   }
   uv_run(&loop, UV_RUN_DEFAULT);
-  assert_true(fy_test_mapped_kb(odir) >= (400000 - 266240) / 1024);
+  assert_true(fy_test_mapped_kb(odir) >= (700000 - 622592) / 1024);
   fy_cq_close(small);
   assert_int_equal(fy_test_loop_finish(&loop), 0);
 }
@@ -823,6 +861,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get, setup, teardown),
       cmocka_unit_test_setup_teardown(test_puts_zap_behind, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_zap_phases, setup, teardown),
       cmocka_unit_test_setup_teardown(test_populate_ahead, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_mapping_random, setup, teardown),
       cmocka_unit_test_setup_teardown(test_idempotent_conflict_gap, setup, teardown),
