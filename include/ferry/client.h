@@ -262,7 +262,10 @@ typedef void (*fy_send_cb)(int err, const fy_send_result *res, void *arg);
 /* Copies msg and returns; cb(err, res, arg) runs once on the client thread
  * when the send is done. When max_inflight sends are outstanding this waits
  * for one to finish, up to the send timeout (-FY_EBUSY after; on the client
- * thread it does not wait). Returns 0 or an error (cb will not run). */
+ * thread it does not wait). Returns 0 or an error (cb will not run).
+ * A broker connection carries at most 4096 requests at once; more wait in
+ * the client, in order, until answers make room (16,384 may wait per
+ * connection), so max_inflight sends may all go to one broker. */
 int fy_producer_send_async(fy_producer *p, const fy_message *msg, const fy_send_options *opts,
                            fy_send_cb cb, void *arg);
 

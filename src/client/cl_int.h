@@ -43,7 +43,8 @@
 #define FY__EXPR_MAX 1024         /* bytes of a subscription expression */
 #define FY__TOPICS_MAX 4096       /* routes cached */
 #define FY__CONNS_MAX 1024        /* open connections */
-#define FY__PENDING_MAX 4096      /* calls waiting for one connection to open */
+#define FY__PENDING_MAX 16384     /* calls waiting for one connection: to open, or for
+                                     room among its rpc_pending_max (4096) calls */
 #define FY__WAITERS_MAX 65536     /* operations waiting for one route */
 #define FY__DRAIN_PER_WAKE 256    /* requests taken from the queue per wake-up */
 #define FY__DLISTS 8              /* deadline lists: 7 for one timeout each, 1 shared */

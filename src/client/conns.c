@@ -99,6 +99,44 @@ bool fy__addr_down(fy_client *cl, const char *addr) {
   return false;
 }
 
+/* Issues the calls waiting for b, in order, while its connection has room
+ * for them (all of them once it has opened; then as calls end, see
+ * on_rpc_room). A call whose deadline passed while it waited fails with
+ * -FY_ETIMEOUT. */
+static void issue_pending(struct fy__bconn *b) {
+  uint64_t now = fy__cl_now_ms();
+  for (uint32_t n = 0; b->head && b->open; n++) {
+    fy_assert(n <= FY__PENDING_MAX);
+    struct pcall *p = b->head;
+    if (!p->oneway && now < p->deadline_ms && fy_rpc_full(b->conn))
+      return; /* the next call to end makes room */
+    b->head = p->next;
+    if (!b->head)
+      b->tail = &b->head;
+    b->npend--;
+    if (p->oneway) {
+      fy_rpc_oneway(b->conn, p->code, p->msg, p->raw ? &(uv_buf_t){.base = (char *)p->raw,
+                                                                  .len = p->raw_len}
+                                                      : NULL, p->raw ? 1 : 0);
+    } else if (now >= p->deadline_ms) {
+      p->cb(NULL, -FY_ETIMEOUT, NULL, p->arg);
+    } else {
+      uv_buf_t rb = uv_buf_init((char *)p->raw, (unsigned)p->raw_len);
+      int err = fy_rpc_call(b->conn, p->code, p->msg, p->raw ? &rb : NULL, p->raw ? 1 : 0,
+                            (uint32_t)(p->deadline_ms - now), p->cb, p->arg);
+      if (err)
+        p->cb(NULL, err, NULL, p->arg);
+    }
+    pcall_free(p);
+  }
+}
+
+static void on_rpc_room(fy_conn *conn) {
+  struct fy__bconn *b = fy_conn_data(conn);
+  if (b && b->head)
+    issue_pending(b);
+}
+
 static void on_connected(fy_conn *conn, int status) {
   struct fy__bconn *b = fy_conn_data(conn);
   if (!b)
@@ -111,31 +149,7 @@ static void on_connected(fy_conn *conn, int status) {
   }
   set_down(b->cl, b->addr, false);
   b->open = true;
-  struct pcall *p = b->head;
-  b->head = NULL;
-  b->tail = &b->head;
-  b->npend = 0;
-  uint64_t now = fy__cl_now_ms();
-  for (uint32_t n = 0; p; n++) {
-    fy_assert(n <= FY__PENDING_MAX);
-    struct pcall *next = p->next;
-    int err;
-    if (p->oneway) {
-      fy_rpc_oneway(conn, p->code, p->msg, p->raw ? &(uv_buf_t){.base = (char *)p->raw,
-                                                              .len = p->raw_len}
-                                                  : NULL, p->raw ? 1 : 0);
-    } else if (now >= p->deadline_ms) {
-      p->cb(NULL, -FY_ETIMEOUT, NULL, p->arg);
-    } else {
-      uv_buf_t rb = uv_buf_init((char *)p->raw, (unsigned)p->raw_len);
-      err = fy_rpc_call(conn, p->code, p->msg, p->raw ? &rb : NULL, p->raw ? 1 : 0,
-                        (uint32_t)(p->deadline_ms - now), p->cb, p->arg);
-      if (err)
-        p->cb(NULL, err, NULL, p->arg);
-    }
-    pcall_free(p);
-    p = next;
-  }
+  issue_pending(b);
 }
 
 static void on_conn_close(fy_conn *conn, int reason) {
@@ -193,6 +207,7 @@ static struct fy__bconn *bconn_get(fy_client *cl, const char *addr, int *err) {
       .connect_timeout_ms = cl->cfg.connect_timeout_ms,
       .idle_timeout_ms = IDLE_CLOSE_MS,
       .on_close = on_conn_close,
+      .on_rpc_room = on_rpc_room,
       .data = b,
   };
   int e = fy_conn_connect(&cl->loop, host, port, &cc, on_connected, &b->conn);
@@ -248,7 +263,8 @@ int fy__call(fy_client *cl, const char *addr, uint16_t code, const ProtobufCMess
   struct fy__bconn *b = bconn_get(cl, addr, &err);
   if (!b)
     return err;
-  if (b->open)
+  /* A full connection takes no more calls: they wait (in order) for room. */
+  if (b->open && !b->head && !fy_rpc_full(b->conn))
     return fy_rpc_call(b->conn, code, msg, raw, nraw, timeout_ms, cb, arg);
   return pend(b, code, false, msg, raw, nraw, timeout_ms, cb, arg);
 }

@@ -16,7 +16,7 @@
 #define FY_ERR_TABLE(X)                                                              \
   X(CORRUPT,      "record failed validation (magic, length, CRC or offset)")         \
   X(TOO_BIG,      "message larger than maxMessageSize")                              \
-  X(BUSY,         "store busy: write buffers full, try again")                       \
+  X(BUSY,         "busy: a buffer or queue is full, try again")                      \
   X(STORE_FAILED, "store refused the write after an earlier disk error")             \
   X(DISK_FULL,    "disk usage above the configured limit; writes refused")           \
   X(DISCONTIG,    "bytes do not continue the log at this offset")                    \

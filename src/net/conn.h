@@ -72,6 +72,11 @@ typedef void (*fy_connect_cb)(fy_conn *conn, int status);
  * when this returns. */
 typedef void (*fy_accept_cb)(fy_server *server, fy_conn *conn);
 
+/* A call pending on conn (rpc.h) finished after the table had been full:
+ * there is room for another fy_rpc_call. Runs on the loop, after the
+ * finished call's callback; conn may be closing (fy_rpc_call says so). */
+typedef void (*fy_rpc_room_cb)(fy_conn *conn);
+
 /* The buffers given to a send are no longer used: status 0 when written,
  * or a negative error when the write failed or the connection closed
  * first. Runs exactly once per successful send. */
@@ -90,6 +95,7 @@ typedef struct fy_conn_cfg {
   fy_frame_cb on_frame;            /* NULL: requests get UNSUPPORTED_OP, others dropped */
   fy_foreign_cb on_foreign;        /* server: NULL closes non-Ferry connections */
   fy_close_cb on_close;            /* may be NULL */
+  fy_rpc_room_cb on_rpc_room;      /* may be NULL */
   void *data;                      /* initial user data of each connection */
 } fy_conn_cfg;
 

@@ -213,6 +213,13 @@ static void rpc_arm(fy_conn *c, struct fy__rpc *r) {
   r->armed_ms = d;
 }
 
+/* Tells the owner that a call ended while the table was full. */
+static void rpc_room(fy_conn *c, bool was_full) {
+  fy_rpc_room_cb room = fy__conn_cfg(c)->on_rpc_room;
+  if (was_full && room && fy__conn_can_send(c) == 0)
+    room(c);
+}
+
 static void on_rpc_timer(uv_timer_t *t) {
   fy_conn *c = t->data;
   struct fy__rpc *r = *fy__conn_rpc(c);
@@ -220,6 +227,7 @@ static void on_rpc_timer(uv_timer_t *t) {
     return;
   r->armed_ms = UINT64_MAX;
   uint64_t now = uv_now(fy_conn_loop(c));
+  bool was_full = r->count == r->cap;
   for (uint32_t n = 0; n < EXPIRE_PER_TICK && r->count > 0; n++) {
     uint32_t ci = r->heap[0];
     struct call *k = &r->calls[ci];
@@ -234,6 +242,7 @@ static void on_rpc_timer(uv_timer_t *t) {
       return; /* the rest fail with -FY_ECLOSED */
   }
   rpc_arm(c, r);
+  rpc_room(c, was_full && r->count < r->cap);
 }
 
 bool fy__rpc_on_response(fy_conn *c, const fy_frame *f) {
@@ -249,9 +258,11 @@ bool fy__rpc_on_response(fy_conn *c, const fy_frame *f) {
   uint32_t ci = r->map[slot];
   fy_rpc_cb cb = r->calls[ci].cb;
   void *arg = r->calls[ci].arg;
+  bool was_full = r->count == r->cap;
   call_remove(r, ci);
   rpc_arm(c, r);
   cb(c, 0, f, arg);
+  rpc_room(c, was_full);
   return true;
 }
 
@@ -326,6 +337,12 @@ size_t fy_rpc_pending(const fy_conn *c) {
   struct fy__rpc *r = *fy__conn_rpc((fy_conn *)c);
   return r ? r->count : 0;
 }
+
+bool fy_rpc_full(const fy_conn *c) {
+  struct fy__rpc *r = *fy__conn_rpc((fy_conn *)c);
+  return r && r->count == r->cap;
+}
+
 
 /* ------------------------------------------------------------------ replies */
 

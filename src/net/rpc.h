@@ -11,6 +11,7 @@
 #ifndef FY_NET_RPC_H
 #define FY_NET_RPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +50,10 @@ int fy_rpc_oneway(fy_conn *conn, uint16_t op, const ProtobufCMessage *msg, const
 
 /* Calls pending on conn. */
 size_t fy_rpc_pending(const fy_conn *conn);
+
+/* Whether rpc_pending_max calls are pending on conn, so that fy_rpc_call
+ * would return -FY_EBUSY; on_rpc_room (fy_conn_cfg) tells when one ends. */
+bool fy_rpc_full(const fy_conn *conn);
 
 /* Answers request request_id with a response frame: fy_conn_send() with
  * kind FY_FRAME_RESPONSE, same lifetime rule (raw buffers must remain valid

@@ -289,6 +289,21 @@ static void on_send(struct fb *b, fy_conn *conn, const fy_frame *f) {
     return;
   case FB_SEND_CLOSE: fy_conn_close(conn, -ECONNRESET); return;
   case FB_SEND_SILENT: return;
+  case FB_SEND_HOLD: {
+    if (b->nheld_sends == b->cap_held_sends) {
+      b->cap_held_sends = b->cap_held_sends ? 2 * b->cap_held_sends : 1024;
+      b->held_sends = realloc(b->held_sends, b->cap_held_sends * sizeof *b->held_sends);
+    }
+    struct fb_held_send *h = &b->held_sends[b->nheld_sends++];
+    h->conn = conn;
+    h->len = FY_FRAME_HEADER_LEN + f->payload_len;
+    h->frame = malloc(h->len);
+    fy_frame_encode_header(h->frame, FY_FRAME_REQUEST, f->payload_len, f->request_id, f->op, 0,
+                           f->header_len);
+    memcpy(h->frame + FY_FRAME_HEADER_LEN, f->header, f->header_len);
+    memcpy(h->frame + FY_FRAME_HEADER_LEN + f->header_len, f->raw, f->raw_len);
+    return;
+  }
   default: break;
   }
   Ferry__V1__SendRequest *req;
@@ -336,6 +351,25 @@ static void on_send(struct fb *b, fy_conn *conn, const fy_frame *f) {
   /* wake held pulls */
   on_hold_timer(&b->hold_timer);
 }
+
+static void do_release_sends(struct senv *e, void *arg) {
+  (void)e;
+  struct fb *b = arg;
+  atomic_store(&b->send_mode, FB_SEND_OK);
+  for (size_t i = 0; i < b->nheld_sends; i++) {
+    struct fb_held_send *h = &b->held_sends[i];
+    fy_frame f;
+    size_t need;
+    if (h->conn && fy_frame_parse(h->frame, h->len, FY_FRAME_MAX_DEFAULT, &f, &need) > 0)
+      on_send(b, h->conn, &f);
+    free(h->frame);
+  }
+  free(b->held_sends);
+  b->held_sends = NULL;
+  b->nheld_sends = b->cap_held_sends = 0;
+}
+
+void fb_release_sends(struct fb *b) { senv_run(b->env, do_release_sends, b); }
 
 /* ------------------------------------------------------------ consumers */
 
@@ -452,6 +486,9 @@ static void fb_on_conn_close(fy_conn *c, int reason) {
   for (int i = 0; i < FB_MAXHELD; i++)
     if (b->held[i].used && b->held[i].conn == c)
       b->held[i].used = false;
+  for (size_t i = 0; i < b->nheld_sends; i++)
+    if (b->held_sends[i].conn == c)
+      b->held_sends[i].conn = NULL; /* dropped unanswered at release */
 }
 
 /* --------------------------------------------------------- registration */

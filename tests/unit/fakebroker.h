@@ -20,7 +20,14 @@
 #define FB_MAXCIDS 16
 #define FB_MAXHELD 256
 
-enum fb_send_mode { FB_SEND_OK, FB_SEND_BUSY, FB_SEND_CLOSE, FB_SEND_SILENT };
+/* FB_SEND_HOLD keeps each send unanswered until fb_release_sends. */
+enum fb_send_mode { FB_SEND_OK, FB_SEND_BUSY, FB_SEND_CLOSE, FB_SEND_SILENT, FB_SEND_HOLD };
+
+struct fb_held_send {
+  fy_conn *conn;
+  uint8_t *frame; /* a copy of the request frame */
+  size_t len;
+};
 
 struct fb_queue {
   uint8_t *rec[FB_MAXMSG];
@@ -75,6 +82,8 @@ struct fb {
   int64_t last_hashes[16];
   size_t nlast;
   uint64_t last_commit_in_pull; /* piggy-backed commit offset, +1 */
+  struct fb_held_send *held_sends; /* FB_SEND_HOLD */
+  size_t nheld_sends, cap_held_sends;
 };
 
 struct senv {
@@ -98,6 +107,10 @@ struct senv *senv_start(int nns);
 void senv_stop(struct senv *e);
 /* Runs fn(e, arg) on the server thread and waits. */
 void senv_run(struct senv *e, void (*fn)(struct senv *, void *), void *arg);
+
+/* Answers every send held by FB_SEND_HOLD, in arrival order, and goes
+ * back to FB_SEND_OK. */
+void fb_release_sends(struct fb *b);
 
 /* Adds a broker serving topic with nqueues queues, registered with every
  * name server. */

@@ -409,6 +409,39 @@ static void test_async_many(void **state) {
   senv_stop(e);
 }
 
+/* More asynchronous sends in flight to one broker than its connection
+ * takes calls (rpc_pending_max, 4096) wait on the client for room, in
+ * order, instead of failing: a producer's max_inflight (10,000 by default)
+ * may all go to one broker. */
+static void test_async_more_than_a_connection_takes(void **state) {
+  (void)state;
+  struct senv *e = senv_start(1);
+  struct fb *b = fb_add(e, "C1", "broker-a", 0, "TopicA", 4);
+  fy_client *cl = client_on(e, "a1");
+  fy_producer *p = producer(cl, 10000);
+  atomic_store(&b->send_mode, FB_SEND_HOLD);
+  struct async_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .main = pthread_self()};
+  enum { N = 9000 };
+  fy_send_options o = {.timeout_ms = 20000};
+  for (int i = 0; i < N; i++) {
+    fy_message m = msg("TopicA", "payload");
+    assert_int_equal(fy_producer_send_async(p, &m, &o, on_sent, &s), 0);
+  }
+  /* The broker gets what the connection takes; the rest wait, none fails. */
+  WAIT_UNTIL(atomic_load(&b->sends) == 4096);
+  usleep(200000);
+  assert_int_equal(atomic_load(&b->sends), 4096);
+  assert_int_equal(async_done(&s), 0);
+  fb_release_sends(b);
+  WAIT_UNTIL(async_done(&s) == N);
+  assert_int_equal(s.failed, 0);
+  assert_int_equal(atomic_load(&b->sends), N + 4096); /* the held ones count twice */
+  assert_int_equal(atomic_load(&b->stored), N);
+  assert_int_equal(fy_producer_close(p), 0);
+  fy_client_close(cl);
+  senv_stop(e);
+}
+
 /* ------------------------------------------------------------ pull consumer */
 
 static void test_pull_redirect_and_fallback(void **state) {
@@ -818,6 +851,7 @@ int main(void) {
       cmocka_unit_test(test_send_retry_other_broker),
       cmocka_unit_test(test_deadlines),
       cmocka_unit_test(test_async_many),
+      cmocka_unit_test(test_async_more_than_a_connection_takes),
       cmocka_unit_test(test_pull_redirect_and_fallback),
       cmocka_unit_test(test_push_clustering),
       cmocka_unit_test(test_push_flow_control_and_redelivery),
