@@ -94,6 +94,7 @@ if [ "$rt" = 1 ] && ! chrt -f 10 true 2>/dev/null; then
   rt=0
 fi
 client_sched=()
+band_addr=""  # bench_run records the broker's sendLatencyBands when set
 
 # Room on the scratch disk. The first broker's store takes about 2.5 GB per
 # second measured or warmed (runs x (duration + warmup)), mostly the 1 KiB
@@ -210,10 +211,22 @@ cpu_ticks() { # PID...: utime + stime, in clock ticks
 # bench_run NAME "BROKER_PIDS" ferry-bench args...: one run; appends its
 # RESULT, its CPU line and the brokers' CPU seconds over the measured window
 # to $out/NAME.results as one line.
+# broker_bands: the broker's sendLatencyBands (brokerStatus) as twelve
+# comma-separated counts, for the broker at $band_addr.
+broker_bands() {
+  "$bin/mqadmin" brokerStatus -n "$nsaddr" -b "$band_addr" 2>/dev/null |
+    sed -n 's/^sendLatencyBands *: //p' | tr ' ' '\n' | sed 's/.*://' | paste -sd, -
+}
+
 bench_run() {
   local name=$1 bpids=$2
   shift 2
   echo "== $name: ferry-bench $*" >&2
+  # With band_addr set, the broker's own send latency over the run (its
+  # warm-up included): brokerStatus before and after, taken while
+  # ferry-bench is not running so that the calls do not disturb it.
+  local bands0=""
+  if [ -n "$band_addr" ]; then bands0=$(broker_bands); fi
   ${client_sched[@]+"${client_sched[@]}"} taskset -c "$client_cpu" "$bin/ferry-bench" "$@" \
     >"$out/run.out" 2>"$out/run.err" &
   local fb=$!
@@ -235,7 +248,11 @@ bench_run() {
   local result cpu
   result=$(tail -1 "$out/run.out")
   cpu=$(grep '^CPU ' "$out/run.out" | tail -1)
-  echo "$result ${cpu#CPU } broker_cpu_s=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK))") broker_secs=$(python3 -c "print($s1 - $s0)")" \
+  local bands=""
+  if [ -n "$bands0" ]; then
+    bands=" broker_bands=$(python3 -c "import sys; a, b = (list(map(int, x.split(','))) for x in sys.argv[1:]); print(','.join(str(y - x) for x, y in zip(a, b)))" "$bands0" "$(broker_bands)")"
+  fi
+  echo "$result ${cpu#CPU } broker_cpu_s=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK))") broker_secs=$(python3 -c "print($s1 - $s0)")$bands" \
     >>"$out/$name.results"
   echo "   $result" >&2
 }
@@ -291,6 +308,7 @@ peak=$(median_field single-128 msgs_per_s)
 rate=$(python3 -c "print(int(float('$peak') / 2))")
 # Below the target's rate too, for the shape of the curve: a tenth and a
 # quarter of the peak.
+band_addr="127.0.0.1:$((port_base + 1))"
 for pct in 10 25; do
   scenario "latency-128-at$pct" "$one" "${pargs[@]}" --size 128 --inflight 1024 \
     --rate "$(python3 -c "print(int(float('$peak') * $pct / 100))")" --tick-us 200
@@ -307,6 +325,7 @@ if [ "$rt" = 1 ]; then
   client_sched=()
   chrt -a -o -p 0 "$one" >/dev/null
 fi
+band_addr=
 # The backlog the runs above left (reads stop at --count or the duration).
 for ((r = 1; r <= runs; r++)); do
   bench_run consume "$one" consume -n "$nsaddr" -t Bench -g "bench-consume-$r" --from first \
@@ -515,6 +534,27 @@ def spread(rows):
     lo, hi = float(rows[0]['msgs_per_s']), float(rows[-1]['msgs_per_s'])
     return f" ({lo / 1e3:,.0f}k–{hi / 1e3:,.0f}k)"
 
+# The broker's sendLatencyBands over a run (broker_bands, counts per band):
+# the band that holds its p99, as "<= 1 ms" or "1-2 ms".
+BAND_EDGES_MS = [0, 0.1, 0.2, 0.5, 1, 2, 5, 10, 50, 100, 500, 1000]
+def broker_p99(m):
+    if 'broker_bands' not in m:
+        return "—"
+    counts = [int(x) for x in m['broker_bands'].split(',')]
+    total = sum(counts)
+    if total == 0 or len(counts) != len(BAND_EDGES_MS):
+        return "—"
+    seen = 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen * 100 >= total * 99:
+            lo = BAND_EDGES_MS[i]
+            if i == len(counts) - 1:
+                return f"> {lo:g} ms"
+            hi = BAND_EDGES_MS[i + 1]
+            return f"<= {hi:g} ms" if i == 0 else f"{lo:g}–{hi:g} ms"
+    return "—"
+
 def cpu_cols(m):
     msgs = int(m['msgs'])
     bcpu = float(m['broker_cpu_s'])
@@ -562,7 +602,7 @@ for name, share, how in [("latency-128-at10", "a tenth of the peak", ""),
     target = share == "half the peak"
     if name not in scen:
         lat_rows.append(f"| 128 B single sends at {share}{how} | skipped (`--no-rt`, or "
-                        f"`chrt -f` not permitted) | | | | | | | | |")
+                        f"`chrt -f` not permitted) | | | | | | | | | |")
         continue
     # At a fixed rate every run sends the same: the run shown is the one
     # with the median p99, and the p99 column gives the range over the runs.
@@ -570,12 +610,13 @@ for name, share, how in [("latency-128-at10", "a tenth of the peak", ""),
     p99_range = (f" ({ms(rs[0]['p99_us'])}–{ms(rs[-1]['p99_us'])})" if len(rs) > 1 else "")
     lat_ok = int(m['p99_us']) < 1000
     b, c = cpu_cols(m)
+    bp99 = broker_p99(m)
     # The offered rate is in the scenario's arguments.
     offered = float(scen[name].split("--rate ")[1].split()[0])
     lat_rows.append(
         f"| 128 B single sends at a fixed {k(offered)} msgs/s ({share}){how} | "
         f"{k(float(m['msgs_per_s']))} | {b} | {c} | {ms(m['p50_us'])} | {ms(m['p99_us'])}{p99_range} | "
-        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | "
+        f"{ms(m['p999_us'])} | {ms(m['max_us'])} | {bp99} | "
         + (f"p99 < 1 ms | {'yes' if lat_ok else 'no'} |" if target else "— | — |"))
     if target:
         summary.append((name, int(m['p99_us']), "yes" if lat_ok else "no"))
@@ -727,9 +768,15 @@ then is older than the share: those rows read from disk.
 
 ### Latency at a fixed rate
 
-| scenario | msgs/s | broker CPU s per 1M | client CPU s per 1M | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | target | met |
-|---|---:|---:|---:|---:|---:|---:|---:|---|---|
+| scenario | msgs/s | broker CPU s per 1M | client CPU s per 1M | p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | broker's p99 | target | met |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|
 {chr(10).join(lat_rows)}
+
+"Broker's p99" is the broker's own share of a send's latency: from taking
+the request to queueing its reply, the band of `sendLatencyBands`
+(`mqadmin brokerStatus`) that holds the 99th percentile over the run,
+warm-up included. The rest of the end-to-end figure is the client, the
+sockets and waiting for the broker's loop to read.
 
 The rows below half the peak show how the tail grows with the load; the
 target is for half the peak. The last row runs the same broker with every
