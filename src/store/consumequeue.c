@@ -740,8 +740,8 @@ static void on_ahead(void *arg, int fd, int err) {
   f->mref = fy_mapping_new(m, cq->file_bytes);
   cq->nmapped++;
   advise_for_writes(cq, f); /* made to be written */
-  /* up to the end of the step after the first zap's (see zap_behind) */
-  populate_ahead(cq, f, 0, first_zap_boundary(cq) + CQ_ZAP_STEP);
+  /* up to the first zap, which populates from there (see zap_behind) */
+  populate_ahead(cq, f, 0, first_zap_boundary(cq) + CQ_PAGE);
 }
 
 /* Once the queue is halfway through a file, the next one is created on the
@@ -763,7 +763,9 @@ void fy_cq_use_loop(fy_cq *cq, uv_loop_t *loop) { cq->loop = loop; }
 /* Once the puts have passed a zap boundary at least CQ_ZAP_MIN above the
  * first page they have not zapped, zaps the whole pages below that
  * boundary and moves put_lo past them (see Zap above). The thread pool then
- * faults in the step after the one being written. */
+ * faults in the CQ_ZAP_STEP after the page being written: no further, since
+ * every flush write-protects the populated pages again, and each costs a
+ * fault when the puts reach it. */
 static void zap_behind(fy_cq *cq, struct cq_file *f) {
   size_t a = (size_t)f->put_lo * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
   size_t b = (size_t)f->put_hi * FY_CQ_ENTRY_SIZE / CQ_PAGE * CQ_PAGE;
@@ -772,7 +774,7 @@ static void zap_behind(fy_cq *cq, struct cq_file *f) {
     return;
   madvise(f->map + a, z - a, MADV_DONTNEED);
   cq->zaps++;
-  populate_ahead(cq, f, z + CQ_ZAP_STEP, CQ_ZAP_STEP);
+  populate_ahead(cq, f, b + CQ_PAGE, CQ_ZAP_STEP);
   /* the first entry that starts at or after z: the tail of one straddling z
    * is in the page at z, where the next zap starts */
   f->put_lo = (uint32_t)((z + FY_CQ_ENTRY_SIZE - 1) / FY_CQ_ENTRY_SIZE);
