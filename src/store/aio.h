@@ -92,8 +92,13 @@ int fy_aio_write(fy_aio *aio, fy_aio_req *req, int fd, const void *buf, size_t l
  * flush started one fdatasync per file, every worker sat in a device cache
  * flush and the commit log's writes waited behind them (the loop idled
  * 0.4 s with sends pending). Writes must always find a free worker.
+ * One, not two: each fdatasync's writeback work runs on a worker on the
+ * broker's CPUs, and two at once took more from the loop and from the
+ * commit log's writes. On a broker confined to one CPU at 347k msgs/s the
+ * broker's own send p99 was lower with one in six pairs of runs out of six
+ * (0.66-1.30 ms against 0.68-1.60 ms; bench/e2e_notes.md, eleventh session).
  */
-#define FY_AIO_BACKGROUND_MAX 2u
+#define FY_AIO_BACKGROUND_MAX 1u
 
 /* fdatasync(fd). Covers every write to fd that completed before it was queued
  * (not those still in flight: there is no ordering between requests). A
