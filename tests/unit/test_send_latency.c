@@ -33,8 +33,12 @@ static void rec(struct fy_send_latency *l, uint64_t us, uint64_t now_ns) {
   fy__send_latency_record(l, now_ns - us * 1000, now_ns);
 }
 
-static void summary(struct fy_send_latency *l, bool minute, uint64_t now_ns, char *out) {
-  fy__send_latency_summary(l, minute, now_ns, out, 128);
+/* The summary since start (minute false) or of the last full minute, as
+ * of now_ns, is want. */
+static void expect(struct fy_send_latency *l, bool minute, uint64_t now_ns, const char *want) {
+  char out[128];
+  fy__send_latency_summary(l, minute, now_ns, out, sizeof out);
+  assert_string_equal(out, want);
 }
 
 static void test_bands_edges(void **state) {
@@ -62,18 +66,15 @@ static void test_summary_since_start(void **state) {
   (void)state;
   uint64_t t = 1000 * S;
   struct fy_send_latency *l = lat_new(t);
-  char out[128];
-  summary(l, false, t, out);
-  assert_string_equal(out, "count=0 p50=0 p99=0 p999=0 max=0");
+  expect(l, false, t, "count=0 p50=0 p99=0 p999=0 max=0");
   for (int i = 0; i < 980; i++)
     rec(l, 40, t + MS);
   for (int i = 0; i < 18; i++)
     rec(l, 3000, t + 2 * MS);
   rec(l, 2000000, t + 3 * S);
   rec(l, 2000000, t + 3 * S);
-  summary(l, false, t + 3 * S, out);
   /* Percentiles are the top of their bucket: 3000 lies in [2976, 3007]. */
-  assert_string_equal(out, "count=1000 p50=40 p99=3007 p999=2000000 max=2000000");
+  expect(l, false, t + 3 * S, "count=1000 p50=40 p99=3007 p999=2000000 max=2000000");
   /* A reply stamped before its arrival (clock step) counts as 0 us. */
   fy__send_latency_record(l, t + 10 * S, t + 9 * S);
   assert_int_equal(l->total.count, 1001);
@@ -85,38 +86,29 @@ static void test_minute_window(void **state) {
   (void)state;
   uint64_t t = 1000 * S;
   struct fy_send_latency *l = lat_new(t);
-  char out[128];
   for (int i = 0; i < 100; i++)
     rec(l, 50, t + 10 * S);
   /* No full minute yet. */
-  summary(l, true, t + 59 * S, out);
-  assert_string_equal(out, "count=0 p50=0 p99=0 p999=0 max=0");
+  expect(l, true, t + 59 * S, "count=0 p50=0 p99=0 p999=0 max=0");
   /* The first minute has ended: it is the last full minute. */
-  summary(l, true, t + 61 * S, out);
-  assert_string_equal(out, "count=100 p50=50 p99=50 p999=50 max=50");
+  expect(l, true, t + 61 * S, "count=100 p50=50 p99=50 p999=50 max=50");
   /* A send in the second minute (from t + 60 s) leaves it as it is ... */
   rec(l, 700, t + 65 * S);
-  summary(l, true, t + 119 * S, out);
-  assert_string_equal(out, "count=100 p50=50 p99=50 p999=50 max=50");
+  expect(l, true, t + 119 * S, "count=100 p50=50 p99=50 p999=50 max=50");
   /* ... until that minute ends. (700 lies in [696, 703]; no percentile is
    * above the maximum.) */
-  summary(l, true, t + 125 * S, out);
-  assert_string_equal(out, "count=1 p50=700 p99=700 p999=700 max=700");
+  expect(l, true, t + 125 * S, "count=1 p50=700 p99=700 p999=700 max=700");
   /* A send in the minute from t + 120 s, then minutes without a send: the
    * last full minute is empty, not the one before it. */
   rec(l, 60, t + 130 * S);
-  summary(l, true, t + 300 * S, out);
-  assert_string_equal(out, "count=0 p50=0 p99=0 p999=0 max=0");
+  expect(l, true, t + 300 * S, "count=0 p50=0 p99=0 p999=0 max=0");
   /* The windows stay on whole minutes from the start: t + 300 s opened
    * the minute [t + 300 s, t + 360 s). */
   rec(l, 90, t + 359 * S);
-  summary(l, true, t + 359 * S, out);
-  assert_string_equal(out, "count=0 p50=0 p99=0 p999=0 max=0");
-  summary(l, true, t + 360 * S, out);
-  assert_string_equal(out, "count=1 p50=90 p99=90 p999=90 max=90");
+  expect(l, true, t + 359 * S, "count=0 p50=0 p99=0 p999=0 max=0");
+  expect(l, true, t + 360 * S, "count=1 p50=90 p99=90 p999=90 max=90");
   /* Since start keeps every send. */
-  summary(l, false, t + 360 * S, out);
-  assert_string_equal(out, "count=103 p50=50 p99=90 p999=700 max=700");
+  expect(l, false, t + 360 * S, "count=103 p50=50 p99=90 p999=700 max=700");
   free(l);
 }
 
