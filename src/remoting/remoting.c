@@ -80,6 +80,9 @@ static int ext_put(fy_rmq_cmd *c, const char *k, size_t klen, const char *v, siz
   if (!val)
     return -ENOMEM;
   for (size_t i = 0; i < c->next; i++) {
+    /* first bytes first: SEND_MESSAGE_V2's keys are single letters */
+    if (klen > 0 && c->ext[i].key[0] != k[0])
+      continue;
     if (strlen(c->ext[i].key) == klen && memcmp(c->ext[i].key, k, klen) == 0) {
       free(c->ext[i].val);
       c->ext[i].val = val;
@@ -308,7 +311,7 @@ ssize_t fy_rmq_parse(const uint8_t *buf, size_t len, uint32_t frame_max, fy_rmq_
 
 const char *fy_rmq_ext(const fy_rmq_cmd *cmd, const char *key) {
   for (size_t i = 0; i < cmd->next; i++)
-    if (strcmp(cmd->ext[i].key, key) == 0)
+    if (cmd->ext[i].key[0] == key[0] && strcmp(cmd->ext[i].key, key) == 0)
       return cmd->ext[i].val;
   return NULL;
 }
