@@ -479,13 +479,8 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   b->loop = loop;
   b->started_ms = (uint64_t)fy__now_ms();
   b->send_lat = malloc(sizeof *b->send_lat);
-  if (b->send_lat) {
-    memset(b->send_lat->bands, 0, sizeof b->send_lat->bands);
-    fy_hist_init(&b->send_lat->total);
-    fy_hist_init(&b->send_lat->minute);
-    fy_hist_init(&b->send_lat->last_minute);
-    b->send_lat->minute_start_ms = uv_hrtime() / 1000000u;
-  }
+  if (b->send_lat)
+    fy__send_latency_init(b->send_lat, uv_hrtime());
   int err = detect_ip(b);
   if (!err)
     err = parse_namesrv(b, b->cfg->namesrv_addr);

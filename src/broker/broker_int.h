@@ -178,6 +178,8 @@ struct fy_send_latency {
   uint64_t bands[FY_SEND_LAT_BANDS]; /* since start; bounds in fy__send_lat_band_us */
 };
 extern const uint64_t fy__send_lat_band_us[FY_SEND_LAT_BANDS - 1]; /* upper bounds; the last band is open */
+/* Empty, with its first minute starting at now_ns (uv_hrtime). */
+void fy__send_latency_init(struct fy_send_latency *l, uint64_t now_ns);
 void fy__send_latency_record(struct fy_send_latency *l, uint64_t arrived_ns, uint64_t now_ns);
 /* "count=N p50=US p99=US p999=US max=US" since start (minute false) or for
  * the last full minute as of now_ns. */

@@ -517,6 +517,14 @@ static void lat_rotate(struct fy_send_latency *l, uint64_t now_ms) {
   l->minute_start_ms = now_ms - age % MINUTE_MS;
 }
 
+void fy__send_latency_init(struct fy_send_latency *l, uint64_t now_ns) {
+  memset(l->bands, 0, sizeof l->bands);
+  fy_hist_init(&l->total);
+  fy_hist_init(&l->minute);
+  fy_hist_init(&l->last_minute);
+  l->minute_start_ms = now_ns / 1000000u;
+}
+
 void fy__send_latency_record(struct fy_send_latency *l, uint64_t arrived_ns, uint64_t now_ns) {
   uint64_t us = now_ns > arrived_ns ? (now_ns - arrived_ns) / 1000u : 0;
   lat_rotate(l, now_ns / 1000000u);

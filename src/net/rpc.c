@@ -343,7 +343,6 @@ bool fy_rpc_full(const fy_conn *c) {
   return r && r->count == r->cap;
 }
 
-
 /* ------------------------------------------------------------------ replies */
 
 int fy_conn_reply(fy_conn *c, uint64_t request_id, uint16_t op, uint16_t status,

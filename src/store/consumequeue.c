@@ -33,9 +33,9 @@
  * those few pages on the flush's worker instead. The step is more than 33
  * pages: up to that many the kernel flushes the TLB page by page, which on
  * that VM made a 64 KiB zap take 280 us and a 256 KiB one 18-40 us. With
- * each zap the thread pool faults in the step after the one being written
- * (populate_ahead), and a file made ahead gets its first steps that way, so
- * the puts rarely fault (fileops.h, fy_mapping_populate).
+ * each zap the thread pool faults in the step after the page being written
+ * (populate_ahead), and a file made ahead is populated up to its first zap,
+ * so the puts rarely fault (fileops.h, fy_mapping_populate).
  *
  * The zaps happen at boundaries every CQ_ZAP_STEP bytes, shifted by a
  * phase that depends on the queue id. The queues of a topic fill at the

@@ -19,12 +19,9 @@
 
 /* A record whose minute starts at t0_ns. */
 static struct fy_send_latency *lat_new(uint64_t t0_ns) {
-  struct fy_send_latency *l = calloc(1, sizeof *l);
+  struct fy_send_latency *l = malloc(sizeof *l);
   assert_non_null(l);
-  fy_hist_init(&l->total);
-  fy_hist_init(&l->minute);
-  fy_hist_init(&l->last_minute);
-  l->minute_start_ms = t0_ns / MS;
+  fy__send_latency_init(l, t0_ns);
   return l;
 }
 
