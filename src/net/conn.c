@@ -60,6 +60,7 @@
 
 #define READ_BUF_INIT (16u << 10)    /* a connection's read buffer between big frames */
 #define READ_FREE_MIN 1024u          /* compact before reading into less than this */
+#define READ_BACKLOG_ROOM (4u << 10) /* read on with frames left while this much is free */
 #define LINGER_MS 1000u              /* a drain-close waits this long for its reply */
 #define LISTEN_BACKLOG 511
 #define FRAME_MAX_CEILING (1u << 30) /* keeps buffer sizes well inside 32 bits */
@@ -104,6 +105,8 @@ struct fy_conn {
   bool paused;       /* write queue over the soft limit: no reading, no frames */
   bool held;         /* the owner holds the input (fy_conn_hold): no reading, no frames */
   bool backlog;      /* the buffer may hold a frame not yet handled */
+  bool read_in_turn; /* a read came since the last turn (on_turn) */
+  bool read_refused; /* on_alloc refused a buffer: the ENOBUFS is ours */
   bool eof;          /* the peer shut down its side (DRAINING only) */
   bool in_process;   /* inside conn_process (no re-entry) */
   bool gai_pending;  /* uv_getaddrinfo outstanding: memory must stay */
@@ -336,6 +339,14 @@ static size_t read_buf_max(const fy_conn *c) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
   fy_conn *c = h->data;
   *out = uv_buf_init(NULL, 0);
+  /* Frames are left and a read already came in this loop iteration: libuv
+   * is reading on because that read filled the buffer. One read per turn,
+   * so that a peer gets at most twice frames_per_turn frames handled per
+   * iteration; the socket stays readable and the next iteration reads. */
+  if (c->backlog && c->read_in_turn) {
+    c->read_refused = true;
+    return;
+  }
   if (c->state == CONN_DRAINING || c->start == c->end)
     c->start = c->end = 0;
 
@@ -430,12 +441,10 @@ static void conn_deliver(fy_conn *c, const fy_frame *f) {
 }
 
 /* Handles what the buffer holds, at most frames_per_turn frames; what is
- * left waits for the next loop turn (c->backlog) with reading paused, so
- * one busy peer cannot starve the others. A turn that ends on a partial
- * frame resumes reading, and that read may come in the same iteration:
- * hence at most twice frames_per_turn per iteration. Processing only in
- * turns would make it exact, at the price of a read stop/start (epoll_ctl)
- * for every read. */
+ * left waits for the next loop turn (c->backlog), so one busy peer cannot
+ * starve the others. Reading goes on meanwhile (conn_update_io), one read
+ * per turn (on_alloc): a peer gets at most twice frames_per_turn frames
+ * handled per loop iteration, a turn's and a read's. */
 static void conn_process(fy_conn *c) {
   fy_assert(!c->in_process);
   c->in_process = true;
@@ -499,6 +508,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
       conn_update_io(c);
       return;
     }
+    if (nread == UV_ENOBUFS && c->read_refused) {
+      c->read_refused = false;
+      return;
+    }
     if (nread == UV_ENOBUFS) {
       fy_warn(MOD, "%s: more than %zu bytes unconsumed by the protocol handler; closing",
               c->peer, read_buf_max(c));
@@ -512,6 +525,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   }
   fy_assert(b->base == (char *)c->buf + c->end);
   c->end += (size_t)nread;
+  c->read_in_turn = true;
   fy_assert(c->end <= c->cap);
   c->last_active_ms = uv_now(c->loop);
   if (c->state == CONN_DRAINING) {
@@ -521,18 +535,28 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
   conn_process(c);
 }
 
-static void on_turn(uv_idle_t *h) { conn_process(h->data); }
+static void on_turn(uv_idle_t *h) {
+  fy_conn *c = h->data;
+  c->read_in_turn = false;
+  conn_process(c);
+}
 
 /* Brings uv_read_start/stop and the turn handle in line with the state:
- * read when there is nothing buffered to handle and no backpressure;
- * take a turn when there is and no backpressure. */
+ * take a turn when frames are left and there is no backpressure; read
+ * when there is no backpressure and the buffer has room (READ_BACKLOG_ROOM
+ * beyond the frames left). Reading goes on while frames are left because
+ * a read stop and start costs two epoll_ctl calls: at 337k sends a second
+ * a read brought more than frames_per_turn frames nearly every time, and
+ * the broker and the client each made about 3,000 such pairs a second
+ * (bench/e2e_notes.md, twelfth session). */
 static void conn_update_io(fy_conn *c) {
   if (c->state == CONN_CLOSING || c->state == CONN_CONNECTING)
     return;
   bool active = state_active(c->state);
   bool flowing = active && !c->paused && !c->held;
   bool want_turn = flowing && c->backlog;
-  bool want_read = (c->state == CONN_DRAINING && !c->eof) || (flowing && !c->backlog);
+  bool room = !c->backlog || c->cap - (c->end - c->start) >= READ_BACKLOG_ROOM;
+  bool want_read = (c->state == CONN_DRAINING && !c->eof) || (flowing && room);
   if (want_read != c->reading) {
     if (want_read) {
       int err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

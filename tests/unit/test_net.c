@@ -75,6 +75,9 @@ struct srv {
   uint64_t iter, last_iter;
   uint32_t in_iter, max_in_iter;
   int hold_at;           /* > 0: fy_conn_hold when this many frames are in */
+  int probe_at;          /* > 0: note fy_conn_reading when this many frames are in */
+  bool reading_at_probe;
+  int frames_not_reading; /* frames handled while the connection was not reading */
 };
 
 static void srv_release(void *arg, int status) {
@@ -120,6 +123,10 @@ static void srv_on_frame(fy_conn *c, const fy_frame *f) {
     s->max_in_iter = s->in_iter;
   if (s->frames == s->hold_at)
     fy_conn_hold(c, true);
+  if (s->frames == s->probe_at)
+    s->reading_at_probe = fy_conn_reading(c);
+  if (!fy_conn_reading(c))
+    s->frames_not_reading++;
   if (f->kind != FY_FRAME_REQUEST)
     return;
   switch (f->op) {
@@ -898,15 +905,17 @@ static void test_idle_and_connect(void **state) {
 
 /* Writes n one-way ECHO frames with a 3-byte raw section into buf; returns
  * their length. */
-static size_t oneway_frames(uint8_t *buf, int n) {
+static size_t oneway_frames_of(uint8_t *buf, int n, uint32_t len) {
   size_t off = 0;
   for (int i = 0; i < n; i++) {
-    fy_frame_encode_header(buf + off, FY_FRAME_ONEWAY, 3, 0, OP_ECHO, 0, 0);
-    memcpy(buf + off + FY_FRAME_HEADER_LEN, "abc", 3);
-    off += FY_FRAME_HEADER_LEN + 3;
+    fy_frame_encode_header(buf + off, FY_FRAME_ONEWAY, len, 0, OP_ECHO, 0, 0);
+    memset(buf + off + FY_FRAME_HEADER_LEN, 'a' + i % 26, len);
+    off += FY_FRAME_HEADER_LEN + len;
   }
   return off;
 }
+
+static size_t oneway_frames(uint8_t *buf, int n) { return oneway_frames_of(buf, n, 3); }
 
 /* 1000 pipelined one-way frames: at most frames_per_turn handled per
  * callback, so at most twice that per loop iteration (a turn ending on a
@@ -929,6 +938,88 @@ static void test_frames_per_turn(void **state) {
   assert_true(s.max_in_iter >= 8);
   assert_true(s.max_in_iter <= 16);
   assert_true(s.iter >= N / 16);
+  raw_close(&loop, &r);
+  srv_stop(&s);
+  finish(&loop);
+}
+
+/* Frames left over from a read do not stop reading while the buffer has
+ * room: 100 small frames arrive in one read, 8 are handled per callback,
+ * and when the first turn handles frame 9 the connection is still reading
+ * (a read stop and start cost two epoll_ctl calls each time). */
+static void test_reads_on_with_frames_left(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct srv s;
+  fy_conn_cfg scfg = {0};
+  scfg.frames_per_turn = 8;
+  srv_start(&loop, &s, &scfg);
+  s.probe_at = 9;
+  enum { N = 100 };
+  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
+  size_t off = oneway_frames(frames, N);
+  struct raw r;
+  raw_connect(&loop, &r, s.port, 0);
+  raw_send(&r, frames, off); /* a few KiB: one read on the server side */
+  WAIT_FOR(&loop, s.frames == N);
+  assert_true(s.reading_at_probe);
+  assert_true(fy_conn_reading(s.last));
+  raw_close(&loop, &r);
+  srv_stop(&s);
+  finish(&loop);
+}
+
+/* Reading on with frames left stops once the buffer is nearly full of
+ * them, and resumes as they are handled: half a megabyte of small frames
+ * sent at once, 8 handled per callback, all arrive in order of count and
+ * the connection is never closed for an overfull buffer. */
+static void test_full_buffer_stops_reading(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct srv s;
+  fy_conn_cfg scfg = {0};
+  scfg.frames_per_turn = 8;
+  srv_start(&loop, &s, &scfg);
+  enum { N = 20000 };
+  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
+  size_t off = oneway_frames(frames, N);
+  struct raw r;
+  raw_connect(&loop, &r, s.port, 0);
+  raw_send(&r, frames, off);
+  WAIT_FOR(&loop, s.frames == N);
+  assert_int_equal(s.closed, 0);
+  assert_true(s.frames_not_reading > 0); /* the buffer filled and reading stopped */
+  assert_true(s.max_in_iter <= 16);
+  assert_true(fy_conn_reading(s.last));
+  raw_close(&loop, &r);
+  srv_stop(&s);
+  finish(&loop);
+}
+
+/* Frames big enough that handling a turn's worth frees more than the room
+ * reading on needs: a read that fills the buffer makes libuv read again at
+ * once, and that second read must wait for the next turn, or one peer
+ * would get up to 32 reads' worth of frames handled in one iteration. */
+static void test_one_read_per_turn(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct srv s;
+  fy_conn_cfg scfg = {0};
+  scfg.frames_per_turn = 8;
+  srv_start(&loop, &s, &scfg);
+  enum { N = 4000, LEN = 1000 };
+  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + LEN)];
+  size_t off = oneway_frames_of(frames, N, LEN);
+  struct raw r;
+  raw_connect(&loop, &r, s.port, 0);
+  raw_send(&r, frames, off);
+  WAIT_FOR(&loop, s.frames == N);
+  assert_int_equal(s.closed, 0);
+  assert_true(s.max_in_iter >= 8);
+  assert_true(s.max_in_iter <= 16);
   raw_close(&loop, &r);
   srv_stop(&s);
   finish(&loop);
@@ -976,6 +1067,9 @@ int main(void) {
       cmocka_unit_test(test_foreign_protocol),
       cmocka_unit_test(test_idle_and_connect),
       cmocka_unit_test(test_frames_per_turn),
+      cmocka_unit_test(test_reads_on_with_frames_left),
+      cmocka_unit_test(test_full_buffer_stops_reading),
+      cmocka_unit_test(test_one_read_per_turn),
       cmocka_unit_test(test_hold),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
