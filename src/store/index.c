@@ -168,6 +168,8 @@ struct fy_index {
   size_t spare_alloc;
   struct ix_spare *spare_job; /* making one on the thread pool */
   uint64_t spares_used;
+  struct ix_spare *snap_job;  /* making the flush's snapshot buffer there */
+  uint64_t snaps_on_loop;     /* snapshot buffers made on the calling thread */
 };
 
 /* Makes a slot table on the thread pool; outlives an index closed meanwhile. */
@@ -176,6 +178,7 @@ struct ix_spare {
   fy_index *ix; /* NULL once the index is gone */
   void *mem;    /* MAP_FAILED until made */
   size_t alloc;
+  bool snap;    /* the flush's snapshot buffer, not a slot table */
 };
 
 /* Outlives the index when it is closed during a flush. */
@@ -619,9 +622,15 @@ static void spare_work(uv_work_t *w) {
 static void spare_done(uv_work_t *w, int status) {
   struct ix_spare *job = w->data;
   fy_index *ix = job->ix;
-  if (ix)
+  if (ix && job->snap)
+    ix->snap_job = NULL;
+  else if (ix)
     ix->spare_job = NULL;
-  if (ix && status == 0 && job->mem != MAP_FAILED) {
+  bool made = status == 0 && job->mem != MAP_FAILED;
+  if (ix && made && job->snap && !ix->snap) {
+    ix->snap = job->mem;
+    ix->snap_size = job->alloc;
+  } else if (ix && made && !job->snap) {
     ix->spare = job->mem;
     ix->spare_alloc = job->alloc;
   } else if (job->mem != MAP_FAILED) {
@@ -630,25 +639,37 @@ static void spare_done(uv_work_t *w, int status) {
   free(job);
 }
 
+static struct ix_spare *table_request(fy_index *ix, bool snap) {
+  struct ix_spare *job = calloc(1, sizeof *job);
+  if (!job)
+    return NULL;
+  job->ix = ix;
+  job->mem = MAP_FAILED;
+  job->alloc = slots_alloc_for(snap ? ix->files[ix->nfiles - 1].slot_count : ix->slot_count);
+  job->snap = snap;
+  job->work.data = job;
+  if (uv_queue_work(ix->loop, &job->work, spare_work, spare_done) != 0) {
+    free(job);
+    return NULL;
+  }
+  return job;
+}
+
 /* Creating a file faults in a new slot table (20 MB by default): tens of
  * milliseconds of the loop where fresh memory is expensive. With a loop, the
  * next file's table is made on its thread pool while the current one fills.
  * Best effort: without one, file_create makes it itself. */
 static void spare_request(fy_index *ix) {
-  if (!ix->loop || ix->spare || ix->spare_job)
-    return;
-  struct ix_spare *job = calloc(1, sizeof *job);
-  if (!job)
-    return;
-  job->ix = ix;
-  job->mem = MAP_FAILED;
-  job->alloc = slots_alloc_for(ix->slot_count);
-  job->work.data = job;
-  if (uv_queue_work(ix->loop, &job->work, spare_work, spare_done) != 0) {
-    free(job);
-    return;
-  }
-  ix->spare_job = job;
+  if (ix->loop && !ix->spare && !ix->spare_job)
+    ix->spare_job = table_request(ix, false);
+}
+
+/* The same for the buffer a flush copies the newest slot table into (as
+ * big as the table). The first file of a new store used to make it on the
+ * loop: the first send into a fresh broker waited about 90 ms for it. */
+static void snap_request(fy_index *ix) {
+  if (ix->loop && !ix->snap && !ix->snap_job && ix->nfiles > 0)
+    ix->snap_job = table_request(ix, true);
 }
 
 static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file **out) {
@@ -684,7 +705,10 @@ static int file_create(fy_index *ix, uint64_t phys, int64_t ts, struct ix_file *
   header_store(f);
   ix->nfiles++;
   ix->dir_dirty = true;
-  snap_prepare(ix);
+  if (ix->loop)
+    snap_request(ix);
+  else
+    snap_prepare(ix);
   spare_request(ix); /* for the file after this one */
   fy_info(MOD, "new index file %s/%s", ix->dir, f->name);
   *out = f;
@@ -735,6 +759,8 @@ static void ix_free(fy_index *ix) {
     munmap(ix->spare, ix->spare_alloc);
   if (ix->spare_job)
     ix->spare_job->ix = NULL; /* spare_done frees what it made */
+  if (ix->snap_job)
+    ix->snap_job->ix = NULL;
   free(ix->files);
   free(ix->dir);
   free(ix);
@@ -811,6 +837,8 @@ void fy_index_stats(const fy_index *ix, struct fy_index_stats *out) {
   out->files = ix->nfiles;
   out->spare_ready = ix->spare != NULL;
   out->spares_used = ix->spares_used;
+  out->snap_ready = ix->snap != NULL;
+  out->snaps_on_loop = ix->snaps_on_loop;
 }
 
 /* ---- put and query ---- */
@@ -1268,6 +1296,7 @@ static uint8_t *snap_take(fy_index *ix, size_t bytes, size_t *size) {
     void *m = table_map(alloc, true);
     if (m == MAP_FAILED)
       return NULL;
+    ix->snaps_on_loop++;
     ix->snap = m;
     ix->snap_size = alloc;
   }

@@ -82,14 +82,17 @@ size_t fy_index_query(const fy_index *ix, const char *key, size_t key_len, int64
 /* From now on retention (fy_index_trim_below) deletes files on loop's
  * thread pool, and the slot table of the next file is made there ahead of
  * need (zeroed and faulted in: creating a file then costs the loop no page
- * faults; it holds one slot table's worth of memory, 20 MB by default).
- * Without it (tests, tools) both happen synchronously. */
+ * faults; it holds one slot table's worth of memory, 20 MB by default), as
+ * is the flush's snapshot buffer for a new store's first file. Without it
+ * (tests, tools) all of this happens synchronously. */
 void fy_index_use_loop(fy_index *ix, uv_loop_t *loop);
 
 struct fy_index_stats {
   size_t files;
   bool spare_ready;     /* a slot table for the next file is made */
   uint64_t spares_used; /* files created with a slot table made ahead */
+  bool snap_ready;      /* the buffer the next flush copies slots into is made */
+  uint64_t snaps_on_loop; /* such buffers made by the caller (not the pool) */
 };
 void fy_index_stats(const fy_index *ix, struct fy_index_stats *out);
 

@@ -800,6 +800,49 @@ static void test_flush_write_error(void **state) {
   aio_finish(&loop, aio);
 }
 
+static bool snap_ready(void *arg) {
+  struct fy_index_stats st;
+  fy_index_stats(arg, &st);
+  return st.snap_ready;
+}
+
+/* With a loop, a new store's first file gets the flush's snapshot buffer
+ * (as big as a slot table) from the thread pool, not from the loop; the
+ * first flush then uses it. Without a loop it is made at once. */
+static void test_snapshot_buffer_off_the_loop(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  fy_index *ix = open_ix(8, 3);
+  fy_index_use_loop(ix, &loop);
+  put_one(ix, 0, 0); /* creates the first file */
+  struct fy_index_stats st;
+  fy_index_stats(ix, &st);
+  assert_int_equal(st.files, 1);
+  assert_int_equal(st.snaps_on_loop, 0);
+  assert_true(fy_test_run_until_pred(&loop, snap_ready, ix, 10000));
+  fy_aio *aio;
+  assert_int_equal(fy_aio_init(&loop, FY_AIO_AUTO, 64, &aio), 0);
+  assert_int_equal(flush_and_wait(ix, aio, &loop), 0);
+  fy_index_stats(ix, &st);
+  assert_int_equal(st.snaps_on_loop, 0);
+  fy_index_close(ix);
+  fy_aio_close(aio);
+
+  ix = open_ix(8, 3);
+  fy_index_use_loop(ix, &loop);
+  put_one(ix, 0, 0);
+  fy_index_close(ix); /* before the buffer is made: nothing is left behind */
+  assert_int_equal(fy_test_loop_finish(&loop), 0);
+
+  ix = open_ix(8, 3); /* no loop */
+  put_one(ix, 0, 0);
+  fy_index_stats(ix, &st);
+  assert_true(st.snap_ready);
+  assert_int_equal(st.snaps_on_loop, 1);
+  fy_index_close(ix);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_query, setup, teardown),
@@ -814,6 +857,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reopen_and_bad_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_trim_below, setup, teardown),
       cmocka_unit_test_setup_teardown(test_spare_slot_tables, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_snapshot_buffer_off_the_loop, setup, teardown),
       cmocka_unit_test_setup_teardown(test_version1_file, setup, teardown),
       cmocka_unit_test_setup_teardown(test_corrupt_chains, setup, teardown),
       cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
