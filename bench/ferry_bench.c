@@ -49,8 +49,11 @@
  *    its response. At a low rate every message finds the consumer waiting.
  *    A message sent in the window and never received counts as an error.
  *
- * Output: a progress line per second on stderr; on stdout a "CPU" line
- * (this process's CPU time) and, last, exactly one line
+ * Output: a progress line per second on stderr; on stdout, in an open-loop
+ * produce run, a "SENDER" line (how late the sender issued the messages
+ * measured, from their intended time: late_p50_us, late_p99_us,
+ * late_p999_us; the rest of each latency is the send's own round trip), a
+ * "CPU" line (this process's CPU time) and, last, exactly one line
  *   RESULT mode=produce msgs=N errors=N secs=F msgs_per_s=F mb_per_s=F p50_us=N p99_us=N
  *          p999_us=N max_us=N
  * (consume: latencies are 0). Exit status 0 when the run worked (errors are
@@ -158,6 +161,7 @@ static const char *status_name(int s) {
 
 struct pslot {
   uint64_t t0_ns; /* intended (open loop) or actual (closed loop) send time */
+  uint64_t issued_ns; /* open loop: when the sender issued it */
   struct pthr *t;
 };
 
@@ -176,6 +180,7 @@ struct pthr {
   uint32_t nfree;
   /* results: written on the client thread only, read after the run */
   struct fy_hist hist;
+  struct fy_hist late; /* open loop: intended send time to issue, per message */
   uint64_t ok_msgs;
   uint64_t err_msgs;
   struct err_count errs[ERR_KINDS_MAX];
@@ -222,8 +227,12 @@ static void send_done(struct pslot *s, int err, const fy_send_result *res, size_
   t->err_msgs += bad;
   if (in_window && ok) {
     uint64_t lat_us = now > s->t0_ns ? (now - s->t0_ns) / 1000u : 0;
-    for (uint64_t i = 0; i < ok; i++)
+    uint64_t late_us = s->issued_ns > s->t0_ns ? (s->issued_ns - s->t0_ns) / 1000u : 0;
+    for (uint64_t i = 0; i < ok; i++) {
       fy_hist_record(&t->hist, lat_us);
+      if (opt.rate > 0)
+        fy_hist_record(&t->late, late_us);
+    }
     t->ok_msgs += ok;
   }
   t->free_idx[t->nfree++] = (uint32_t)(s - t->slots);
@@ -325,6 +334,7 @@ static void *produce_main(void *arg) {
       if (!s)
         break;
       s->t0_ns = due;
+      s->issued_ns = now_ns();
       k++;
       issue(t, s, &so);
     } else {
@@ -650,6 +660,7 @@ static int run_produce(void) {
     pthread_mutex_init(&t->mu, NULL);
     cond_init_monotonic(&t->cv);
     fy_hist_init(&t->hist);
+    fy_hist_init(&t->late);
     t->slots = calloc(sends, sizeof *t->slots);
     t->free_idx = calloc(sends, sizeof *t->free_idx);
     if (!t->slots || !t->free_idx)
@@ -677,7 +688,11 @@ static int run_produce(void) {
       produce_drain(&pthreads[i]);
     /* Every callback has run (or never will): the counters are final. */
     struct fy_hist *h = calloc(1, sizeof *h);
+    struct fy_hist *late = calloc(1, sizeof *late);
+    if (!h || !late)
+      return 1;
     fy_hist_init(h);
+    fy_hist_init(late);
     uint64_t msgs = 0, errors = 0;
     struct err_count errs[ERR_KINDS_MAX];
     size_t nerrs = 0;
@@ -685,6 +700,7 @@ static int run_produce(void) {
       struct pthr *t = &pthreads[i];
       pthread_mutex_lock(&t->mu); /* pairs with the callbacks' last unlock */
       fy_hist_merge(h, &t->hist);
+      fy_hist_merge(late, &t->late);
       msgs += t->ok_msgs;
       errors += t->err_msgs;
       for (size_t j = 0; j < t->nerrs; j++)
@@ -705,8 +721,14 @@ static int run_produce(void) {
       if (secs > opt.duration_s)
         secs = opt.duration_s;
     }
+    if (opt.rate > 0)
+      printf("SENDER mode=produce late_p50_us=%" PRIu64 " late_p99_us=%" PRIu64
+             " late_p999_us=%" PRIu64 "\n",
+             fy_hist_percentile(late, 50), fy_hist_percentile(late, 99),
+             fy_hist_percentile(late, 99.9));
     print_result(msgs, errors, secs, msgs * (uint64_t)opt.size, h, cpu_at_end - cpu_at_measure);
     free(h);
+    free(late);
   }
   for (uint32_t i = 0; i < opt.threads; i++) {
     struct pthr *t = &pthreads[i];
