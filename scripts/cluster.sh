@@ -19,12 +19,22 @@ dir=$(cd "$dir" && pwd)
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_port() { # wait until something listens on 127.0.0.1:$1
+listening() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+wait_port() { # name pidfile port: wait until the process listens on 127.0.0.1:port
+  local name=$1 pid
+  pid=$(cat "$2")
   for _ in $(seq 1 100); do
-    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "cluster: $name exited while starting; the end of $dir/$name.log:" >&2
+      tail -n 5 "$dir/$name.log" >&2
+      rm -f "$2"
+      return 1
+    fi
+    if listening "$3"; then return 0; fi
     sleep 0.1
   done
-  echo "cluster: nothing listens on port $1 after 10 s; see $dir/*.log" >&2
+  echo "cluster: $name (pid $pid) does not listen on port $3 after 10 s; see $dir/$name.log" >&2
   return 1
 }
 
@@ -35,9 +45,16 @@ start_one() { # name pidfile port args...
     echo "cluster: $name already running (pid $(cat "$pidfile"))"
     return 0
   fi
+  # Something else on the port (say a cluster started from another folder)
+  # would answer wait_port and make a failed start look like a good one.
+  if listening "$port"; then
+    echo "cluster: port $port is in use by another process, so $name cannot start;" \
+      "stop it first (a cluster started from another folder: scripts/cluster.sh stop THAT_DIR)" >&2
+    return 1
+  fi
   "$@" > "$dir/$name.log" 2>&1 &
   echo $! > "$pidfile"
-  wait_port "$port"
+  wait_port "$name" "$pidfile" "$port"
   echo "cluster: $name started (pid $(cat "$pidfile"), port $port, log $dir/$name.log)"
 }
 
