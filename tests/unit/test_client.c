@@ -442,6 +442,43 @@ static void test_async_more_than_a_connection_takes(void **state) {
   senv_stop(e);
 }
 
+/* Room on a full connection also comes from calls that time out: the
+ * first 4096 sends (300 ms) fill the connection and time out unanswered,
+ * and the sends queued behind them (20 s) then go out and succeed. */
+static void test_async_room_from_timeouts(void **state) {
+  (void)state;
+  struct senv *e = senv_start(1);
+  struct fb *b = fb_add(e, "C1", "broker-a", 0, "TopicA", 4);
+  fy_client *cl = client_on(e, "a1");
+  fy_producer *p = producer(cl, 10000);
+  atomic_store(&b->send_mode, FB_SEND_HOLD);
+  struct async_state first = {.mu = PTHREAD_MUTEX_INITIALIZER, .main = pthread_self()};
+  struct async_state later = {.mu = PTHREAD_MUTEX_INITIALIZER, .main = pthread_self()};
+  enum { FIRST = 4096, LATER = 100 };
+  fy_send_options short_o = {.timeout_ms = 300}, long_o = {.timeout_ms = 20000};
+  for (int i = 0; i < FIRST; i++) {
+    fy_message m = msg("TopicA", "payload");
+    assert_int_equal(fy_producer_send_async(p, &m, &short_o, on_sent, &first), 0);
+  }
+  WAIT_UNTIL(atomic_load(&b->sends) == FIRST);
+  for (int i = 0; i < LATER; i++) {
+    fy_message m = msg("TopicA", "payload");
+    assert_int_equal(fy_producer_send_async(p, &m, &long_o, on_sent, &later), 0);
+  }
+  WAIT_UNTIL(async_done(&first) == FIRST);
+  assert_int_equal(first.failed, FIRST);
+  assert_int_equal(first.last_err, -FY_ETIMEOUT);
+  /* the timeouts made room: the later sends reach the broker */
+  WAIT_UNTIL(atomic_load(&b->sends) == FIRST + LATER);
+  assert_int_equal(async_done(&later), 0);
+  fb_release_sends(b);
+  WAIT_UNTIL(async_done(&later) == LATER);
+  assert_int_equal(later.failed, 0);
+  assert_int_equal(fy_producer_close(p), 0);
+  fy_client_close(cl);
+  senv_stop(e);
+}
+
 /* ------------------------------------------------------------ pull consumer */
 
 static void test_pull_redirect_and_fallback(void **state) {
@@ -852,6 +889,7 @@ int main(void) {
       cmocka_unit_test(test_deadlines),
       cmocka_unit_test(test_async_many),
       cmocka_unit_test(test_async_more_than_a_connection_takes),
+      cmocka_unit_test(test_async_room_from_timeouts),
       cmocka_unit_test(test_pull_redirect_and_fallback),
       cmocka_unit_test(test_push_clustering),
       cmocka_unit_test(test_push_flow_control_and_redelivery),
