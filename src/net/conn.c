@@ -339,11 +339,12 @@ static size_t read_buf_max(const fy_conn *c) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out) {
   fy_conn *c = h->data;
   *out = uv_buf_init(NULL, 0);
-  /* Frames are left and a read already came in this loop iteration: libuv
-   * is reading on because that read filled the buffer. One read per turn,
-   * so that a peer gets at most twice frames_per_turn frames handled per
-   * iteration; the socket stays readable and the next iteration reads. */
-  if (c->backlog && c->read_in_turn) {
+  /* Frames are left for a turn and a read already came in this loop
+   * iteration: libuv is reading on because that read filled the buffer.
+   * One read per turn, so that a peer gets at most twice frames_per_turn
+   * frames handled per iteration; the socket stays readable and the read
+   * comes after the turn. (No turn pending, e.g. draining: read.) */
+  if (c->turn_active && c->read_in_turn) {
     c->read_refused = true;
     return;
   }
