@@ -172,7 +172,8 @@ struct fy_index {
   uint64_t snaps_on_loop;     /* snapshot buffers made on the calling thread */
 };
 
-/* Makes a slot table on the thread pool; outlives an index closed meanwhile. */
+/* Makes a slot table, or a flush's snapshot buffer, on the thread pool;
+ * outlives an index closed meanwhile. */
 struct ix_spare {
   uv_work_t work;
   fy_index *ix; /* NULL once the index is gone */
@@ -668,7 +669,7 @@ static void spare_request(fy_index *ix) {
  * big as the table). The first file of a new store used to make it on the
  * loop: the first send into a fresh broker waited about 90 ms for it. */
 static void snap_request(fy_index *ix) {
-  if (ix->loop && !ix->snap && !ix->snap_job && ix->nfiles > 0)
+  if (ix->loop && !ix->snap && !ix->snap_job && !ix->flush_ctx && ix->nfiles > 0)
     ix->snap_job = table_request(ix, true);
 }
 
