@@ -917,30 +917,49 @@ static size_t oneway_frames_of(uint8_t *buf, int n, uint32_t len) {
 
 static size_t oneway_frames(uint8_t *buf, int n) { return oneway_frames_of(buf, n, 3); }
 
-/* 1000 pipelined one-way frames: at most frames_per_turn handled per
- * callback, so at most twice that per loop iteration (a turn ending on a
- * partial frame, then a read); all of them in the end. */
-static void test_frames_per_turn(void **state) {
-  (void)state;
+/* A raw client sends n one-way frames of len payload bytes at once to a
+ * server that handles 8 frames per callback (probe_at: see struct srv);
+ * returns once all have arrived, with the server's record in t->s. The
+ * test checks what it needs, then calls turn_run_end. */
+struct turn_run {
   uv_loop_t loop;
-  uv_loop_init(&loop);
   struct srv s;
+  struct raw r;
+};
+
+static void turn_run_start(struct turn_run *t, int n, uint32_t len, int probe_at) {
+  uv_loop_init(&t->loop);
   fy_conn_cfg scfg = {0};
   scfg.frames_per_turn = 8;
-  srv_start(&loop, &s, &scfg);
-  enum { N = 1000 };
-  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
-  size_t off = oneway_frames(frames, N);
-  struct raw r;
-  raw_connect(&loop, &r, s.port, 0);
-  raw_send(&r, frames, off);
-  WAIT_FOR(&loop, s.frames == N);
-  assert_true(s.max_in_iter >= 8);
-  assert_true(s.max_in_iter <= 16);
-  assert_true(s.iter >= N / 16);
-  raw_close(&loop, &r);
-  srv_stop(&s);
-  finish(&loop);
+  srv_start(&t->loop, &t->s, &scfg);
+  t->s.probe_at = probe_at;
+  uint8_t *frames = malloc((size_t)n * (FY_FRAME_HEADER_LEN + len));
+  assert_non_null(frames);
+  size_t off = oneway_frames_of(frames, n, len);
+  raw_connect(&t->loop, &t->r, t->s.port, 0);
+  raw_send(&t->r, frames, off); /* copies */
+  free(frames);
+  WAIT_FOR(&t->loop, t->s.frames == n);
+  assert_int_equal(t->s.closed, 0);
+}
+
+static void turn_run_end(struct turn_run *t) {
+  raw_close(&t->loop, &t->r);
+  srv_stop(&t->s);
+  finish(&t->loop);
+}
+
+/* 1000 pipelined one-way frames: at most frames_per_turn handled per
+ * callback, so at most twice that per loop iteration (a turn, then a
+ * read); all of them in the end. */
+static void test_frames_per_turn(void **state) {
+  (void)state;
+  struct turn_run t;
+  turn_run_start(&t, 1000, 3, 0);
+  assert_true(t.s.max_in_iter >= 8);
+  assert_true(t.s.max_in_iter <= 16);
+  assert_true(t.s.iter >= 1000 / 16);
+  turn_run_end(&t);
 }
 
 /* Frames left over from a read do not stop reading while the buffer has
@@ -949,53 +968,25 @@ static void test_frames_per_turn(void **state) {
  * (a read stop and start cost two epoll_ctl calls each time). */
 static void test_reads_on_with_frames_left(void **state) {
   (void)state;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  struct srv s;
-  fy_conn_cfg scfg = {0};
-  scfg.frames_per_turn = 8;
-  srv_start(&loop, &s, &scfg);
-  s.probe_at = 9;
-  enum { N = 100 };
-  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
-  size_t off = oneway_frames(frames, N);
-  struct raw r;
-  raw_connect(&loop, &r, s.port, 0);
-  raw_send(&r, frames, off); /* a few KiB: one read on the server side */
-  WAIT_FOR(&loop, s.frames == N);
-  assert_true(s.reading_at_probe);
-  assert_true(fy_conn_reading(s.last));
-  raw_close(&loop, &r);
-  srv_stop(&s);
-  finish(&loop);
+  struct turn_run t;
+  turn_run_start(&t, 100, 3, 9); /* a few KiB: one read on the server side */
+  assert_true(t.s.reading_at_probe);
+  assert_true(fy_conn_reading(t.s.last));
+  turn_run_end(&t);
 }
 
 /* Reading on with frames left stops once the buffer is nearly full of
  * them, and resumes as they are handled: half a megabyte of small frames
- * sent at once, 8 handled per callback, all arrive in order of count and
- * the connection is never closed for an overfull buffer. */
+ * sent at once, all arrive and the connection is never closed for an
+ * overfull buffer. */
 static void test_full_buffer_stops_reading(void **state) {
   (void)state;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  struct srv s;
-  fy_conn_cfg scfg = {0};
-  scfg.frames_per_turn = 8;
-  srv_start(&loop, &s, &scfg);
-  enum { N = 20000 };
-  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + 3)];
-  size_t off = oneway_frames(frames, N);
-  struct raw r;
-  raw_connect(&loop, &r, s.port, 0);
-  raw_send(&r, frames, off);
-  WAIT_FOR(&loop, s.frames == N);
-  assert_int_equal(s.closed, 0);
-  assert_true(s.frames_not_reading > 0); /* the buffer filled and reading stopped */
-  assert_true(s.max_in_iter <= 16);
-  assert_true(fy_conn_reading(s.last));
-  raw_close(&loop, &r);
-  srv_stop(&s);
-  finish(&loop);
+  struct turn_run t;
+  turn_run_start(&t, 20000, 3, 0);
+  assert_true(t.s.frames_not_reading > 0); /* the buffer filled and reading stopped */
+  assert_true(t.s.max_in_iter <= 16);
+  assert_true(fy_conn_reading(t.s.last));
+  turn_run_end(&t);
 }
 
 /* Frames big enough that handling a turn's worth frees more than the room
@@ -1004,25 +995,11 @@ static void test_full_buffer_stops_reading(void **state) {
  * would get up to 32 reads' worth of frames handled in one iteration. */
 static void test_one_read_per_turn(void **state) {
   (void)state;
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  struct srv s;
-  fy_conn_cfg scfg = {0};
-  scfg.frames_per_turn = 8;
-  srv_start(&loop, &s, &scfg);
-  enum { N = 4000, LEN = 1000 };
-  static uint8_t frames[N * (FY_FRAME_HEADER_LEN + LEN)];
-  size_t off = oneway_frames_of(frames, N, LEN);
-  struct raw r;
-  raw_connect(&loop, &r, s.port, 0);
-  raw_send(&r, frames, off);
-  WAIT_FOR(&loop, s.frames == N);
-  assert_int_equal(s.closed, 0);
-  assert_true(s.max_in_iter >= 8);
-  assert_true(s.max_in_iter <= 16);
-  raw_close(&loop, &r);
-  srv_stop(&s);
-  finish(&loop);
+  struct turn_run t;
+  turn_run_start(&t, 4000, 1000, 0);
+  assert_true(t.s.max_in_iter >= 8);
+  assert_true(t.s.max_in_iter <= 16);
+  turn_run_end(&t);
 }
 
 /* fy_conn_hold from on_frame stops delivery at once, frames already read
