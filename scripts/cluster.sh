@@ -8,12 +8,13 @@
 #   scripts/cluster.sh status [DIR]
 #
 # Ports: name server 9876, master 10911 (HA 10912), slave 10921.
+# FERRY_BIN: where the binaries are (default build/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cmd=${1:-status}
 dir=${2:-data/quickstart}
-bin=build/bin
+bin=${FERRY_BIN:-build/bin}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
