@@ -22,20 +22,24 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 listening() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
-wait_port() { # name pidfile port: wait until the process listens on 127.0.0.1:port
+# wait_ready NAME PIDFILE PORT: wait until the process says it serves on
+# PORT ("... listening on port PORT", printed once every listener is up:
+# a broker that takes its client port and then fails on its HA port must
+# not count as started), or fail if it exits first.
+wait_ready() {
   local name=$1 pid
   pid=$(cat "$2")
   for _ in $(seq 1 100); do
+    if grep -q "listening on port $3\$" "$dir/$name.log" 2>/dev/null; then return 0; fi
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "cluster: $name exited while starting; the end of $dir/$name.log:" >&2
       tail -n 5 "$dir/$name.log" >&2
       rm -f "$2"
       return 1
     fi
-    if listening "$3"; then return 0; fi
     sleep 0.1
   done
-  echo "cluster: $name (pid $pid) does not listen on port $3 after 10 s; see $dir/$name.log" >&2
+  echo "cluster: $name (pid $pid) does not serve on port $3 after 10 s; see $dir/$name.log" >&2
   return 1
 }
 
@@ -46,8 +50,8 @@ start_one() { # name pidfile port args...
     echo "cluster: $name already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  # Something else on the port (say a cluster started from another folder)
-  # would answer wait_port and make a failed start look like a good one.
+  # Something else on the port (say a cluster started from another folder):
+  # the new process would only die on its bind.
   if listening "$port"; then
     echo "cluster: port $port is in use by another process, so $name cannot start;" \
       "stop it first (a cluster started from another folder: scripts/cluster.sh stop THAT_DIR)" >&2
@@ -55,7 +59,7 @@ start_one() { # name pidfile port args...
   fi
   "$@" > "$dir/$name.log" 2>&1 &
   echo $! > "$pidfile"
-  wait_port "$name" "$pidfile" "$port"
+  wait_ready "$name" "$pidfile" "$port"
   echo "cluster: $name started (pid $(cat "$pidfile"), port $port, log $dir/$name.log)"
 }
 
