@@ -410,6 +410,7 @@ static int detect_ip(struct fy_broker *b) {
     return -FY_ECONFIG;
   }
   memcpy(b->ip4, &sa.sin_addr, 4);
+  b->pid = (uint32_t)getpid();
   return 0;
 }
 

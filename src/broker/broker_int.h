@@ -144,6 +144,7 @@ struct fy_broker {
   /* round-robin queue choice for sends without a queue id */
   uint32_t rr;
   uint32_t uniq_counter;
+  uint32_t pid; /* getpid() at start: a syscall, not to be made per message */
   int32_t rmq_opaque; /* opaque of the requests the broker sends RocketMQ clients */
 
   bool stopping;

@@ -69,7 +69,7 @@ void fy__offset_msg_id(const struct fy_broker *b, uint64_t phys, char out[33]) {
 void fy__make_uniq_key(struct fy_broker *b, char out[33]) {
   uint8_t raw[16];
   memcpy(raw, b->ip4, 4);
-  uint32_t pid = (uint32_t)getpid();
+  uint32_t pid = b->pid;
   raw[4] = (uint8_t)(pid >> 8);
   raw[5] = (uint8_t)pid;
   int64_t now = fy__now_ms();
