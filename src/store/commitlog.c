@@ -23,8 +23,8 @@
  * synced before records in it are acknowledged.
  *
  * Page cache: with page_cache_max set, flushed bytes further than that behind
- * `end` are let go of (madvise + fadvise through fy_aio, one request in
- * flight, DROP_STEP at least). New writes then reuse the pages just freed
+ * `end` are let go of (madvise + fadvise through fy_aio, once DROP_STEP is
+ * due, one request of at most DROP_CHUNK in flight at a time). New writes then reuse the pages just freed
  * instead of taking fresh ones, and the log's share of memory stays bounded;
  * readers of older bytes fault them back in from disk.
  *
@@ -71,6 +71,11 @@
 #define SEGMENTS_MAX (1u << 20)   /* files in one log directory */
 #define DROP_STEP (UINT64_C(8) << 20) /* page cache let go of in steps of at least this */
 #define DROP_ALIGN (UINT64_C(2) << 20)
+/* One drop request covers at most this much, and the next one starts when
+ * it completes. A flush cycle's worth in one request (38 MB at 337k msgs/s)
+ * kept the io_uring worker in drop_buffers for 3.5-5 ms on the broker's CPU,
+ * and the loop waited that long (bench/e2e_notes.md, thirteenth session). */
+#define DROP_CHUNK (UINT64_C(2) << 20)
 #define WRITEBACK_ALIGN UINT64_C(4096) /* writeback ahead stops at a page boundary */
 /* One writeback request covers at most this many steps, and between
  * WRITEBACK_CAP_MIN and WRITEBACK_CAP_MAX bytes: however far behind it is,
@@ -646,8 +651,8 @@ static void maybe_drop(fy_commitlog *cl) {
     return;
   uint64_t seg_end = seg->start + seg_size(cl);
   uint64_t end = to < seg_end ? to : seg_end;
-  if (end - from > FY_AIO_DROP_MAX)
-    end = from + FY_AIO_DROP_MAX;
+  if (end - from > DROP_CHUNK)
+    end = from + DROP_CHUNK;
   uint64_t rel = from - seg->start;
   cl->drop_req.data = cl;
   int r = fy_aio_drop_cache(cl->aio, &cl->drop_req, seg->fd, seg->map + rel, rel, end - from,
@@ -658,6 +663,7 @@ static void maybe_drop(fy_commitlog *cl) {
   cl->drop_seg = seg;
   cl->drop_end = end;
   cl->drop_inflight = true;
+  cl->stats.cache_drops++;
 }
 
 static void maybe_writeback(fy_commitlog *cl);

@@ -245,6 +245,7 @@ struct fy_cl_stats {
   uint64_t writebacks;  /* writebacks started ahead of the fdatasync (writeback_bytes) */
   uint64_t writeback_to; /* end of the last of them: writeback was started below this */
   uint64_t cache_dropped_to; /* the page cache was let go of below this offset */
+  uint64_t cache_drops;      /* requests that let it go, DROP_CHUNK (2 MiB) at most each */
 };
 void fy_commitlog_stats(const fy_commitlog *cl, struct fy_cl_stats *out);
 
