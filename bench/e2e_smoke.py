@@ -1,5 +1,6 @@
 """Smoke test of ferry-bench (ctest bench/e2e_smoke): keeps the end-to-end
-benchmark from rotting, in a few seconds.
+benchmark from rotting, in a few seconds. Also runs bench/floor.sh's tools:
+native_bench against the broker, and floor_server with and without its disk.
 
 Starts mqnamesrv and one mqbroker on port 0 in a scratch directory, creates a
 topic, and runs ferry-bench as bench/e2e_bench.sh does: a one-second closed
@@ -15,14 +16,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smoke_lib import fresh_dir, main, parse_result, run, start_cluster, wait_for  # noqa: E402
+from smoke_lib import (Proc, fresh_dir, listen_port, main, parse_result, run,  # noqa: E402
+                       start_cluster, wait_for)
 
 
 def test_e2e_smoke(args):
     d = fresh_dir(args.tmp, "e2e_smoke")
     procs = []
     try:
-        ns_addr, _, _ = start_cluster(args, d, procs, "smoke-a", "BenchSmoke",
+        ns_addr, broker_addr, _ = start_cluster(args, d, procs, "smoke-a", "BenchSmoke",
                                       ["registerNameServerPeriod=1000"])
         admin = os.path.join(args.bin, "mqadmin")
 
@@ -72,6 +74,37 @@ def test_e2e_smoke(args):
         assert res["mode"] == "deliver", res
         assert res["msgs"] > 0 and res["errors"] == 0, f"{res}\n{r.stderr}"
         assert 0 < res["p50_us"] <= res["p99_us"] <= res["max_us"], res
+
+        # bench/floor.sh's tools. native_bench: the broker without the client
+        # library, straight to its port; every send must come back SEND_OK.
+        native = os.path.join(args.bin, "native_bench")
+        bport = broker_addr.rsplit(":", 1)[1]
+        short = ["--rate", "2000", "--tick-us", "1000", "--duration-s", "1", "--warmup-s", "0.2"]
+        r = run([native, "--port", bport, "--topic", "BenchSmoke", "--queues", "4"] + short,
+                timeout_s=60)
+        res = parse_result(r.stdout, "native_bench")
+        assert res["msgs"] > 0 and res["errors"] == 0, f"{res}\n{r.stderr}"
+        # A topic the broker does not have: the failures are counted and named.
+        r = run([native, "--port", bport, "--topic", "NoSuchTopic", "--rate", "100",
+                 "--duration-s", "0.5", "--warmup-s", "0"], timeout_s=60, check=False)
+        assert r.returncode == 1 and "status" in r.stderr, r
+        assert parse_result(r.stdout, "native_bench")["errors"] > 0, r.stdout
+        # floor_server, without and with the disk: answers every request.
+        for mode in (["--no-disk"], ["--file", os.path.join(d, "floor.data"), "--file-mb", "8",
+                                     "--writeback-kb", "64", "--flush-ms", "50"]):
+            fs = Proc([os.path.join(args.bin, "floor_server"), "--port", "0"] + mode,
+                      os.path.join(d, "floor.out"))
+            procs.append(fs)
+            fport = listen_port(fs, "floor_server", r"^listening on port (\d+) ")
+            # 2,000 msgs/s of 128 B for 1.2 s: about 0.4 MB, so the 8 MiB file is not
+            # wrapped; 20,000 for a second wraps it about three times.
+            for rate in ("2000", "20000"):
+                r = run([native, "--port", str(fport), "--rate", rate, "--tick-us", "1000",
+                         "--duration-s", "1", "--warmup-s", "0.2", "--size", "1024"],
+                        timeout_s=60)
+                res = parse_result(r.stdout, "native_bench")
+                assert res["msgs"] > 0 and res["errors"] == 0, f"{mode}: {res}\n{r.stderr}"
+            fs.kill9()
 
         # Usage errors exit 2 and name the problem.
         r = run([bench, "produce", "-n", ns_addr, "-t", "BenchSmoke", "--batch", "0"],

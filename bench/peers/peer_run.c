@@ -72,6 +72,8 @@ int pr_parse(int argc, char **argv, struct pr_opts *o, const char *const *flags,
       rc = parse_num(val, 0, 3600, &o->warmup_s);
     else if (strcmp(name, "--rate") == 0)
       rc = parse_num(val, 0, 1e8, &o->rate);
+    else if (strcmp(name, "--tick-us") == 0)
+      rc = parse_num(val, 0, 1e6, &v), o->tick_us = (uint32_t)v;
     else if (!extra || extra(name, val, arg) != 0) {
       fprintf(stderr, "unknown option %s\n", name);
       goto bad;

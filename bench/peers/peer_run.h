@@ -10,7 +10,10 @@
  * latency is measured from that intended time (from the actual send time in
  * a closed loop), so a client that falls behind its schedule shows the
  * waiting in its percentiles instead of hiding it (no coordinated
- * omission). Messages acknowledged between the end of the warm-up and the
+ * omission). With --tick-us T the client queues what is due at most once
+ * every T microseconds, in one burst, and sleeps in between, as
+ * ferry-bench's sender does with the same option (ps_run); without it the
+ * client polls in whole milliseconds and spins when a send is due sooner. Messages acknowledged between the end of the warm-up and the
  * end of the run are counted and their latencies recorded; after the run no
  * new message is sent and the client waits at most PR_DRAIN_S for the
  * outstanding ones. Single-threaded; no allocation after pr_init.
@@ -36,6 +39,7 @@ struct pr_opts {
   double duration_s;   /* measured interval, after the warm-up */
   double warmup_s;
   double rate;         /* messages/s for open loop; 0 = closed loop */
+  uint32_t tick_us;    /* queue sends at most once per tick_us (0: whenever due) */
 };
 
 /* An option the generic parser does not know: return 0 if taken (with its
@@ -44,7 +48,7 @@ typedef int (*pr_extra_fn)(const char *name, const char *val, void *arg);
 
 /*
  * Parses argv into o (defaults: host 127.0.0.1, size 128, inflight 1024,
- * batch 1, duration 10 s, warm-up 1 s, rate 0). flags is a NULL-terminated
+ * batch 1, duration 10 s, warm-up 1 s, rate 0, tick 0). flags is a NULL-terminated
  * list of option names that take no value (may be NULL). Prints usage to
  * stderr and returns -1 on a bad option.
  */

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 int ps_connect(const char *host, int port) {
@@ -85,12 +86,32 @@ void ps_free(struct ps_buf *b) {
 int ps_run(struct pr_run *run, int fd, struct ps_buf *out, int (*fill)(void *arg),
            int (*on_input)(void *arg), void *arg) {
   int rc = 0;
+  uint64_t tick_ns = (uint64_t)run->o.tick_us * 1000u, next_fill = 0;
   for (uint64_t now = pr_now_ns(); !pr_finished(run, now); now = pr_now_ns()) {
-    if ((rc = fill(arg)) || (rc = ps_flush(fd, out)))
+    if (now >= next_fill) {
+      if ((rc = fill(arg)))
+        break;
+      next_fill = now + tick_ns;
+    }
+    if ((rc = ps_flush(fd, out)))
       break;
     struct pollfd p = {.fd = fd, .events = POLLIN | (out->len ? POLLOUT : 0)};
-    int ms = out->len ? 100 : pr_poll_ms(run, pr_now_ns());
-    if (poll(&p, 1, ms) < 0 && errno != EINTR) {
+    int r;
+    if (tick_ns) {
+      /* Sleep to the next tick (or an acknowledgement), to the nanosecond,
+       * as ferry-bench's sender does: a client that spins keeps its CPU from
+       * ever halting, and on a virtual machine that costs the other CPU too
+       * (bench/e2e_notes.md, seventh and thirteenth sessions). */
+      uint64_t t = pr_now_ns(), wait = next_fill > t ? next_fill - t : 0;
+      if (wait > 100000000u)
+        wait = 100000000u;
+      struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000u),
+                            .tv_nsec = (long)(wait % 1000000000u)};
+      r = ppoll(&p, 1, &ts, NULL);
+    } else {
+      r = poll(&p, 1, out->len ? 100 : pr_poll_ms(run, pr_now_ns()));
+    }
+    if (r < 0 && errno != EINTR) {
       rc = -errno;
       break;
     }

@@ -152,6 +152,10 @@ int main(int argc, char **argv) {
   static const char *const flags[] = {"--declare", NULL};
   if (pr_parse(argc, argv, &o, flags, extra, &cfg, usage))
     return 2;
+  if (o.tick_us) { /* its loop is librabbitmq's, not ps_run */
+    fprintf(stderr, "rabbit_bench: --tick-us is not supported\n");
+    return 2;
+  }
   struct pr_run run;
   char *body = malloc(o.size);
   if (!body || pr_init(&run, &o))
