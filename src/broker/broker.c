@@ -597,6 +597,7 @@ static void maybe_finish_stop(struct fy_broker *b) {
     free(v);
   fy_strmap_free(b->resets);
   fy_pb_arena_free(&b->send_arena);
+  free(b->send_scratch);
   free(b->send_lat);
   free(b);
   done(arg, status);

@@ -110,6 +110,8 @@ struct fy_broker {
    * at start, so a pull never reads /proc/meminfo. */
   uint64_t slave_read_threshold;
   struct fy_pb_arena send_arena; /* a send request is unpacked into this (send.c) */
+  uint8_t *send_scratch;          /* a send's records and ids are built in this (send.c) */
+  size_t send_scratch_cap;
 
   char ip[64];       /* brokerIP1 or detected */
   uint8_t ip4[4];
