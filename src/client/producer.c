@@ -97,8 +97,12 @@ static void send_fail_or_retry(struct send_op *op, int err) {
     if (e && fy__cl_now_ms() - e->fetched_ms > 1000)
       fy__route_refresh(cl, e);
   }
-  if (retryable(err) && op->attempts < op->max_attempts && fy__cl_now_ms() < op->base.deadline_ms &&
-      !cl->loop_closing) {
+  /* An attempt is given all the time the send has left (fy__op_call), so
+   * one that timed out leaves none. Its rpc timer runs on the loop's cached
+   * clock and can fire a millisecond before the send's deadline: a retry
+   * then went out only to time out too. */
+  bool time_left = err != -FY_ETIMEOUT && fy__cl_now_ms() < op->base.deadline_ms;
+  if (retryable(err) && op->attempts < op->max_attempts && time_left && !cl->loop_closing) {
     fy_debug(MOD, "%s; retrying (attempt %u of %u)", op->base.errtext, op->attempts + 1,
              op->max_attempts);
     snprintf(op->last_broker, sizeof op->last_broker, "%s", op->cur_broker);
