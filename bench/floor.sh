@@ -66,7 +66,7 @@ while [ $# -gt 0 ]; do
 done
 
 echo "== building (Release) in $build" >&2
-cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFERRY_TESTS=OFF >/dev/null
+cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$(nproc)" --target mqnamesrv mqbroker mqadmin ferry-bench \
   native_bench floor_server >/dev/null
 bin="$build/bin"

@@ -291,13 +291,23 @@ static void on_send(struct fb *b, fy_conn *conn, const fy_frame *f) {
   case FB_SEND_SILENT: return;
   case FB_SEND_HOLD: {
     if (b->nheld_sends == b->cap_held_sends) {
-      b->cap_held_sends = b->cap_held_sends ? 2 * b->cap_held_sends : 1024;
-      b->held_sends = realloc(b->held_sends, b->cap_held_sends * sizeof *b->held_sends);
+      size_t cap = b->cap_held_sends ? 2 * b->cap_held_sends : 1024;
+      struct fb_held_send *grown = realloc(b->held_sends, cap * sizeof *grown);
+      if (!grown) {
+        fprintf(stderr, "[fakebroker] out of memory holding sends\n");
+        abort();
+      }
+      b->held_sends = grown;
+      b->cap_held_sends = cap;
     }
     struct fb_held_send *h = &b->held_sends[b->nheld_sends++];
     h->conn = conn;
     h->len = FY_FRAME_HEADER_LEN + f->payload_len;
     h->frame = malloc(h->len);
+    if (!h->frame) {
+      fprintf(stderr, "[fakebroker] out of memory holding a send\n");
+      abort();
+    }
     fy_frame_encode_header(h->frame, FY_FRAME_REQUEST, f->payload_len, f->request_id, f->op, 0,
                            f->header_len);
     memcpy(h->frame + FY_FRAME_HEADER_LEN, f->header, f->header_len);
