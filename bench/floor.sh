@@ -158,6 +158,21 @@ measure() {
 
 common=(--size 128 --inflight 1024 --duration-s "$duration" --warmup-s "$warmup")
 
+# floor_row NAME floor_server-args...: one run of floor_server, alone on the
+# server's CPU, loaded by native_bench
+floor_row() {
+  local name=$1
+  shift
+  port=$((port + 3))
+  taskset -c "$broker_cpu" "$bin/floor_server" --port "$port" "$@" >"$out/fs.log" 2>&1 &
+  local fs_pid=$!
+  pids+=("$fs_pid")
+  wait_line "$out/fs.log" "$fs_pid" floor_server
+  measure "$name" "$fs_pid" "$bin/native_bench" --port "$port" --rate "$rate" \
+    --tick-us "$tick_us" "${common[@]}"
+  stop_all
+}
+
 if [ "$rate" = 0 ]; then
   start_cluster
   echo "== the peak: 128 B single sends, closed loop" >&2
@@ -174,24 +189,8 @@ fi
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for round in $(seq "$runs"); do
   echo "== round $round of $runs" >&2
-  port=$((port + 3))
-  taskset -c "$broker_cpu" "$bin/floor_server" --no-disk --port "$port" >"$out/fs.log" 2>&1 &
-  fs_pid=$!
-  pids+=("$fs_pid")
-  wait_line "$out/fs.log" "$fs_pid" floor_server
-  measure floor-nodisk "$fs_pid" "$bin/native_bench" --port "$port" --rate "$rate" --tick-us "$tick_us" \
-    "${common[@]}"
-  stop_all
-
-  port=$((port + 3))
-  taskset -c "$broker_cpu" "$bin/floor_server" --file "$scratch/floor.data" --port "$port" \
-    --writeback-kb 1024 --flush-ms 500 >"$out/fs.log" 2>&1 &
-  fs_pid=$!
-  pids+=("$fs_pid")
-  wait_line "$out/fs.log" "$fs_pid" floor_server
-  measure floor-disk "$fs_pid" "$bin/native_bench" --port "$port" --rate "$rate" --tick-us "$tick_us" \
-    "${common[@]}"
-  stop_all
+  floor_row floor-nodisk --no-disk
+  floor_row floor-disk --file "$scratch/floor.data" --writeback-kb 1024 --flush-ms 500
   rm -f "$scratch/floor.data"
 
   start_cluster

@@ -249,9 +249,10 @@ typedef struct fy_send_result {
  * network errors and TOPIC_NOT_EXIST, SERVICE_NOT_AVAILABLE, SYSTEM_ERROR,
  * NO_PERMISSION and SYSTEM_BUSY (with a selector: on the queue it picks).
  * An attempt is given all the time left, so one that times out ends the
- * send with -FY_ETIMEOUT (the broker may still have stored it). A cached route with no master to write to is fetched again before the
- * send gives up with NO_BROKER, so a restarted master is used as soon as it
- * has registered. opts may be NULL. Returns 0 (stored; res->status says
+ * send with -FY_ETIMEOUT (the broker may still have stored it). A cached
+ * route with no master to write to is fetched again before the send gives
+ * up with NO_BROKER, so a restarted master is used as soon as it has
+ * registered. opts may be NULL. Returns 0 (stored; res->status says
  * how) or an error; res (may be NULL) is filled either way. */
 int fy_producer_send(fy_producer *p, const fy_message *msg, const fy_send_options *opts,
                      fy_send_result *res);

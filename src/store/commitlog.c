@@ -24,9 +24,10 @@
  *
  * Page cache: with page_cache_max set, flushed bytes further than that behind
  * `end` are let go of (madvise + fadvise through fy_aio, once DROP_STEP is
- * due, one request of at most DROP_CHUNK in flight at a time). New writes then reuse the pages just freed
- * instead of taking fresh ones, and the log's share of memory stays bounded;
- * readers of older bytes fault them back in from disk.
+ * due, one request of at most DROP_CHUNK in flight at a time). New writes
+ * then reuse the pages just freed instead of taking fresh ones, and the
+ * log's share of memory stays bounded; readers of older bytes fault them
+ * back in from disk.
  *
  * Writeback ahead (ASYNC_FLUSH, writeback_bytes set): every writeback_bytes
  * of written bytes get their writeback started (sync_file_range through
