@@ -20,6 +20,14 @@ for _ in $(seq 1 50); do   # brokers register within a few seconds
   sleep 0.2
 done
 echo "$out"
+# The master is a SYNC_MASTER: until its slave's replication link is up, a
+# send is stored on the master only and answered SLAVE_NOT_AVAILABLE. The
+# slave registers with the name server a moment before that link is up.
+for _ in $(seq 1 100); do
+  ha=$(build/bin/mqadmin haStatus -n "$ns" -b 127.0.0.1:10911 2>/dev/null || true)
+  echo "$ha" | grep -Eq '^slaves +: [1-9]' && break
+  sleep 0.1
+done
 echo
 msg="Hello Ferry, $(date -u +%H:%M:%S)"
 echo "== echo '$msg' | mqproduce -n $ns -t QuickStart --tag demo"
