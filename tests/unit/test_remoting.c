@@ -971,6 +971,11 @@ static void test_tables(void **state) {
   for (size_t i = 0; i < sizeof v2 / sizeof v2[0]; i++)
     assert_string_equal(fy_rmq_send_v2_field(v2[i][0]), v2[i][1]);
   assert_null(fy_rmq_send_v2_field("nope"));
+  assert_null(fy_rmq_send_v2_field(""));
+  assert_null(fy_rmq_send_v2_field("topicX"));      /* a known name's prefix, longer */
+  assert_null(fy_rmq_send_v2_field("topi"));        /* and shorter */
+  assert_null(fy_rmq_send_v2_field("producerGroupX"));
+  assert_null(fy_rmq_send_v2_field("Topic"));       /* names are case-sensitive */
 }
 
 int main(void) {
