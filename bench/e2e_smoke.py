@@ -13,6 +13,7 @@ what the first producer run counted.
     python3 bench/e2e_smoke.py --bin build/bin --tmp build/test-tmp
 """
 import os
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +97,11 @@ def test_e2e_smoke(args):
                       os.path.join(d, "floor.out"))
             procs.append(fs)
             fport = listen_port(fs, "floor_server", r"^listening on port (\d+) ")
+            # A connection that sends what is not a frame is closed; the
+            # next one is served from a clean state (the runs below).
+            with socket.create_connection(("127.0.0.1", fport), timeout=10) as sk:
+                sk.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"x" * 64)
+                assert sk.recv(100) == b"", "floor_server answered a bad frame"
             # 2,000 msgs/s of 128 B for 1.2 s: about 0.4 MB, so the 8 MiB file is not
             # wrapped; 20,000 for a second wraps it about three times.
             for rate in ("2000", "20000"):

@@ -161,6 +161,17 @@ static void reap(void) {
   }
 }
 
+/* Forgets the connection and all it left: unread input, unsent and owed
+ * answers (its bytes already buffered are still written). The next
+ * connection starts clean. */
+static void conn_drop(void) {
+  close(conn_fd);
+  conn_fd = -1;
+  in_len = out_len = 0;
+  owed_head = owed_len = owed_writable = 0;
+  buf_reqs[0] = buf_reqs[1] = 0;
+}
+
 /* Takes whole frames from the input while the buffers have room. */
 static void take_frames(void) {
   size_t pos = 0;
@@ -169,8 +180,7 @@ static void take_frames(void) {
     ssize_t n = fy_frame_parse(in + pos, in_len - pos, FRAME_MAX, &f, NULL);
     if (n < 0) {
       fprintf(stderr, "floor_server: bad frame (%zd); closing the connection\n", n);
-      close(conn_fd);
-      conn_fd = -1;
+      conn_drop();
       return;
     }
     if (n == 0)
@@ -230,12 +240,7 @@ static void read_conn(void) {
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
       fprintf(stderr, "floor_server: connection closed after %llu requests\n",
               (unsigned long long)stats_requests);
-      close(conn_fd);
-      conn_fd = -1;
-      in_len = out_len = 0;
-      /* answers owed to the closed connection are dropped; writes finish */
-      owed_head = owed_len = owed_writable = 0;
-      buf_reqs[0] = buf_reqs[1] = 0;
+      conn_drop();
       return;
     }
     if (n < 0)
