@@ -13,6 +13,7 @@ what the first producer run counted.
     python3 bench/e2e_smoke.py --bin build/bin --tmp build/test-tmp
 """
 import os
+import re
 import socket
 import sys
 
@@ -81,10 +82,22 @@ def test_e2e_smoke(args):
         native = os.path.join(args.bin, "native_bench")
         bport = broker_addr.rsplit(":", 1)[1]
         short = ["--rate", "2000", "--tick-us", "1000", "--duration-s", "1", "--warmup-s", "0.2"]
-        r = run([native, "--port", bport, "--topic", "BenchSmoke", "--queues", "4"] + short,
-                timeout_s=60)
+        r = run([native, "--port", bport, "--topic", "BenchSmoke", "--queues", "4",
+                 "--series-ms", "100"] + short, timeout_s=60)
         res = parse_result(r.stdout, "native_bench")
         assert res["msgs"] > 0 and res["errors"] == 0, f"{res}\n{r.stderr}"
+        # --series-ms: ten 100 ms windows that together hold every measured
+        # message, on monotonic ms 100 apart; an open loop also says how late
+        # its sends were.
+        series = [dict(kv.split("=") for kv in l.split()[1:])
+                  for l in r.stderr.splitlines() if l.startswith("SERIES ")]
+        assert len(series) == 10, r.stderr
+        assert sum(int(w["n"]) for w in series) == res["msgs"], (series, res)
+        ends = [int(w["mono_ms"]) for w in series]
+        assert all(b - a == 100 for a, b in zip(ends, ends[1:])), ends
+        assert all(int(w["max_us"]) >= int(w["p99_us"]) for w in series if int(w["n"])), series
+        assert re.search(r"^SENDER mode=produce late_p50_us=\d+ late_p99_us=\d+ late_p999_us=\d+$",
+                         r.stdout, re.M), r.stdout
         # A topic the broker does not have: the failures are counted and named.
         r = run([native, "--port", bport, "--topic", "NoSuchTopic", "--rate", "100",
                  "--duration-s", "0.5", "--warmup-s", "0"], timeout_s=60, check=False)

@@ -264,7 +264,9 @@ after an io_uring buffered write holding the request has completed, with
 writeback ahead every 1 MiB and an fdatasync every 500 ms, as the commit log
 does under ASYNC_FLUSH by default. `native_bench` (bench/peers/native_bench.c)
 is a one-thread native-protocol producer with no client library, asleep
-between ticks like ferry-bench's sender. So the
+between ticks like ferry-bench's sender; with `--series-ms W` it also
+prints each W ms window's percentiles and how late its sends went out, to
+line a slow window up with a server's own timestamps. So the
 first row is the machine's floor for a round trip, the second the floor for a
 server that stores what it acknowledges, the third adds Ferry's broker, the
 fourth Ferry's client library.

@@ -29,7 +29,7 @@
 static const char usage[] =
     "usage: native_bench --port P [--host H] [--topic T=Bench] [--queues N=8]\n"
     "         [--size B=128] [--inflight N=1024] [--duration-s S=10] [--warmup-s S=1]\n"
-    "         [--rate MSGS_PER_S=0] [--tick-us US=0]\n";
+    "         [--rate MSGS_PER_S=0] [--tick-us US=0] [--series-ms MS=0]\n";
 
 struct cfg {
   const char *topic;

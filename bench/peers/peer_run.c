@@ -74,6 +74,8 @@ int pr_parse(int argc, char **argv, struct pr_opts *o, const char *const *flags,
       rc = parse_num(val, 0, 1e8, &o->rate);
     else if (strcmp(name, "--tick-us") == 0)
       rc = parse_num(val, 0, 1e6, &v), o->tick_us = (uint32_t)v;
+    else if (strcmp(name, "--series-ms") == 0)
+      rc = parse_num(val, 0, 60000, &v), o->series_ms = (uint32_t)v;
     else if (!extra || extra(name, val, arg) != 0) {
       fprintf(stderr, "unknown option %s\n", name);
       goto bad;
@@ -103,6 +105,8 @@ int pr_init(struct pr_run *r, const struct pr_opts *o) {
     return -ENOMEM;
   }
   fy_hist_init(&r->hist);
+  fy_hist_init(&r->late);
+  fy_hist_init(&r->win);
   return 0;
 }
 
@@ -118,6 +122,20 @@ void pr_start(struct pr_run *r) {
   r->measure_ns = r->start_ns + (uint64_t)(r->o.warmup_s * 1e9);
   r->end_ns = r->measure_ns + (uint64_t)(r->o.duration_s * 1e9);
   r->drain_ns = r->end_ns + (uint64_t)(PR_DRAIN_S * 1e9);
+  r->win_end_ns = r->measure_ns + (uint64_t)r->o.series_ms * 1000000u;
+}
+
+/* Prints the --series-ms windows that ended by now_ns (empty ones too). */
+static void series_roll(struct pr_run *r, uint64_t now_ns) {
+  while (r->o.series_ms && now_ns >= r->win_end_ns && r->win_end_ns <= r->end_ns) {
+    fprintf(stderr, "SERIES mono_ms=%" PRIu64 " n=%" PRIu64 " p50_us=%" PRIu64 " p99_us=%" PRIu64
+            " max_us=%" PRIu64 " late_max_us=%" PRIu64 "\n", r->win_end_ns / 1000000u,
+            r->win.count, fy_hist_percentile(&r->win, 50), fy_hist_percentile(&r->win, 99),
+            r->win.count ? r->win.max : 0, r->win_late_max_us);
+    fy_hist_init(&r->win);
+    r->win_late_max_us = 0;
+    r->win_end_ns += (uint64_t)r->o.series_ms * 1000000u;
+  }
 }
 
 static uint64_t intended_ns(const struct pr_run *r, uint64_t k) {
@@ -141,7 +159,15 @@ int64_t pr_can_send(struct pr_run *r, uint64_t now_ns) {
 
 uint64_t pr_sent(struct pr_run *r, uint64_t now_ns) {
   uint64_t k = r->sent++;
-  r->t0_ns[k % r->o.inflight] = r->o.rate > 0 ? intended_ns(r, k) : now_ns;
+  uint64_t t0 = r->o.rate > 0 ? intended_ns(r, k) : now_ns;
+  r->t0_ns[k % r->o.inflight] = t0;
+  if (r->o.rate > 0 && now_ns >= r->measure_ns && now_ns <= r->end_ns) {
+    uint64_t late_us = now_ns > t0 ? (now_ns - t0) / 1000 : 0;
+    series_roll(r, now_ns);
+    fy_hist_record(&r->late, late_us);
+    if (late_us > r->win_late_max_us)
+      r->win_late_max_us = late_us;
+  }
   r->done[k % r->o.inflight] = 0;
   return k;
 }
@@ -158,7 +184,11 @@ void pr_acked(struct pr_run *r, uint64_t k, bool ok, uint64_t now_ns) {
   if (now_ns < r->measure_ns || now_ns > r->end_ns)
     return;
   uint64_t t0 = r->t0_ns[k % r->o.inflight];
-  fy_hist_record(&r->hist, now_ns > t0 ? (now_ns - t0) / 1000 : 0);
+  uint64_t us = now_ns > t0 ? (now_ns - t0) / 1000 : 0;
+  series_roll(r, now_ns);
+  fy_hist_record(&r->hist, us);
+  if (r->o.series_ms)
+    fy_hist_record(&r->win, us);
   if (!r->measured)
     r->first_measured_ns = now_ns;
   r->last_measured_ns = now_ns;
@@ -181,7 +211,8 @@ int pr_poll_ms(struct pr_run *r, uint64_t now_ns) {
   return (int)ms;
 }
 
-int pr_report(const struct pr_run *r, const char *system) {
+int pr_report(struct pr_run *r, const char *system) {
+  series_roll(r, r->end_ns); /* the windows no message came after */
   double secs = r->o.duration_s;
   double rate = secs > 0 ? (double)r->measured / secs : 0;
   uint64_t lost = r->sent - r->acked;
@@ -189,6 +220,11 @@ int pr_report(const struct pr_run *r, const char *system) {
           "%s: sent %" PRIu64 ", acknowledged %" PRIu64 " (%" PRIu64 " negative), %" PRIu64
           " unacknowledged at exit; %.0f msgs/s measured over %.1f s\n",
           system, r->sent, r->acked, r->errors, lost, rate, secs);
+  if (r->o.rate > 0)
+    printf("SENDER mode=produce late_p50_us=%" PRIu64 " late_p99_us=%" PRIu64
+           " late_p999_us=%" PRIu64 "\n",
+           fy_hist_percentile(&r->late, 50), fy_hist_percentile(&r->late, 99),
+           fy_hist_percentile(&r->late, 99.9));
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   double cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +

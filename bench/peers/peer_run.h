@@ -16,7 +16,13 @@
  * client polls in whole milliseconds and spins when a send is due sooner. Messages acknowledged between the end of the warm-up and the
  * end of the run are counted and their latencies recorded; after the run no
  * new message is sent and the client waits at most PR_DRAIN_S for the
- * outstanding ones. Single-threaded; no allocation after pr_init.
+ * outstanding ones. With --series-ms W, each W ms of the measured interval
+ * also prints a line on stderr, "SERIES mono_ms=T n=N p50_us= p99_us=
+ * max_us= late_max_us=", T being CLOCK_MONOTONIC at the window's end:
+ * lined up with a server's own monotonic timestamps it shows which event
+ * made a slow window; late_max_us says whether this client was the one late
+ * (the most a message sent in the window was behind its intended time).
+ * Single-threaded; no allocation after pr_init.
  */
 #ifndef FY_BENCH_PEER_RUN_H
 #define FY_BENCH_PEER_RUN_H
@@ -40,6 +46,7 @@ struct pr_opts {
   double warmup_s;
   double rate;         /* messages/s for open loop; 0 = closed loop */
   uint32_t tick_us;    /* queue sends at most once per tick_us (0: whenever due) */
+  uint32_t series_ms;  /* print a SERIES line per this many ms measured (0: none) */
 };
 
 /* An option the generic parser does not know: return 0 if taken (with its
@@ -66,6 +73,10 @@ struct pr_run {
   uint64_t *t0_ns;    /* intended send time of message k at [k % inflight] */
   uint8_t *done;      /* 1 once message k's acknowledgement was counted */
   struct fy_hist hist;
+  struct fy_hist late; /* open loop: how late measured messages were sent */
+  struct fy_hist win;  /* the current --series-ms window */
+  uint64_t win_late_max_us; /* the latest send in the current window */
+  uint64_t win_end_ns;
 };
 
 uint64_t pr_now_ns(void);
@@ -89,10 +100,12 @@ void pr_acked(struct pr_run *r, uint64_t k, bool ok, uint64_t now_ns);
 bool pr_finished(const struct pr_run *r, uint64_t now_ns);
 /* How long poll() may sleep now, in ms (at least 0, at most 100). */
 int pr_poll_ms(struct pr_run *r, uint64_t now_ns);
-/* Prints a CPU line (this process's user + system seconds, as ferry-bench
+/* Prints, in an open loop, a SENDER line (how late the measured messages
+ * were sent: late_p50_us, late_p99_us, late_p999_us, as ferry-bench's), a
+ * CPU line (this process's user + system seconds, as ferry-bench
  * does), then the RESULT line, and a human summary on stderr; returns 0 if at
  * least one message was measured and none failed or was left unacknowledged. */
-int pr_report(const struct pr_run *r, const char *system);
+int pr_report(struct pr_run *r, const char *system);
 
 /* Fills buf with size printable bytes that differ per message number k. */
 void pr_body(char *buf, uint32_t size, uint64_t k);

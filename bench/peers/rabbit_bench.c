@@ -28,7 +28,7 @@
 static const char usage[] =
     "usage: rabbit_bench --port P [--host H] [--queue Q=bench] [--declare] [--members N=2]\n"
     "         [--size B=128] [--inflight N=1024] [--duration-s S=10] [--warmup-s S=1]\n"
-    "         [--rate MSGS_PER_S=0]\n";
+    "         [--rate MSGS_PER_S=0] [--series-ms MS=0]\n";
 
 struct cfg {
   const char *queue;

@@ -32,6 +32,7 @@ static const char usage[] =
     "usage: redis_bench --port P [--host H] [--stream KEY=bench] [--size B=128]\n"
     "         [--inflight N=1024] [--batch N=1] [--wait] [--duration-s S=10]\n"
     "         [--warmup-s S=1] [--rate MSGS_PER_S=0] [--tick-us US=0]\n"
+    "         [--series-ms MS=0]\n"
     "  --wait: send WAIT 1 0 after each batch of at most --batch XADDs\n";
 
 struct cfg {
