@@ -232,6 +232,12 @@ uint16_t fy__send_check_topic(struct fy_broker *b, const char *topic, int32_t qu
 uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_reqref *ref,
                       struct fy_msg *msgs, size_t n, char (*msg_ids)[33], char *why,
                       size_t whylen);
+/* len bytes of one block the broker keeps for the send being handled (its
+ * records, ids and properties; malloc-aligned), instead of allocations per
+ * send; NULL if it cannot grow. Valid until fy__send_scratch_done, which
+ * the handler calls once fy__send_put has returned (it keeps nothing in it). */
+void *fy__send_scratch(struct fy_broker *b, size_t len);
+void fy__send_scratch_done(struct fy_broker *b);
 
 /* pull.c */
 int fy__pull_init(struct fy_broker *b);

@@ -35,6 +35,7 @@
 #define FRAMES_PER_CALL 64
 #define BATCH_MAX 1024
 #define QUERY_MAX 64
+#define REPLY_IDS_STACK 16 /* message ids of a send reply built on the stack, at most */
 #define LOCKS_MAX 100000
 #define LOCK_TTL_MS 60000 /* RocketMQ's rebalanceLockMaxLiveTime */
 
@@ -315,13 +316,15 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
       return;
     }
   }
-  struct fy_msg *msgs = calloc(n, sizeof *msgs);
-  char (*ids)[33] = calloc(n, sizeof *ids);
-  char *props = malloc(props_total);
-  if (!msgs || !ids || !props) {
+  size_t msgs_len = n * sizeof(struct fy_msg), ids_len = n * 33;
+  uint8_t *scratch = fy__send_scratch(b, msgs_len + ids_len + props_total);
+  if (!scratch) {
     reply(conn, c, FY_RMQ_RESP_SYSTEM_BUSY, NULL, 0, "out of memory");
-    goto out;
+    return;
   }
+  struct fy_msg *msgs = memset(scratch, 0, msgs_len); /* malloc'd: aligned for any type */
+  char (*ids)[33] = memset(scratch + msgs_len, 0, ids_len);
+  char *props = (char *)scratch + msgs_len + ids_len;
   struct fy_host born = bc->born, store_host;
   fy__store_host(b, &store_host);
   int64_t born_ts = send_i64(c, "bornTimestamp", 0);
@@ -366,9 +369,7 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
   if (st)
     fy__reply_err(conn, &ref, st, "%s", why);
 out:
-  free(msgs);
-  free(ids);
-  free(props);
+  fy__send_scratch_done(b);
 }
 
 void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqref *ref,
@@ -385,7 +386,8 @@ void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqr
     return;
   }
   out_for(&o, ref, code_of_status(status), NULL);
-  char *ids = malloc(n * 33 + 1);
+  char ids_small[REPLY_IDS_STACK * 33 + 1]; /* single sends and small batches */
+  char *ids = n <= REPLY_IDS_STACK ? ids_small : malloc(n * 33 + 1);
   if (ids) {
     size_t len = 0;
     for (size_t i = 0; i < n; i++) {
@@ -396,7 +398,8 @@ void fy__rmq_reply_send(struct fy_broker *b, fy_conn *conn, const struct fy_reqr
     }
     ids[len] = '\0';
     fy_rmq_out_str(&o, "msgId", ids);
-    free(ids);
+    if (ids != ids_small)
+      free(ids);
   }
   fy_rmq_out_i64(&o, "queueId", queue_id);
   fy_rmq_out_i64(&o, "queueOffset", (int64_t)res[0].queue_offset);

@@ -124,7 +124,7 @@ static const char *text_of_store_error(int err) {
 /* len bytes of b->send_scratch for the send being handled (its records,
  * properties and ids), grown when needed: one block reused by every send
  * instead of three allocations each. NULL if it cannot grow. */
-static void *scratch_take(struct fy_broker *b, size_t len) {
+void *fy__send_scratch(struct fy_broker *b, size_t len) {
   if (len > b->send_scratch_cap) {
     free(b->send_scratch);
     b->send_scratch_cap = 0;
@@ -136,7 +136,7 @@ static void *scratch_take(struct fy_broker *b, size_t len) {
   return b->send_scratch;
 }
 
-static void scratch_done(struct fy_broker *b) {
+void fy__send_scratch_done(struct fy_broker *b) {
   if (b->send_scratch_cap > SEND_SCRATCH_KEEP) {
     free(b->send_scratch);
     b->send_scratch = NULL;
@@ -479,7 +479,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   for (size_t i = 0; i < n; i++)
     props_total += props_bound(req->messages[i]);
   size_t msgs_len = n * sizeof *msgs, ids_len = n * sizeof *ids;
-  uint8_t *scratch = scratch_take(b, msgs_len + ids_len + props_total);
+  uint8_t *scratch = fy__send_scratch(b, msgs_len + ids_len + props_total);
   if (scratch) {
     msgs = (struct fy_msg *)scratch; /* a malloc'd block: aligned for any type */
     memset(msgs, 0, msgs_len);
@@ -529,7 +529,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   if (st)
     fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
 out:
-  scratch_done(b);
+  fy__send_scratch_done(b);
   fy_pb_arena_reset(&b->send_arena);
 }
 

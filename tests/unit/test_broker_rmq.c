@@ -407,6 +407,55 @@ static void test_batch_properties_sized_to_fit(void **state) {
   assert_non_null(strstr(r->remark, "32767"));
 }
 
+/* A batch past the replies built on the stack (16 ids) answers every
+ * message's id, comma-separated, in batch order; a batch whose buffers
+ * outgrow what the broker keeps between sends (1 MiB) is stored whole, and
+ * a single send after it still works. */
+static void test_batch_reply_ids(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicI", "1");
+  static uint8_t body[1200 * 64];
+  size_t len = 0;
+  for (int i = 0; i < 40; i++)
+    len += put_batch_msg(body + len, "m", "TAGS\001A\002", 7);
+  int32_t op = request(e, FY_RMQ_REQ_SEND_BATCH_MESSAGE, body, len, "a", "PG", "b", "TopicI", "e",
+                       "0", END);
+  const fy_rmq_cmd *r = answer(e, op, 10000);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  const char *ids = fy_rmq_ext(r, "msgId");
+  assert_non_null(ids);
+  assert_int_equal(strlen(ids), 40 * 33 - 1);
+  for (int i = 1; i < 40; i++)
+    assert_int_equal(ids[i * 33 - 1], ',');
+  assert_string_equal(fy_rmq_ext(r, "queueOffset"), "0");
+  /* 1,024 messages of 1,100 bytes of properties: over 1 MiB of scratch. */
+  static char big[1100];
+  int n = snprintf(big, sizeof big, "P\001");
+  memset(big + n, 'q', sizeof big - (size_t)n - 1);
+  big[sizeof big - 1] = '\002';
+  static uint8_t bbody[1024 * (1100 + 32)];
+  len = 0;
+  for (int i = 0; i < 1024; i++)
+    len += put_batch_msg(bbody + len, "b", big, sizeof big);
+  op = request(e, FY_RMQ_REQ_SEND_BATCH_MESSAGE, bbody, len, "a", "PG", "b", "TopicI", "e", "0",
+               END);
+  r = answer(e, op, 10000);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_int_equal(strlen(fy_rmq_ext(r, "msgId")), 1024 * 33 - 1);
+  assert_string_equal(fy_rmq_ext(r, "queueOffset"), "40");
+  op = request(e, FY_RMQ_REQ_SEND_MESSAGE_V2, (const uint8_t *)"one", 3, "a", "PG", "b", "TopicI",
+               "e", "0", END);
+  r = answer(e, op, 10000);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_string_equal(fy_rmq_ext(r, "queueOffset"), "1064");
+  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGI", "topic", "TopicI", "queueId",
+           "0", "queueOffset", "1064", "maxMsgNums", "32", "sysFlag", "4", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[2];
+  assert_int_equal(decode_msgs(r, m, 2), 1);
+  assert_memory_equal(m[0].body, "one", 3);
+}
+
 /* GET_EARLIEST_MSG_STORETIME, as RocketMQ: SUCCESS with -1 for an empty
  * queue, the first message's store time once there is one. */
 static void test_earliest_msg_storetime(void **state) {
@@ -625,6 +674,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_many_tag_subscription_is_served, setup, teardown),
       cmocka_unit_test_setup_teardown(test_batch_properties_sized_to_fit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_batch_reply_ids, setup, teardown),
       cmocka_unit_test_setup_teardown(test_arrival_answers_every_held_pull, setup, teardown),
       cmocka_unit_test_setup_teardown(test_earliest_msg_storetime, setup, teardown),
       cmocka_unit_test_setup_teardown(test_send_back_uses_the_retry_topics_queues, setup, teardown),
