@@ -414,13 +414,16 @@ static void on_query_by_key(struct fy_broker *b, fy_conn *conn, const fy_frame *
 
 /* ---------------------------------------------------------------- status */
 
+#define STATUS_KEYS_MAX 64 /* brokerStatus lines, at most */
+
 static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   struct fy_store_stats st;
   fy_store_stats(b->store, &st);
-  char vals[48][192];
-  const char *keys[48];
+  char vals[STATUS_KEYS_MAX][192];
+  const char *keys[STATUS_KEYS_MAX];
   size_t n = 0;
-#define KV(k, ...) (keys[n] = (k), snprintf(vals[n], sizeof vals[n], __VA_ARGS__), n++)
+#define KV(k, ...) \
+  (void)(n < STATUS_KEYS_MAX && (keys[n] = (k), snprintf(vals[n], sizeof vals[n], __VA_ARGS__), n++))
   KV("brokerName", "%s", b->cfg->broker_name);
   KV("brokerId", "%" PRIu64, b->cfg->broker_id);
   KV("brokerRole", "%s", b->cfg->role == FY_ROLE_SLAVE ? "SLAVE"
@@ -469,8 +472,28 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
   KV("diskUsedPercent", "%d", st.disk_used_pct);
   KV("diskFull", "%s", st.disk_full ? "true" : "false");
   KV("storeError", "%s", st.error ? fy_errname(st.error) : "none");
+  /* Replication at a glance (haStatus has the per-slave detail). */
+  if (b->ha_master) {
+    struct fy_ha_slave_status hs[8];
+    size_t ns = fy_ha_master_status(b->ha_master, hs, 8);
+    uint64_t best = fy_ha_master_acked(b->ha_master);
+    for (size_t i = 0; i < ns; i++)
+      if (hs[i].received > best)
+        best = hs[i].received;
+    KV("haSlaves", "%zu", ns);
+    /* RocketMQ's name: log bytes the most advanced slave has yet to receive */
+    KV("slaveFallBehindMuch", "%" PRIu64, st.cl_written > best ? st.cl_written - best : 0);
+  }
+  if (b->ha_slave) {
+    struct fy_ha_slave_info in;
+    fy_ha_slave_info(b->ha_slave, &in);
+    KV("masterAddr", "%s", in.master[0] ? in.master : "none");
+    KV("haState", "%s", in.state);
+    KV("haLagBytes", "%" PRIu64,
+       in.master_log_end > in.log_end ? in.master_log_end - in.log_end : 0);
+  }
 #undef KV
-  Ferry__V1__KeyValue kv[48], *kvp[48];
+  Ferry__V1__KeyValue kv[STATUS_KEYS_MAX], *kvp[STATUS_KEYS_MAX];
   for (size_t i = 0; i < n; i++) {
     ferry__v1__key_value__init(&kv[i]);
     kv[i].key = (char *)keys[i];

@@ -180,6 +180,9 @@ def test_link_cut_and_heal(args):
         assert set(statuses) <= {"SLAVE_NOT_AVAILABLE", "FLUSH_SLAVE_TIMEOUT", "SEND_OK"}, statuses
         assert "SEND_OK" not in statuses[5:], statuses  # a frozen slave acknowledges nothing
         assert took < 30, f"sends took {took:.1f}s with the slave frozen"
+        # brokerStatus sums replication up: the frozen slave received none of it.
+        st = broker_status(pair, pair.m_port)
+        assert st["haSlaves"] == "1" and int(st["slaveFallBehindMuch"]) > 0, st
         pair.procs["slave"].send_signal(signal.SIGCONT)
         wait_for(lambda: produce(pair, "LinkCut", ["healed"])[0] == "SEND_OK", 30,
                  "SEND_OK again after SIGCONT")
@@ -197,8 +200,20 @@ def test_link_cut_and_heal(args):
                     for e in ends]
             return ends[0] and ends[0] == ends[1]
         wait_for(same_end, 30, "the slave's log to end where the master's does", 0.1)
+        wait_for(lambda: broker_status(pair, pair.m_port)["slaveFallBehindMuch"] == "0", 30,
+                 "the master to count the slave as caught up")
+        st = broker_status(pair, pair.s_port)
+        assert st["masterAddr"] == ha_status(pair, pair.m_port)["haAddr"], st
+        assert st["haState"] == "STREAMING" and st["haLagBytes"] == "0", st
+        assert "haSlaves" not in st and "masterAddr" not in broker_status(pair, pair.m_port)
     finally:
         pair.stop()
+
+
+def broker_status(pair, port):
+    r = pair.tool("mqadmin", "brokerStatus", "-n", pair.ns, "-b", f"127.0.0.1:{port}")
+    return {l.split(":", 1)[0].strip(): l.split(":", 1)[1].strip()
+            for l in r.stdout.splitlines() if ":" in l}
 
 
 def ha_status(pair, port):
