@@ -5,9 +5,9 @@
  *   - io_uring (the default): one ring owned by the loop thread. Requests
  *     queue SQEs; a uv_prepare_t submits them once per loop iteration, so
  *     everything asked for in one iteration goes to the kernel in one
- *     io_uring_enter (this is where group commit comes from). Completions are
- *     signalled through an eventfd watched by a uv_poll_t; they are drained
- *     in bounded batches and their callbacks run after the batch is drained.
+ *     io_uring_enter (this is where group commit comes from). Completions make
+ *     the ring's fd readable, watched by a uv_poll_t; they are drained in
+ *     bounded batches and their callbacks run after the batch is drained.
  *   - threads: libuv's threadpool (uv_fs_*), for kernels or sandboxes where
  *     io_uring cannot be set up. Chosen automatically (logged once) or forced.
  *
