@@ -598,6 +598,7 @@ static void maybe_finish_stop(struct fy_broker *b) {
   fy_strmap_free(b->resets);
   fy_pb_arena_free(&b->send_arena);
   free(b->send_scratch);
+  fy__send_cache_free(b);
   free(b->send_lat);
   free(b);
   done(arg, status);

@@ -112,6 +112,8 @@ struct fy_broker {
   struct fy_pb_arena send_arena; /* a send request is unpacked into this (send.c) */
   uint8_t *send_scratch;          /* a send's records and ids are built in this (send.c) */
   size_t send_scratch_cap;
+  struct pending_send *pending_cache; /* answered single sends, for reuse (send.c) */
+  size_t pending_cached;
 
   char ip[64];       /* brokerIP1 or detected */
   uint8_t ip4[4];
@@ -238,6 +240,8 @@ uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_req
  * the handler calls once fy__send_put has returned (it keeps nothing in it). */
 void *fy__send_scratch(struct fy_broker *b, size_t len);
 void fy__send_scratch_done(struct fy_broker *b);
+/* Frees the answered sends kept for reuse (at broker free). */
+void fy__send_cache_free(struct fy_broker *b);
 
 /* pull.c */
 int fy__pull_init(struct fy_broker *b);
