@@ -46,10 +46,11 @@ struct pending_send {
  * the allocator's per-thread cache overflows, and a calloc and a free per
  * send were about 1 % of the broker's CPU at 340k sends/s. Off under
  * AddressSanitizer, so it still sees a use after an answer. */
-#if defined(__SANITIZE_ADDRESS__)
-#define PENDING_CACHE_MAX 0u
-#else
 #define PENDING_CACHE_MAX 1024u
+#if defined(__SANITIZE_ADDRESS__)
+#define PENDING_CACHE_ON 0
+#else
+#define PENDING_CACHE_ON 1
 #endif
 
 static struct pending_send *pending_new(struct fy_broker *b, size_t n) {
@@ -65,7 +66,7 @@ static struct pending_send *pending_new(struct fy_broker *b, size_t n) {
 
 static void pending_free(struct pending_send *p) {
   struct fy_broker *b = p->b;
-  if (p->n == 1 && b->pending_cached < PENDING_CACHE_MAX) {
+  if (PENDING_CACHE_ON && p->n == 1 && b->pending_cached < PENDING_CACHE_MAX) {
     p->next = b->pending_cache;
     b->pending_cache = p;
     b->pending_cached++;
