@@ -222,6 +222,13 @@ static const fy_rmq_cmd *call(struct env *e, int32_t code, const char *body, ...
   return answer(e, opaque, 10000);
 }
 
+/* A plain PULL_MESSAGE from queue 0: no subscription, no suspension. */
+static const fy_rmq_cmd *pull(struct env *e, const char *group, const char *topic,
+                              const char *offset, const char *max, const char *sys_flag) {
+  return call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", group, "topic", topic, "queueId",
+              "0", "queueOffset", offset, "maxMsgNums", max, "sysFlag", sys_flag, END);
+}
+
 static void create_topic(struct env *e, const char *topic, const char *queues) {
   const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_UPDATE_AND_CREATE_TOPIC, NULL, "topic", topic,
                              "readQueueNums", queues, "writeQueueNums", queues, "perm", "6", END);
@@ -249,6 +256,17 @@ static size_t decode_msgs(const fy_rmq_cmd *r, struct fy_msg *out, size_t max) {
   }
   assert_int_equal(left, 0);
   return n;
+}
+
+/* Pulls from offset and expects exactly one message, with this body. */
+static void expect_one(struct env *e, const char *group, const char *topic, const char *offset,
+                       const char *sys_flag, const char *body) {
+  const fy_rmq_cmd *r = pull(e, group, topic, offset, "32", sys_flag);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[4];
+  assert_int_equal(decode_msgs(r, m, 4), 1);
+  assert_int_equal(m[0].body_len, strlen(body));
+  assert_memory_equal(m[0].body, body, strlen(body));
 }
 
 static const char *heartbeat_body(char *buf, size_t cap, const char *cid, const char *group,
@@ -305,13 +323,7 @@ static void test_long_registered_subscription_filters_nothing_out(void **state) 
   heartbeat_body(hb, sizeof hb, "127.0.0.1@long", "CGL", "TopicL", expr);
   assert_int_equal(call(e, FY_RMQ_REQ_HEART_BEAT, hb, END)->code, FY_RMQ_RESP_SUCCESS);
   send_msg(e, "TopicL", "tagged 19", "TAGS\001LongTagName19\002");
-  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGL", "topic",
-                             "TopicL", "queueId", "0", "queueOffset", "0", "maxMsgNums", "32",
-                             "sysFlag", "0", END);
-  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
-  struct fy_msg m[4];
-  assert_int_equal(decode_msgs(r, m, 4), 1);
-  assert_memory_equal(m[0].body, "tagged 19", 9);
+  expect_one(e, "CGL", "TopicL", "0", "0", "tagged 19");
 }
 
 /* A subscription naming more tags than Ferry filters by (FY_PULL_TAGS_MAX)
@@ -380,8 +392,7 @@ static void test_batch_properties_sized_to_fit(void **state) {
                        "0", END);
   const fy_rmq_cmd *r = answer(e, op, 10000);
   assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
-  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGB", "topic", "TopicB", "queueId",
-           "0", "queueOffset", "0", "maxMsgNums", "32", "sysFlag", "4", END);
+  r = pull(e, "CGB", "TopicB", "0", "32", "4");
   assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
   struct fy_msg m[8];
   assert_int_equal(decode_msgs(r, m, 8), 4);
@@ -448,12 +459,7 @@ static void test_batch_reply_ids(void **state) {
   r = answer(e, op, 10000);
   assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
   assert_string_equal(fy_rmq_ext(r, "queueOffset"), "1064");
-  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGI", "topic", "TopicI", "queueId",
-           "0", "queueOffset", "1064", "maxMsgNums", "32", "sysFlag", "4", END);
-  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
-  struct fy_msg m[2];
-  assert_int_equal(decode_msgs(r, m, 2), 1);
-  assert_memory_equal(m[0].body, "one", 3);
+  expect_one(e, "CGI", "TopicI", "1064", "4", "one");
 }
 
 /* GET_EARLIEST_MSG_STORETIME, as RocketMQ: SUCCESS with -1 for an empty
@@ -488,9 +494,7 @@ static void test_send_back_uses_the_retry_topics_queues(void **state) {
   struct env *e = *state;
   create_topic(e, "TopicB", "1");
   send_msg(e, "TopicB", "fail-me", "");
-  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGB", "topic",
-                             "TopicB", "queueId", "0", "queueOffset", "0", "maxMsgNums", "1",
-                             "sysFlag", "0", END);
+  const fy_rmq_cmd *r = pull(e, "CGB", "TopicB", "0", "1", "0");
   assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
   struct fy_msg m[8];
   assert_int_equal(decode_msgs(r, m, 1), 1);
@@ -653,12 +657,7 @@ static void test_flush_disk_timeout(void **state) {
   assert_true(uv_now(&e->loop) - t0 >= FLUSH_TIMEOUT_MS);
   assert_int_equal(strlen(fy_rmq_ext(r, "msgId")), 32);
   assert_string_equal(fy_rmq_ext(r, "queueOffset"), "0");
-  r = call(e, FY_RMQ_REQ_PULL_MESSAGE, NULL, "consumerGroup", "CGF", "topic", "TopicF", "queueId",
-           "0", "queueOffset", "0", "maxMsgNums", "32", "sysFlag", "2", END);
-  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
-  struct fy_msg m[4];
-  assert_int_equal(decode_msgs(r, m, 4), 1);
-  assert_memory_equal(m[0].body, "slow", 4);
+  expect_one(e, "CGF", "TopicF", "0", "2", "slow");
 
   fy_aio_inject_delay(aio, FY_AIO_FDATASYNC, 0);
   assert_true(fy_test_run_until_pred(&e->loop, all_flushed, cl, 10000));
