@@ -98,6 +98,8 @@ def test_e2e_smoke(args):
         assert all(int(w["max_us"]) >= int(w["p99_us"]) for w in series if int(w["n"])), series
         assert re.search(r"^SENDER mode=produce late_p50_us=\d+ late_p99_us=\d+ late_p999_us=\d+$",
                          r.stdout, re.M), r.stdout
+        r = run([native, "--port", bport, "--series-ms", "-5"], check=False)
+        assert r.returncode == 2 and "bad value for --series-ms" in r.stderr, r
         # A topic the broker does not have: the failures are counted and named.
         r = run([native, "--port", bport, "--topic", "NoSuchTopic", "--rate", "100",
                  "--duration-s", "0.5", "--warmup-s", "0"], timeout_s=60, check=False)

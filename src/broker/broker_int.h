@@ -234,11 +234,13 @@ uint16_t fy__send_check_topic(struct fy_broker *b, const char *topic, int32_t qu
 uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_reqref *ref,
                       struct fy_msg *msgs, size_t n, char (*msg_ids)[33], char *why,
                       size_t whylen);
-/* len bytes of one block the broker keeps for the send being handled (its
- * records, ids and properties; malloc-aligned), instead of allocations per
- * send; NULL if it cannot grow. Valid until fy__send_scratch_done, which
- * the handler calls once fy__send_put has returned (it keeps nothing in it). */
-void *fy__send_scratch(struct fy_broker *b, size_t len);
+/* The records (zeroed), ids (zeroed) and props_len bytes of properties of
+ * the send being handled, carved from one block the broker keeps instead
+ * of three allocations per send. 0, or -ENOMEM if the block cannot grow.
+ * Valid until fy__send_scratch_done, which the handler calls once
+ * fy__send_put has returned (it keeps nothing in them). */
+int fy__send_scratch(struct fy_broker *b, size_t n, size_t props_len, struct fy_msg **msgs,
+                     char (**ids)[33], char **props);
 void fy__send_scratch_done(struct fy_broker *b);
 /* Frees the answered sends kept for reuse (at broker free). */
 void fy__send_cache_free(struct fy_broker *b);

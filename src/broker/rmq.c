@@ -316,15 +316,13 @@ static void on_send(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) 
       return;
     }
   }
-  size_t msgs_len = n * sizeof(struct fy_msg), ids_len = n * 33;
-  uint8_t *scratch = fy__send_scratch(b, msgs_len + ids_len + props_total);
-  if (!scratch) {
+  struct fy_msg *msgs;
+  char (*ids)[33];
+  char *props;
+  if (fy__send_scratch(b, n, props_total, &msgs, &ids, &props) != 0) {
     reply(conn, c, FY_RMQ_RESP_SYSTEM_BUSY, NULL, 0, "out of memory");
     return;
   }
-  struct fy_msg *msgs = memset(scratch, 0, msgs_len); /* malloc'd: aligned for any type */
-  char (*ids)[33] = memset(scratch + msgs_len, 0, ids_len);
-  char *props = (char *)scratch + msgs_len + ids_len;
   struct fy_host born = bc->born, store_host;
   fy__store_host(b, &store_host);
   int64_t born_ts = send_i64(c, "bornTimestamp", 0);

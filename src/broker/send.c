@@ -163,19 +163,23 @@ static const char *text_of_store_error(int err) {
 #define REPLY_STACK_RESULTS 16 /* results of a reply built on the stack, at most */
 #define SEND_SCRATCH_KEEP ((size_t)1 << 20) /* a larger scratch block is freed after use */
 
-/* len bytes of b->send_scratch for the send being handled (its records,
- * properties and ids), grown when needed: one block reused by every send
- * instead of three allocations each. NULL if it cannot grow. */
-void *fy__send_scratch(struct fy_broker *b, size_t len) {
+int fy__send_scratch(struct fy_broker *b, size_t n, size_t props_len, struct fy_msg **msgs,
+                     char (**ids)[33], char **props) {
+  size_t msgs_len = n * sizeof **msgs, ids_len = n * sizeof **ids;
+  size_t len = msgs_len + ids_len + props_len;
   if (len > b->send_scratch_cap) {
     free(b->send_scratch);
     b->send_scratch_cap = 0;
     b->send_scratch = malloc(len);
     if (!b->send_scratch)
-      return NULL;
+      return -ENOMEM;
     b->send_scratch_cap = len;
   }
-  return b->send_scratch;
+  uint8_t *s = b->send_scratch; /* malloc'd: aligned for any type */
+  *msgs = memset(s, 0, msgs_len);
+  *ids = memset(s + msgs_len, 0, ids_len);
+  *props = (char *)s + msgs_len + ids_len;
+  return 0;
 }
 
 void fy__send_scratch_done(struct fy_broker *b) {
@@ -520,16 +524,7 @@ void fy__handle_send(struct fy_broker *b, struct bconn *bc, const fy_frame *f) {
   size_t props_total = 0;
   for (size_t i = 0; i < n; i++)
     props_total += props_bound(req->messages[i]);
-  size_t msgs_len = n * sizeof *msgs, ids_len = n * sizeof *ids;
-  uint8_t *scratch = fy__send_scratch(b, msgs_len + ids_len + props_total);
-  if (scratch) {
-    msgs = (struct fy_msg *)scratch; /* a malloc'd block: aligned for any type */
-    memset(msgs, 0, msgs_len);
-    ids = (char(*)[33])(scratch + msgs_len);
-    memset(ids, 0, ids_len);
-    props = (char *)scratch + msgs_len + ids_len;
-  }
-  if (!scratch) {
+  if (fy__send_scratch(b, n, props_total, &msgs, &ids, &props) != 0) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_BUSY, "out of memory");
     goto out;
   }
