@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -36,11 +37,7 @@ bool fy_data_version_equal(const struct fy_data_version *a, const struct fy_data
   return a->counter == b->counter && a->timestamp_ms == b->timestamp_ms;
 }
 
-int64_t fy__now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t fy__now_ms(void) { return fy_clock_real_ms(); }
 
 void fy__data_version_bump(struct fy_data_version *v) {
   v->counter++;

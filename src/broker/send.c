@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -38,7 +39,7 @@ struct pending_send {
   uint64_t end; /* commit-log offset after the last record */
   bool flush_timed_out; /* stored, but not flushed within syncFlushTimeout */
   size_t n;
-  uint64_t arrived_ns; /* uv_hrtime() when the send reached the store path */
+  uint64_t arrived_ns; /* fy_clock_mono_ns() when the send reached the store path */
   struct fy_send_result results[];
 };
 
@@ -196,7 +197,7 @@ static void reply_stored(struct pending_send *p, uint16_t status) {
   struct bconn *bc = p->bc;
   struct fy_broker *b = p->b;
   if (b->send_lat)
-    fy__send_latency_record(b->send_lat, p->arrived_ns, uv_hrtime());
+    fy__send_latency_record(b->send_lat, p->arrived_ns, fy_clock_mono_ns());
   unlink_pending(p);
   if (bc && p->ref.proto == FY_PROTO_RMQ) {
     fy__rmq_reply_send(b, bc->conn, &p->ref, status, p->queue_id, p->results, p->n);
@@ -393,7 +394,7 @@ uint16_t fy__send_put(struct fy_broker *b, struct bconn *bc, const struct fy_req
     return FERRY__V1__STATUS__SYSTEM_BUSY;
   }
   p->b = b;
-  p->arrived_ns = uv_hrtime();
+  p->arrived_ns = fy_clock_mono_ns();
   p->ref = *ref;
   p->queue_id = msgs[0].queue_id;
   p->n = n;

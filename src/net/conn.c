@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "ferry.pb-c.h"
@@ -533,13 +534,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b) {
     c->start = c->end = 0;
     return;
   }
+  fy_clock_batch_begin(); /* the frames of one read share their clock reads */
   conn_process(c);
+  fy_clock_batch_end();
 }
 
 static void on_turn(uv_idle_t *h) {
   fy_conn *c = h->data;
   c->read_in_turn = false;
+  fy_clock_batch_begin();
   conn_process(c);
+  fy_clock_batch_end();
 }
 
 /* Brings uv_read_start/stop and the turn handle in line with the state:

@@ -47,6 +47,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -288,6 +289,7 @@ static void on_result(fy_aio *aio, fy_aio_req *req, int64_t res, struct batch *b
 static void uring_drain(fy_aio *aio) {
   struct batch b;
   batch_init(&b);
+  fy_clock_batch_begin(); /* the callbacks of one drain share their clock reads */
   for (unsigned round = 0; round < CQE_ROUNDS; round++) {
     struct io_uring_cqe *cqes[CQE_BATCH];
     fy_aio_req *reqs[CQE_BATCH];
@@ -306,6 +308,7 @@ static void uring_drain(fy_aio *aio) {
   fill_from_wait(aio);
   update_idle(aio);
   run_callbacks(aio, &b);
+  fy_clock_batch_end();
 }
 
 /* The idle handle is active while SQEs wait for submission, requests wait

@@ -64,6 +64,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -205,11 +206,7 @@ static void on_fail_idle(uv_idle_t *idle);
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t now_ms(void) { return fy_clock_real_ms(); }
 
 static inline uint64_t seg_size(const fy_commitlog *cl) { return cl->cfg.segment_size; }
 
