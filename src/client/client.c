@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "client/cl_int.h"
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -46,13 +47,11 @@
 static _Thread_local char last_error[512];
 static atomic_uint client_seq;
 
-uint64_t fy__cl_now_ms(void) { return uv_hrtime() / 1000000u; }
+/* Both read through the batch clock: a loop turn's ops and a connection's
+ * responses share one reading (src/common/clock.h). */
+uint64_t fy__cl_now_ms(void) { return fy_clock_mono_ns() / 1000000u; }
 
-int64_t fy__cl_wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t fy__cl_wall_ms(void) { return fy_clock_real_ms(); }
 
 void fy__set_last_error(const char *fmt, ...) {
   va_list ap;
@@ -516,8 +515,10 @@ static void on_async(uv_async_t *a) {
   pthread_mutex_unlock(&cl->mu);
   if (cl->loop_closing)
     return;
+  fy_clock_batch_begin();
   for (size_t i = 0; i < n; i++)
     op_begin(cl, batch[i]);
+  fy_clock_batch_end();
   if (close_now) {
     loop_shutdown(cl);
     return;
