@@ -443,7 +443,7 @@ static int print_route_json(const fy_topic_route *r) {
     json_object_set_new(qd, "brokerName", json_string(q->broker_name));
     json_object_set_new(qd, "perm", json_integer(q->perm));
     json_object_set_new(qd, "readQueueNums", json_integer(q->read_queues));
-    json_object_set_new(qd, "topicSysFlag", json_integer(0));
+    json_object_set_new(qd, "topicSynFlag", json_integer(0));
     json_object_set_new(qd, "writeQueueNums", json_integer(q->write_queues));
     json_array_append_new(qds, qd);
   }
