@@ -916,7 +916,7 @@ def test_mqadmin_subcommands(args):
     def route_is(perm, rq, wq):
         out = mqadmin(c, "topicRoute", "-t", topic, check=False).stdout
         return out and json.loads(out)["queueDatas"] == [
-            {"brokerName": a.name, "perm": perm, "readQueueNums": rq, "topicSysFlag": 0,
+            {"brokerName": a.name, "perm": perm, "readQueueNums": rq, "topicSynFlag": 0,
              "writeQueueNums": wq}]
     wait_for(lambda: route_is(4, 3, 5), 30, "the route of the new topic", 0.1)
     route = json.loads(mqadmin(c, "topicRoute", "-t", topic).stdout)
