@@ -1341,8 +1341,10 @@ static int open_existing(fy_commitlog *cl, uint64_t start, uint64_t *size) {
     goto out_unmap;
   }
   if ((uint64_t)st.st_size > seg_size(cl)) {
-    fy_error("commitlog", "%s: size %lld, larger than %" PRIu64, seg->path,
-             (long long)st.st_size, seg_size(cl));
+    fy_error("commitlog",
+             "%s: size %lld, larger than mappedFileSizeCommitLog (%" PRIu64 "): the log was "
+             "written with another mappedFileSizeCommitLog; set it back",
+             seg->path, (long long)st.st_size, seg_size(cl));
     r = -FY_ECORRUPT;
     goto out_unmap;
   }
@@ -1382,7 +1384,10 @@ static int check_sizes(fy_commitlog *cl, const uint64_t *sizes) {
       first_short = i;
   for (size_t i = first_short + 1; i < cl->nsegs; i++) {
     if (last_nonzero(cl->segs[i], 0, sizes[i]) != 0) {
-      fy_error("commitlog", "%s: size %" PRIu64 ", expected %" PRIu64 " (later segments hold data)",
+      fy_error("commitlog",
+               "%s: size %" PRIu64 ", expected mappedFileSizeCommitLog (%" PRIu64 ") as later "
+               "segments hold data: the log was written with another mappedFileSizeCommitLog "
+               "(set it back) or the file was cut",
                cl->segs[first_short]->path, sizes[first_short], seg_size(cl));
       return -FY_ECORRUPT;
     }

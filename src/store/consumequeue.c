@@ -527,8 +527,7 @@ static int scan_dir(fy_cq *cq) {
     if (de->d_name[0] == '.')
       continue;
     uint64_t off;
-    if (!parse_name(de->d_name, &off) || off % cq->file_bytes != 0 ||
-        off / FY_CQ_ENTRY_SIZE > start_limit(cq)) {
+    if (!parse_name(de->d_name, &off) || off / FY_CQ_ENTRY_SIZE > start_limit(cq)) {
       fy_warn(MOD, "%s: ignoring unexpected file %s", cq->dir, de->d_name);
       continue;
     }
@@ -536,6 +535,20 @@ static int scan_dir(fy_cq *cq) {
     if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) {
       fy_warn(MOD, "%s: ignoring %s: not a regular file", cq->dir, de->d_name);
       continue;
+    }
+    /* Files are created empty and then sized, so a crash can leave one at 0
+     * bytes, which is resized below. Any other size, or a name off the file
+     * grid, means the queue was written with another file size: resizing
+     * would cut entries off, so opening fails instead. */
+    if (off % cq->file_bytes != 0 || (st.st_size != 0 && (uint64_t)st.st_size != cq->file_bytes)) {
+      fy_error(MOD,
+               "%s/%s: %lld bytes, but mappedFileSizeConsumeQueue makes %zu-byte files starting "
+               "at multiples of that: the queue was written with another "
+               "mappedFileSizeConsumeQueue or the file was damaged; set the key back, or stop the "
+               "broker and delete consumequeue/ and index/ to rebuild them from the commit log",
+               cq->dir, de->d_name, (long long)st.st_size, cq->file_bytes);
+      err = -FY_ECONFIG;
+      break;
     }
     err = files_append(cq, off / FY_CQ_ENTRY_SIZE);
     if (err)

@@ -452,22 +452,22 @@ static void test_untrusted_files(void **state) {
   /* junk names are ignored */
   write_raw("junk", 0, "x", 1, -1);
   write_raw("123", 0, "x", 1, -1);
-  write_raw("00000000000000000050", 0, "x", 1, -1); /* not a multiple of 80 */
   write_raw("0000000000000000008a", 0, "x", 1, -1);
   char p[1024];
   queue_path(p, sizeof p, "00000000000000000800");
   assert_int_equal(mkdir(p, 0755), 0); /* a directory with a valid name */
-  /* the second file is short: extended, its missing entries read as unwritten */
-  write_raw("00000000000000000080", 0, NULL, 0, 28); /* keeps entry 4, not 5's size */
   /* an entry with size 0 but other bytes set is unwritten */
   uint8_t torn[20] = {0};
   torn[0] = 0x77;
   write_raw("00000000000000000000", 3 * 20, torn, 20, -1);
+  /* a file left empty by a crash between creating and sizing it is sized */
+  write_raw("00000000000000000160", 0, NULL, 0, 0);
   cq = open_cq(4);
-  assert_int_equal(file_size("00000000000000000080"), 80);
+  assert_int_equal(file_size("00000000000000000160"), 80);
   assert_int_equal(fy_cq_min(cq), 0);
-  assert_int_equal(fy_cq_max(cq), 5);
+  assert_int_equal(fy_cq_max(cq), 6);
   expect_entry(cq, 4);
+  expect_entry(cq, 5);
   struct fy_cq_entry e;
   assert_int_equal(fy_cq_get(cq, 3, &e), -FY_ENOT_FOUND);
   /* the torn slot is filled by re-dispatch */
@@ -475,14 +475,42 @@ static void test_untrusted_files(void **state) {
   assert_int_equal(fy_cq_put(cq, 3, &e), 0);
   expect_entry(cq, 3);
   fy_cq_close(cq);
-
-  /* a file that is too long is cut to size */
-  write_raw("00000000000000000080", 0, NULL, 0, 4096);
-  cq = open_cq(4);
-  assert_int_equal(file_size("00000000000000000080"), 80);
-  assert_int_equal(fy_cq_max(cq), 5);
-  fy_cq_close(cq);
   rmdir(p);
+}
+
+/* Files of another size, or named off the file grid, were written with
+ * another mappedFileSizeConsumeQueue (or damaged): resizing them would cut
+ * entries off or misplace them, so opening fails and leaves them alone. */
+static void test_wrong_file_size_refused(void **state) {
+  (void)state;
+  fy_cq *cq = open_cq(8); /* 160-byte files */
+  put_range(cq, 0, 20);   /* three files: 0, 160, 320 */
+  fy_cq_close(cq);
+  fy_cq *other = NULL;
+  assert_int_equal(fy_cq_open(root, TOPIC, QID, 4, &other), -FY_ECONFIG); /* smaller */
+  assert_null(other);
+  assert_int_equal(file_size("00000000000000000000"), 160);
+  assert_int_equal(fy_cq_open(root, TOPIC, QID, 16, &other), -FY_ECONFIG); /* larger */
+  assert_null(other);
+  assert_int_equal(file_size("00000000000000000000"), 160);
+  assert_int_equal(file_size("00000000000000000160"), 160);
+  cq = open_cq(8); /* the right size still opens, every entry intact */
+  assert_int_equal(fy_cq_max(cq), 20);
+  for (uint64_t q = 0; q < 20; q++)
+    expect_entry(cq, q);
+  fy_cq_close(cq);
+
+  /* a damaged length: cut short, or grown */
+  write_raw("00000000000000000160", 0, NULL, 0, 28);
+  assert_int_equal(fy_cq_open(root, TOPIC, QID, 8, &other), -FY_ECONFIG);
+  assert_int_equal(file_size("00000000000000000160"), 28);
+  write_raw("00000000000000000160", 0, NULL, 0, 4096);
+  assert_int_equal(fy_cq_open(root, TOPIC, QID, 8, &other), -FY_ECONFIG);
+  write_raw("00000000000000000160", 0, NULL, 0, 160);
+
+  /* a well-formed name off the grid */
+  write_raw("00000000000000000080", 0, "x", 1, 160);
+  assert_int_equal(fy_cq_open(root, TOPIC, QID, 8, &other), -FY_ECONFIG);
 }
 
 static void test_scan_tags(void **state) {
@@ -869,6 +897,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_roll_over, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
       cmocka_unit_test_setup_teardown(test_untrusted_files, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wrong_file_size_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_scan_tags, setup, teardown),
       cmocka_unit_test_setup_teardown(test_offset_for_time, setup, teardown),
       cmocka_unit_test_setup_teardown(test_truncate_phys, setup, teardown),
