@@ -85,17 +85,20 @@ static void on_registered(fy_conn *conn, int err, const fy_frame *resp, void *ar
   fy_pb_free(&r->base);
 }
 
-static int add_topic(void *arg, const struct fy_topic_config *tc) {
-  Ferry__V1__RegisterBrokerRequest *req = arg;
+/* A topic as registered: brokerPermission takes away read or write from
+ * every topic of the broker, so that clients route around it (RocketMQ
+ * registers brokerPermission itself as each topic's perm when it lacks either;
+ * masking keeps a write-only topic from turning readable). */
+static void add_topic(Ferry__V1__RegisterBrokerRequest *req, const struct fy_topic_config *tc,
+                      uint32_t broker_perm) {
   Ferry__V1__TopicConfig *t = req->topics[req->n_topics];
   ferry__v1__topic_config__init(t);
   t->topic = (char *)tc->name;
   t->read_queues = tc->read_queues;
   t->write_queues = tc->write_queues;
-  t->perm = tc->perm;
+  t->perm = tc->perm & (broker_perm | FY_PERM_INHERIT);
   t->order = tc->order;
   req->n_topics++;
-  return 0;
 }
 
 static void register_one(struct fy_broker *b, struct ns_link *ns) {
@@ -124,7 +127,7 @@ static void register_one(struct fy_broker *b, struct ns_link *ns) {
   size_t nl;
   if (fy_topics_list(b->topics, &list, &nl) == 0) {
     for (size_t i = 0; i < nl && i < n; i++)
-      add_topic(&req, &list[i]);
+      add_topic(&req, &list[i], b->cfg->broker_permission);
     int err = fy_rpc_call(ns->conn, FERRY__V1__OP__OP_REGISTER_BROKER, &req.base, NULL, 0, 10000,
                           on_registered, ns);
     if (err)

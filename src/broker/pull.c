@@ -327,6 +327,11 @@ uint16_t fy__pull_check(struct fy_broker *b, const char *topic, const char *grou
     snprintf(why, whylen, "topic '%s' is not readable", topic);
     return FERRY__V1__STATUS__NO_PERMISSION;
   }
+  if (!(b->cfg->broker_permission & FY_PERM_READ)) {
+    snprintf(why, whylen, "broker %s is not readable (brokerPermission=%u)", b->cfg->broker_name,
+             b->cfg->broker_permission);
+    return FERRY__V1__STATUS__NO_PERMISSION;
+  }
   return 0;
 }
 

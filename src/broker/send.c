@@ -360,8 +360,13 @@ uint16_t fy__send_check_topic(struct fy_broker *b, const char *topic, int32_t qu
       fy__broker_register_all(b);
     }
   }
-  if (!(tc.perm & FY_PERM_WRITE) || !(b->cfg->broker_permission & FY_PERM_WRITE)) {
+  if (!(tc.perm & FY_PERM_WRITE)) {
     snprintf(why, whylen, "topic '%s' is not writable on broker %s", topic, b->cfg->broker_name);
+    return FERRY__V1__STATUS__NO_PERMISSION;
+  }
+  if (!(b->cfg->broker_permission & FY_PERM_WRITE)) {
+    snprintf(why, whylen, "broker %s is not writable (brokerPermission=%u)", b->cfg->broker_name,
+             b->cfg->broker_permission);
     return FERRY__V1__STATUS__NO_PERMISSION;
   }
   if (queue_id_in < 0) {
