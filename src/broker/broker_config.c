@@ -104,6 +104,12 @@ int fy_broker_settings_check(const struct fy_broker_settings *s, char *err, size
              b->delay_levels, FY_DELAY_LEVELS_MAX);
     return -FY_ECONFIG;
   }
+  uint32_t hours;
+  if (fy_store_parse_hours(s->store.delete_when, &hours)) {
+    snprintf(err, errlen, "deleteWhen: '%s' is not hours 0-23 separated by ';' (like \"04\" or "
+             "\"04;16\")", s->store.delete_when);
+    return -FY_ECONFIG;
+  }
   if (!b->broker_name[0] || !b->cluster[0]) {
     snprintf(err, errlen, "brokerName and brokerClusterName must not be empty");
     return -FY_ECONFIG;

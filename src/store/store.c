@@ -86,6 +86,7 @@ enum close_state { OPEN, CLOSING_LOG, CLOSING_QUEUES, CLOSING_CHECKPOINT, CLOSED
 
 struct fy_store {
   struct fy_store_config cfg;
+  uint32_t delete_hours; /* deleteWhen: bit h for hour h */
   uv_loop_t *loop;
   fy_aio *aio;
   fy_commitlog *cl;
@@ -693,23 +694,11 @@ static void on_flush_timer(uv_timer_t *t) {
 
 /* ---- retention and disk guard ---- */
 
-static bool hour_listed(const char *list, int hour) {
-  const char *p = list;
-  while (*p) {
-    char *end;
-    long h = strtol(p, &end, 10);
-    if (end != p && h == hour)
-      return true;
-    p = *end ? end + 1 : end;
-  }
-  return false;
-}
-
 static int clean_pass(fy_store *s, bool force) {
   time_t t = time(NULL);
   struct tm tm;
   localtime_r(&t, &tm);
-  bool in_window = hour_listed(s->cfg.delete_when, tm.tm_hour);
+  bool in_window = s->delete_hours & (1u << tm.tm_hour);
   bool disk_high = s->disk_used_pct >= (int)s->cfg.disk_max_used_ratio;
   bool disk_critical = s->cfg.clean_forcibly &&
                        s->disk_used_pct >= (int)s->cfg.disk_full_ratio - FORCE_CLEAN_SLACK_PCT;
@@ -1027,10 +1016,17 @@ int fy_store_open(uv_loop_t *loop, const struct fy_store_config *cfg, fy_store *
              cfg->write_buffer_size, cfg->max_message_size);
     return -FY_ECONFIG;
   }
+  uint32_t delete_hours;
+  if (fy_store_parse_hours(cfg->delete_when, &delete_hours)) {
+    fy_error(MOD, "deleteWhen: '%s' is not hours 0-23 separated by ';' (like \"04\" or \"04;16\")",
+             cfg->delete_when);
+    return -FY_ECONFIG;
+  }
   fy_store *s = calloc(1, sizeof *s);
   if (!s)
     return -ENOMEM;
   s->cfg = *cfg;
+  s->delete_hours = delete_hours;
   s->confirm_required = cfg->confirm_required;
   s->loop = loop;
   s->lock_fd = -1;

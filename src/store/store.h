@@ -67,6 +67,11 @@ struct fy_store_config {
 /* Sets RocketMQ's defaults (root_dir: $HOME/store). */
 void fy_store_config_defaults(struct fy_store_config *c);
 
+/* Parses deleteWhen: hours of the day, 0-23, separated by ';' ("04",
+ * "04;16"; "" for none), into *mask (bit h set for hour h). -FY_ECONFIG if
+ * malformed. */
+int fy_store_parse_hours(const char *spec, uint32_t *mask);
+
 /* The config keys of the store, for fy_config_* (common/config.h). */
 extern const struct fy_config_key fy_store_config_keys[];
 

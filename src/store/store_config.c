@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/err.h"
 #include "store/store.h"
 
 #define F(field) offsetof(struct fy_store_config, field)
@@ -55,4 +56,21 @@ void fy_store_config_defaults(struct fy_store_config *c) {
   fy_config_defaults(&sec, 1);
   const char *home = getenv("HOME");
   snprintf(c->root_dir, sizeof c->root_dir, "%s/store", home && *home ? home : "/tmp");
+}
+
+int fy_store_parse_hours(const char *spec, uint32_t *mask) {
+  uint32_t m = 0;
+  const char *p = spec;
+  while (*p) {
+    int h = 0, digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 3; p++, digits++)
+      h = h * 10 + (*p - '0');
+    if (digits == 0 || digits > 2 || h > 23)
+      return -FY_ECONFIG;
+    m |= 1u << h;
+    if (*p && (*p++ != ';' || *p == '\0'))
+      return -FY_ECONFIG;
+  }
+  *mask = m;
+  return 0;
 }

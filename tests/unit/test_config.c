@@ -148,11 +148,35 @@ static void test_broker_cross_checks(void **state) {
   s.store.max_message_size = s.store.write_buffer_size;
   assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), -FY_ECONFIG);
   assert_non_null(strstr(err, "writeBufferSize"));
+  fy_broker_settings_defaults(&s);
+  strcpy(s.store.delete_when, "04;x");
+  assert_int_equal(fy_broker_settings_check(&s, err, sizeof err), -FY_ECONFIG);
+  assert_non_null(strstr(err, "deleteWhen: '04;x'"));
+}
+
+static void test_delete_when_hours(void **state) {
+  (void)state;
+  uint32_t m = 0;
+  assert_int_equal(fy_store_parse_hours("04", &m), 0);
+  assert_int_equal(m, 1u << 4);
+  assert_int_equal(fy_store_parse_hours("0;4;23", &m), 0);
+  assert_int_equal(m, 1u | 1u << 4 | 1u << 23);
+  assert_int_equal(fy_store_parse_hours("16;16", &m), 0);
+  assert_int_equal(m, 1u << 16);
+  assert_int_equal(fy_store_parse_hours("", &m), 0); /* never on the clock */
+  assert_int_equal(m, 0);
+  const char *bad[] = {"24", "4am", "04;", ";04", "04,16", " 04", "004", "-1", "04;;16", "99"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    m = 7;
+    assert_int_equal(fy_store_parse_hours(bad[i], &m), -FY_ECONFIG);
+    assert_int_equal(m, 7); /* untouched */
+  }
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_store_defaults_are_rocketmq),
+      cmocka_unit_test(test_delete_when_hours),
       cmocka_unit_test(test_set_and_errors),
       cmocka_unit_test(test_load_file),
       cmocka_unit_test(test_every_store_key_documented),
