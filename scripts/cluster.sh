@@ -43,20 +43,22 @@ wait_ready() {
   return 1
 }
 
-start_one() { # name pidfile port args...
-  local name=$1 pidfile=$2 port=$3
+start_one() { # name pidfile "port [more ports]" args...; ready once it serves on port
+  local name=$1 pidfile=$2 ports=$3 port=${3%% *} p
   shift 3
   if alive "$pidfile"; then
     echo "cluster: $name already running (pid $(cat "$pidfile"))"
     return 0
   fi
-  # Something else on the port (say a cluster started from another folder):
+  # Something else on a port (say a cluster started from another folder):
   # the new process would only die on its bind.
-  if listening "$port"; then
-    echo "cluster: port $port is in use by another process, so $name cannot start;" \
-      "stop it first (a cluster started from another folder: scripts/cluster.sh stop THAT_DIR)" >&2
-    return 1
-  fi
+  for p in $ports; do
+    if listening "$p"; then
+      echo "cluster: port $p is in use by another process, so $name cannot start;" \
+        "stop it first (a cluster started from another folder: scripts/cluster.sh stop THAT_DIR)" >&2
+      return 1
+    fi
+  done
   "$@" > "$dir/$name.log" 2>&1 &
   echo $! > "$pidfile"
   wait_ready "$name" "$pidfile" "$port"
@@ -67,7 +69,7 @@ case $cmd in
   start)
     [ -x $bin/mqbroker ] || { echo "cluster: build first (cmake -S . -B build && cmake --build build)" >&2; exit 1; }
     start_one namesrv "$dir/namesrv.pid" 9876 $bin/mqnamesrv -o listenAddress=127.0.0.1
-    start_one broker-a "$dir/broker-a.pid" 10911 $bin/mqbroker -c conf/broker-a.conf \
+    start_one broker-a "$dir/broker-a.pid" "10911 10912" $bin/mqbroker -c conf/broker-a.conf \
       -o storePathRootDir="$dir/broker-a" -o pidFile="$dir/broker-a.pid" \
       -o listenAddress=127.0.0.1 -o autoCreateTopicEnable=true -o registerNameServerPeriod=5000
     start_one broker-a-s "$dir/broker-a-s.pid" 10921 $bin/mqbroker -c conf/broker-a-s.conf \

@@ -63,8 +63,17 @@ def test_failed_starts_say_so(args):
             squat.listen()
             r = cluster(args, "start", c)
         assert r.returncode != 0, (r.stdout, r.stderr)
+        assert "port 10912 is in use by another process, so broker-a cannot start" in r.stderr, \
+            r.stderr
+        assert "broker-a started" not in r.stdout, r.stdout
+        cluster(args, "stop", c)
+
+        with open(os.path.join(c, "broker-a"), "w"):  # a file where its store should be
+            pass
+        r = cluster(args, "start", c)
+        assert r.returncode != 0, (r.stdout, r.stderr)
         assert "broker-a exited while starting" in r.stderr, r.stderr
-        assert "10912" in r.stderr, r.stderr  # the end of its log says why
+        assert "cannot open the store" in r.stderr, r.stderr  # the end of its log says why
     finally:
         for d in (a, b, c):
             cluster(args, "stop", d)
