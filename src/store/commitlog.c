@@ -67,6 +67,7 @@
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "store/fileops.h"
 
 #define NAME_DIGITS 20
 #define SEGMENT_SIZE_MAX (UINT64_C(1) << 40)
@@ -1244,24 +1245,6 @@ int fy_commitlog_truncate(fy_commitlog *cl, uint64_t offset) {
 
 /* ---- open: find, validate and recover the segments ------------------------ */
 
-static int mkdir_p(const char *dir) {
-  char path[PATH_MAX];
-  size_t n = strlen(dir);
-  if (n == 0 || n >= sizeof path)
-    return -ENAMETOOLONG;
-  memcpy(path, dir, n + 1);
-  for (size_t i = 1; i <= n; i++) { /* bounded by the path length */
-    if (path[i] != '/' && path[i] != '\0')
-      continue;
-    char c = path[i];
-    path[i] = '\0';
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-      return -errno;
-    path[i] = c;
-  }
-  return 0;
-}
-
 static bool segment_name(const char *name, uint64_t *start) {
   uint64_t v = 0;
   for (int i = 0; i < NAME_DIGITS; i++) {
@@ -1571,7 +1554,7 @@ int fy_commitlog_open(uv_loop_t *loop, fy_aio *aio, const struct fy_commitlog_co
     goto out_free;
   }
   cl->cfg.dir = cl->dir;
-  r = mkdir_p(cl->dir);
+  r = fy_mkdir_p(cl->dir, NULL);
   if (r < 0)
     goto out_free;
   cl->dirfd = open(cl->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

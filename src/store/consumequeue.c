@@ -233,27 +233,6 @@ static bool topic_ok(const char *t) {
   return strcmp(t, ".") != 0 && strcmp(t, "..") != 0;
 }
 
-/* mkdir -p; *created is set when any component had to be made. */
-static int mkdir_p(const char *path, bool *created) {
-  char buf[4096];
-  size_t n = strlen(path);
-  if (n == 0 || n >= sizeof buf)
-    return -ENAMETOOLONG;
-  memcpy(buf, path, n + 1);
-  for (size_t i = 1; i <= n; i++) {
-    if (buf[i] != '/' && buf[i] != '\0')
-      continue;
-    char c = buf[i];
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) == 0)
-      *created = true;
-    else if (errno != EEXIST)
-      return -errno;
-    buf[i] = c;
-  }
-  return 0;
-}
-
 static void file_path(const fy_cq *cq, uint64_t start, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/%020" PRIu64, cq->dir, start * FY_CQ_ENTRY_SIZE);
 }
@@ -603,7 +582,7 @@ int fy_cq_open(const char *root_dir, const char *topic, uint32_t queue_id,
     goto out_free;
   snprintf(cq->dir, n, "%s/consumequeue/%s/%" PRIu32, root_dir, topic, queue_id);
   bool created = false;
-  err = mkdir_p(cq->dir, &created);
+  err = fy_mkdir_p(cq->dir, &created);
   if (err)
     goto out_free;
   cq->parents_dirty = created;

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -203,4 +204,26 @@ bool fy_mapping_populate(uv_loop_t *loop, fy_mapping *m, size_t off, size_t n) {
   m->busy = true;
   m->refs++;
   return true;
+}
+
+int fy_mkdir_p(const char *path, bool *created) {
+  char buf[PATH_MAX];
+  size_t n = strlen(path);
+  if (n == 0 || n >= sizeof buf)
+    return -ENAMETOOLONG;
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] != '/' && buf[i] != '\0')
+      continue;
+    char c = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) == 0) {
+      if (created)
+        *created = true;
+    } else if (errno != EEXIST) {
+      return -errno;
+    }
+    buf[i] = c;
+  }
+  return 0;
 }

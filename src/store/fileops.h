@@ -14,6 +14,11 @@
 
 typedef struct fy_fileop fy_fileop;
 
+/* mkdir -p, synchronously (for opening a store or a queue): makes path and
+ * every missing parent, mode 0755. Sets *created (if not NULL) when any
+ * component had to be made. -ENAMETOOLONG or -errno on failure. */
+int fy_mkdir_p(const char *path, bool *created);
+
 /*
  * Opens path read-write, creating it if missing, and makes it size bytes
  * (ftruncate: sparse) on the thread pool. cb(arg, fd, 0) on success (the

@@ -355,26 +355,6 @@ static bool time_overlaps(int64_t t_lo, int64_t begin_ms, int64_t end_ms) {
 
 /* ---- files ---- */
 
-static int mkdir_p(const char *path, bool *created) {
-  char buf[4096];
-  size_t n = strlen(path);
-  if (n == 0 || n >= sizeof buf)
-    return -ENAMETOOLONG;
-  memcpy(buf, path, n + 1);
-  for (size_t i = 1; i <= n; i++) {
-    if (buf[i] != '/' && buf[i] != '\0')
-      continue;
-    char c = buf[i];
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) == 0)
-      *created = true;
-    else if (errno != EEXIST)
-      return -errno;
-    buf[i] = c;
-  }
-  return 0;
-}
-
 static int files_reserve(fy_index *ix) {
   if (ix->nfiles < ix->cap)
     return 0;
@@ -781,7 +761,7 @@ int fy_index_open(const char *dir, uint32_t slot_count, uint32_t max_entries, fy
   if (!ix->dir)
     goto out_free;
   bool created = false;
-  err = mkdir_p(ix->dir, &created);
+  err = fy_mkdir_p(ix->dir, &created);
   if (err)
     goto out_free;
   ix->parent_dirty = created;

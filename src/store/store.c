@@ -40,6 +40,7 @@
 #include "common/strmap.h"
 #include "store/checkpoint.h"
 #include "store/consumequeue.h"
+#include "store/fileops.h"
 #include "store/index.h"
 
 #define MOD "store"
@@ -790,22 +791,6 @@ int fy_store_clean_now(fy_store *s, bool force) { return clean_pass(s, force); }
 
 /* ---- open and recovery ---- */
 
-static int mkdir_p(const char *path) {
-  char buf[600];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/')
-      continue;
-    *p = '\0';
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-      return -errno;
-    *p = '/';
-  }
-  if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-    return -errno;
-  return 0;
-}
-
 static bool all_digits(const char *s) {
   if (!*s)
     return false;
@@ -1032,7 +1017,7 @@ int fy_store_open(uv_loop_t *loop, const struct fy_store_config *cfg, fy_store *
   s->lock_fd = -1;
   s->disk_used_pct = -1;
   s->queues = fy_strmap_new();
-  int err = s->queues ? mkdir_p(cfg->root_dir) : -ENOMEM;
+  int err = s->queues ? fy_mkdir_p(cfg->root_dir, NULL) : -ENOMEM;
   if (!err)
     err = lock_store(s);
   if (err)

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #include "store/aio.h"
 #include "store/commitlog.h"
 #include "store/consumequeue.h"
+#include "store/fileops.h"
 #include "store/store.h"
 #include "testutil.h"
 
@@ -1334,6 +1336,37 @@ static void test_crash_at_nth_fdatasync(void **state) {
   }
 }
 
+/* fy_mkdir_p, which the log, the queues, the index and the store open with. */
+static void test_mkdir_p(void **state) {
+  struct fx *fx = *state;
+  char path[700], file[700];
+  snprintf(path, sizeof path, "%s/a/b/c/", fx->root);
+  bool created = false;
+  assert_int_equal(fy_mkdir_p(path, &created), 0);
+  assert_true(created);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_true(S_ISDIR(st.st_mode));
+  created = false;
+  assert_int_equal(fy_mkdir_p(path, &created), 0); /* all there: nothing made */
+  assert_false(created);
+  assert_int_equal(fy_mkdir_p(path, NULL), 0);
+  snprintf(file, sizeof file, "%s/a/f", fx->root);
+  int fd = open(file, O_CREAT | O_WRONLY, 0644);
+  assert_true(fd >= 0);
+  close(fd);
+  snprintf(path, sizeof path, "%s/a/f/g", fx->root); /* a component is a file */
+  assert_int_equal(fy_mkdir_p(path, &created), -ENOTDIR);
+  assert_false(created);
+  assert_int_equal(fy_mkdir_p("", NULL), -ENAMETOOLONG);
+  char *big = malloc(PATH_MAX + 2);
+  assert_non_null(big);
+  memset(big, 'x', PATH_MAX + 1);
+  big[PATH_MAX + 1] = '\0';
+  assert_int_equal(fy_mkdir_p(big, NULL), -ENAMETOOLONG);
+  free(big);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 static const struct CMUnitTest tests[] = {
@@ -1356,6 +1389,7 @@ static const struct CMUnitTest tests[] = {
     T(test_confirm_old_checkpoint_format),
     T(test_confirm_role_change),
     T(test_crash_at_nth_fdatasync),
+    T(test_mkdir_p),
 };
 
 static bool uring_available(void) {
