@@ -17,7 +17,8 @@
  *       The index is used if index/ exists. Files that disagree with each
  *       other, or with the config, stop verify before the store is opened:
  *       opening would resize a consume-queue file (losing entries) or
- *       extend a lone segment. Neither happens because of a wrong size.
+ *       extend short segments. Neither happens because of a wrong size: a
+ *       lone segment, or none of the segment size, is refused too.
  *
  *       Recovery. The store is opened as the broker's next start would open
  *       it, as an ASYNC_MASTER: a torn tail after a crash is cut off
