@@ -176,6 +176,10 @@ static int parse(int argc, char **argv, struct opts *o) {
     usage();
     return -1;
   }
+  if (o->dir && strlen(o->dir) >= sizeof o->cfg.root_dir) {
+    fprintf(stderr, "ferry-store: -d: path longer than %zu bytes\n", sizeof o->cfg.root_dir - 1);
+    return -1;
+  }
   bool ok;
   if (strcmp(o->cmd, "verify") == 0)
     ok = (o->dir || o->conf) && !o->write_only;
