@@ -4,12 +4,13 @@ A broker with small, non-default files (mappedFileSizeCommitLog 1 MiB, so
 the log spans several segments; mappedFileSizeConsumeQueue 4000 bytes, 200
 entries a file, so queues span several files) takes messages with random
 bodies for three topics (one created with 4 queues and a tag, one with 2
-queues and keys, one created automatically) from mqproduce and is stopped
-with SIGTERM. Then:
+queues and keys, one created automatically) from mqproduce, and for a
+fourth that is then deleted (its records stay in the log, its queues go),
+and is stopped with SIGTERM. Then:
 
   1. verify -c broker.conf and verify -d DIR (sizes read off the files) say
      OK, with one line per topic giving the queues and entries mqproduce
-     reported;
+     reported, and the deleted topic's records as unqueued;
   2. -c with another mappedFileSizeCommitLog or mappedFileSizeConsumeQueue
      fails before anything is opened, and no file changes;
   3. damage fails verify, which names it: a flipped byte in a record in the
@@ -31,7 +32,7 @@ import shutil
 import struct
 
 from harness import fresh_dir, main, run
-from test_broker_e2e import Cluster, create_topic, produce, slow
+from test_broker_e2e import Cluster, create_topic, mqadmin, produce, slow
 
 SEGMENT = 1 << 20
 CQ_FILE = 4000  # bytes: 200 entries of 20
@@ -41,6 +42,7 @@ STORE_KEYS = [f"mappedFileSizeCommitLog={SEGMENT}", f"mappedFileSizeConsumeQueue
 TOPICS = {"VerifyA": (4, 1500, ["--tag", "TagA"]),
           "VerifyB": (2, 900, ["--key", "k1 k2"]),
           "VerifyAuto": (0, 600, [])}
+GONE = ("VerifyGone", 200)  # created, sent to, deleted
 
 
 def tool(args):
@@ -52,12 +54,13 @@ def verify(args, *argv):
 
 
 def summary(stdout):
-    """{topic: (queues, entries, expired)} from verify's per-topic lines."""
+    """{topic: (queues, entries, expired, unqueued)} from verify's per-topic lines."""
     out = {}
     for line in stdout.splitlines():
-        m = re.match(r"^topic (\S+) queues=(\d+) entries=(\d+) expired=(\d+)", line)
+        m = re.match(r"^topic (\S+) queues=(\d+) entries=(\d+) expired=(\d+)"
+                     r"(?: unqueued=(\d+))?$", line)
         if m:
-            out[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
+            out[m.group(1)] = tuple(int(x or 0) for x in m.groups()[1:])
     return out
 
 
@@ -123,8 +126,13 @@ def make_store(args):
         for r in results:
             per_queue[int(r.qid)] = per_queue.get(int(r.qid), 0) + 1
             assert int(r.offset) < per_queue[int(r.qid)], r  # offsets count up from 0
-        expected[topic] = (len(per_queue), count, 0)
+        expected[topic] = (len(per_queue), count, 0, 0)
         total += count
+    create_topic(c, GONE[0], queues=2)
+    produce(c, GONE[0], [body(rnd) for _ in range(GONE[1])])
+    mqadmin(c, "deleteTopic", "-b", b.addr, "-t", GONE[0])
+    expected[GONE[0]] = (0, 0, 0, GONE[1])
+    total += GONE[1]
     assert b.proc.stop(30 * slow(args)) == 0, b.proc.describe()
     assert c.ns.proc.stop(30) == 0, c.ns.proc.describe()
     conf = os.path.join(c.dir, "broker.conf")
@@ -152,6 +160,7 @@ def test_verify_real_store(args):
         assert final(r.stdout) == ("OK", total), r.stdout
         assert summary(r.stdout) == expected, (summary(r.stdout), expected)
         assert "dropped_bytes=0 redispatched=0 unclean=0" in r.stdout, r.stdout
+        assert f"verify: note: {GONE[1]} records have no consume queue" in r.stderr, r.stderr
     r = verify(args, "-d", store, "--quiet")
     assert r.returncode == 0 and not summary(r.stdout) and final(r.stdout)[0] == "OK", r.stdout
 
@@ -220,14 +229,14 @@ def test_verify_real_store(args):
     os.unlink(os.path.join(d, "commitlog", "%020d" % 0))
     r = verify(args, "-d", d)
     assert r.returncode == 0, r.stdout + r.stderr
-    want = {}
+    want = {GONE[0]: (0, 0, 0, GONE[1])}  # sent last: far past the first segment
     for (t, _), es in entries.items():
-        q, live, gone = want.get(t, (0, 0, 0))
+        q, live, gone, _ = want.get(t, (0, 0, 0, 0))
         old = sum(1 for e in es if e[1] < SEGMENT)
-        want[t] = (q + 1, live + len(es) - old, gone + old)
+        want[t] = (q + 1, live + len(es) - old, gone + old, 0)
     assert summary(r.stdout) == want, (summary(r.stdout), want)
     assert sum(x[2] for x in want.values()) > 0
-    assert final(r.stdout) == ("OK", sum(x[1] for x in want.values())), r.stdout
+    assert final(r.stdout) == ("OK", sum(x[1] + x[3] for x in want.values())), r.stdout
 
     # 5. No store: refused, nothing created.
     missing = os.path.join(args.tmp, "verify-no-such-store")
