@@ -597,9 +597,9 @@ static void scan_queue_files(struct layout *l, const char *qdir, bool given) {
               qdir, e->d_name, size, l->cq_file_size);
     else
       fprintf(stderr,
-              "ferry-store: consume-queue files disagree: %s/%s is %" PRIu64 " bytes, %s is %" PRIu32
-              " bytes (or a name is not a multiple of the size): cannot tell "
-              "mappedFileSizeConsumeQueue; pass -c broker.conf; nothing was changed\n",
+              "ferry-store: consume-queue files disagree: %s/%s is %" PRIu64
+              " bytes, %s is %" PRIu32 " bytes (or a name is not a multiple of the size): "
+              "cannot tell mappedFileSizeConsumeQueue; pass -c broker.conf; nothing was changed\n",
               qdir, e->d_name, size, l->cq_ref, l->cq_file_size);
     l->rc = EXIT_FAILED;
   }
@@ -869,8 +869,9 @@ static void check_entry(struct verify *v, const struct vqueue *q, uint64_t qoff,
   } else if (tx_not_queued(m.sys_flag)) {
     what = "a prepared or rolled-back transaction message, which is never queued";
   } else if (tag_hash_of(&m) != e->tag_hash) {
-    snprintf(detail, sizeof detail, "a record whose tags hash to %" PRId64 ", not the entry's %" PRId64,
-             tag_hash_of(&m), e->tag_hash);
+    snprintf(detail, sizeof detail,
+             "a record whose tags hash to %" PRId64 ", not the entry's %" PRId64, tag_hash_of(&m),
+             e->tag_hash);
     what = detail;
   }
   if (what)
