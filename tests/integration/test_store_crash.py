@@ -57,8 +57,9 @@ def crash_loop(args, backend):
         # Unacknowledged in-flight messages may or may not have survived; the
         # next writer continues after them so sequence numbers stay unique.
         seq += 64
-        r = run([tool(args), "verify", "-d", store, "--acked", acked_path,
-                 "--segment-size", str(SEGMENT)], timeout_s=120, check=False)
+        # No --segment-size: verify reads the size off the segment files.
+        r = run([tool(args), "verify", "-d", store, "--acked", acked_path], timeout_s=120,
+                check=False)
         assert r.returncode == 0, f"verify failed after kill {kill}:\n{r.stdout}\n{r.stderr}"
         assert "verify: OK" in r.stdout, r.stdout
         assert "UNCLEAN" in r.stderr, "recovery did not notice the unclean shutdown:\n" + r.stderr
@@ -109,15 +110,13 @@ def torn_tail(args, name, damage):
     keep = os.path.join(d, "keep.txt")
     with open(keep, "w") as f:
         f.write("\n".join(acks[:-2]) + "\n")
-    r = run([tool(args), "verify", "-d", store, "--acked", keep, "--segment-size", str(SEGMENT)],
-            check=False)
+    r = run([tool(args), "verify", "-d", store, "--acked", keep], check=False)
     assert r.returncode == 0 and "verify: OK" in r.stdout, r.stdout + r.stderr
     # The store keeps working after the truncation: more writes, all verified.
     more = write_clean(args, store, 50, start_seq=1000)
     with open(keep, "a") as f:
         f.write("\n".join(more) + "\n")
-    r = run([tool(args), "verify", "-d", store, "--acked", keep, "--segment-size", str(SEGMENT)],
-            check=False)
+    r = run([tool(args), "verify", "-d", store, "--acked", keep], check=False)
     assert r.returncode == 0 and "verify: OK" in r.stdout, r.stdout + r.stderr
 
 
