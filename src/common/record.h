@@ -60,6 +60,13 @@
 #define FY_SYSFLAG_TRANS_MASK 0xCu
 #define FY_SYSFLAG_BORNHOST_V6 0x10u
 #define FY_SYSFLAG_STOREHOST_V6 0x20u
+
+/* Whether a record goes into its consume queue: all do but a transaction's
+ * prepared and rolled-back messages, which consumers must never see. */
+static inline bool fy_sysflag_queued(uint32_t sys_flag) {
+  uint32_t tx = sys_flag & FY_SYSFLAG_TRANS_MASK;
+  return tx != FY_SYSFLAG_TRANS_PREPARED && tx != FY_SYSFLAG_TRANS_ROLLBACK;
+}
 #define FY_SYSFLAG_INNER_BATCH 0x80u
 
 /* Property keys (RocketMQ's names, so the RocketMQ adapter passes them through). */

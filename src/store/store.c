@@ -353,11 +353,6 @@ struct dispatch_item {
   uint32_t hashes[MAX_KEYS_PER_MSG];
 };
 
-static bool tx_hidden(uint32_t sys_flag) {
-  uint32_t tx = sys_flag & FY_SYSFLAG_TRANS_MASK;
-  return tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK;
-}
-
 static int dispatch_one(fy_store *s, const struct dispatch_item *it) {
   if (it->to_cq) {
     struct queue *q = it->q ? it->q : queue_get(s, it->topic, it->topic_len, it->queue_id);
@@ -442,7 +437,7 @@ static void pend_verify(fy_store *s, const struct dispatch_item *it) {
   fy_assert(m.queue_offset == it->queue_offset && m.queue_id == it->queue_id &&
             m.topic_len == it->topic_len && memcmp(m.topic, it->topic, m.topic_len) == 0 &&
             m.store_ts_ms == it->store_ts_ms && tag_hash_of(&d) == it->tag_hash &&
-            !tx_hidden(m.sys_flag));
+            fy_sysflag_queued(m.sys_flag));
   uint32_t hashes[MAX_KEYS_PER_MSG];
   size_t nh = s->index ? index_hashes(&m, &d, hashes) : 0;
   fy_assert(nh == it->nhashes && memcmp(hashes, it->hashes, nh * sizeof *hashes) == 0);
@@ -497,7 +492,7 @@ static int item_from_log(fy_store *s, struct dispatch_item *it, uint64_t from, u
   it->topic = m.topic;
   it->topic_len = m.topic_len;
   it->queue_id = m.queue_id;
-  it->to_cq = !tx_hidden(m.sys_flag);
+  it->to_cq = fy_sysflag_queued(m.sys_flag);
   it->phys = from;
   it->queue_offset = m.queue_offset;
   it->size = m.total_size;
@@ -864,7 +859,7 @@ static int reserve_hidden(fy_store *s, uint64_t end, uint64_t *count) {
       off = fy_commitlog_next_segment(s->cl, off);
       continue;
     }
-    bool queued = !tx_hidden(m.sys_flag);
+    bool queued = fy_sysflag_queued(m.sys_flag);
     struct queue *q = queued ? queue_get(s, m.topic, m.topic_len, m.queue_id) : NULL;
     if (q && q->next_offset < m.queue_offset + 1)
       q->next_offset = m.queue_offset + 1;
@@ -1203,10 +1198,9 @@ int fy_store_put_timed(fy_store *s, struct fy_msg *msgs, size_t n, uint32_t flus
   size_t i;
   int err = 0;
   for (i = 0; i < n; i++) {
-    uint32_t tx = msgs[i].sys_flag & FY_SYSFLAG_TRANS_MASK;
     qs[i] = NULL;
     made[i] = false;
-    if (tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK) {
+    if (!fy_sysflag_queued(msgs[i].sys_flag)) {
       msgs[i].queue_offset = 0;
       continue;
     }

@@ -814,10 +814,6 @@ static struct vqueue *vqueue_get(struct verify *v, const char *topic, size_t top
   return q;
 }
 
-static bool tx_not_queued(uint32_t sys_flag) {
-  uint32_t tx = sys_flag & FY_SYSFLAG_TRANS_MASK;
-  return tx == FY_SYSFLAG_TRANS_PREPARED || tx == FY_SYSFLAG_TRANS_ROLLBACK;
-}
 
 /* The tag hash dispatch stores: of the first TAGS property, 0 if none or empty. */
 static int64_t tag_hash_of(const struct fy_msg *m) {
@@ -866,7 +862,7 @@ static void check_entry(struct verify *v, const struct vqueue *q, uint64_t qoff,
     snprintf(detail, sizeof detail, "a record of %" PRId64 " bytes, not the entry's %" PRIu32,
              r, e->size);
     what = detail;
-  } else if (tx_not_queued(m.sys_flag)) {
+  } else if (!fy_sysflag_queued(m.sys_flag)) {
     what = "a prepared or rolled-back transaction message, which is never queued";
   } else if (tag_hash_of(&m) != e->tag_hash) {
     snprintf(detail, sizeof detail,
@@ -989,7 +985,7 @@ static void check_log(struct verify *v) {
         !body_ok(&m, &seq))
       problem(v, "commit log offset %" PRIu64 ": topic " TOPIC " queue %" PRIu32 " offset %" PRIu64
               ": body is not the one `write` gives it", off, m.queue_id, m.queue_offset);
-    if (tx_not_queued(m.sys_flag))
+    if (!fy_sysflag_queued(m.sys_flag))
       v->not_queued_tx++;
     else
       account_record(v, &m, off);
