@@ -2,8 +2,17 @@
  * Subscription group configurations (RocketMQ's SubscriptionGroupManager):
  * consumer group → whether it may consume, retry policy, which broker it
  * should read from. A group is auto-created with the defaults on first use
- * unless autoCreateSubscriptionGroup is off (system groups, "CID_RMQ_SYS_*",
- * are always auto-created, as in RocketMQ).
+ * (a heartbeat, a pull, a send-back) unless autoCreateSubscriptionGroup is
+ * off (system groups, "CID_RMQ_SYS_*", are always auto-created, as in
+ * RocketMQ); with it off, an operator creates groups on the master with
+ * mqadmin updateSubGroup (native OP_UPDATE_SUB_GROUP, or RocketMQ's
+ * UPDATE_AND_CREATE_SUBSCRIPTIONGROUP) and removes them with deleteSubGroup.
+ *
+ * What the broker acts on: consumeEnable (pulls refused when false),
+ * retryQueueNums and retryMaxTimes (CONSUMER_SEND_MSG_BACK), brokerId and
+ * whichBrokerWhenConsumeSlowly (pull suggestions), and
+ * notifyConsumerIdsChangedEnable. consumeFromMinEnable and
+ * consumeBroadcastEnable are kept and shown only.
  *
  * Persisted as <root>/config/subscriptionGroup.json in RocketMQ's shape:
  *   {"dataVersion":{"counter":N,"timestamp":T},

@@ -450,9 +450,18 @@ static void on_send_back(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd
   }
   struct fy_group_config g;
   bool created;
-  if (fy_groups_find_or_create(b->groups, group, &g, &created) != 0) {
+  int gerr = fy_groups_find_or_create(b->groups, group, &g, &created);
+  if (gerr == -FY_ENOT_FOUND) {
     reply(conn, c, FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST, NULL, 0,
-          "subscription group '%s' does not exist", group);
+          "subscription group not exist, %s (autoCreateSubscriptionGroup=false on broker %s: "
+          "create it with mqadmin updateSubGroup)",
+          group, b->cfg->broker_name);
+    return;
+  }
+  if (gerr) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0,
+          "subscription group %s cannot be created on broker %s: %s", group, b->cfg->broker_name,
+          gerr == -ENOSPC ? "too many subscription groups" : fy_strerror(gerr));
     return;
   }
   if (g.retry_queues == 0) { /* RocketMQ: the group does not retry; the message is dropped */
