@@ -70,16 +70,16 @@ void fy_group_config_default(struct fy_group_config *cfg, const char *name) {
 
 int fy_group_config_check(const struct fy_group_config *cfg, const char **why) {
   const char *msg = NULL;
-  if (fy_group_name_check(cfg->name, &msg) < 0)
-    ;
-  else if (cfg->retry_queues > FY_GROUP_RETRY_QUEUES_MAX)
-    msg = "retryQueueNums must be from 0 to " STR(FY_GROUP_RETRY_QUEUES_MAX);
-  else if (cfg->retry_max_times > FY_GROUP_RETRY_TIMES_MAX)
-    msg = "retryMaxTimes must be from 0 to " STR(FY_GROUP_RETRY_TIMES_MAX);
-  else if (cfg->broker_id > FY_GROUP_BROKER_ID_MAX)
-    msg = "brokerId must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
-  else if (cfg->which_broker_when_consume_slowly > FY_GROUP_BROKER_ID_MAX)
-    msg = "whichBrokerWhenConsumeSlowly must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
+  if (fy_group_name_check(cfg->name, &msg) == 0) {
+    if (cfg->retry_queues > FY_GROUP_RETRY_QUEUES_MAX)
+      msg = "retryQueueNums must be from 0 to " STR(FY_GROUP_RETRY_QUEUES_MAX);
+    else if (cfg->retry_max_times > FY_GROUP_RETRY_TIMES_MAX)
+      msg = "retryMaxTimes must be from 0 to " STR(FY_GROUP_RETRY_TIMES_MAX);
+    else if (cfg->broker_id > FY_GROUP_BROKER_ID_MAX)
+      msg = "brokerId must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
+    else if (cfg->which_broker_when_consume_slowly > FY_GROUP_BROKER_ID_MAX)
+      msg = "whichBrokerWhenConsumeSlowly must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
+  }
   if (why)
     *why = msg;
   return msg ? -EINVAL : 0;

@@ -358,7 +358,7 @@ struct write_msg {
   Ferry__V1__DeleteSubGroupRequest dg;
 };
 
-static void topic_write_msg(struct admin_op *op, struct write_msg *m, const ProtobufCMessage **msg,
+static void write_msg_build(struct admin_op *op, struct write_msg *m, const ProtobufCMessage **msg,
                             uint16_t *code) {
   Ferry__V1__UpdateTopicRequest *u = &m->u;
   Ferry__V1__TopicConfig *tc = &m->tc;
@@ -407,10 +407,9 @@ static void topic_write_msg(struct admin_op *op, struct write_msg *m, const Prot
 static void on_fan_status(struct fy__op *base, int err, const fy_frame *resp, void *ctx) {
   struct admin_op *op = (struct admin_op *)base;
   /* Deleting a group from a cluster: a master without it is no failure. */
-  if (op->kind == K_DELETE_SUB_GROUP && !err &&
-      resp->status == FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST)
-    ;
-  else if (!reply_err(op, err, resp, ctx ? (const char *)ctx : "broker"))
+  bool absent = op->kind == K_DELETE_SUB_GROUP && !err &&
+                resp->status == FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST;
+  if (!absent && !reply_err(op, err, resp, ctx ? (const char *)ctx : "broker"))
     op->answered++;
   free(ctx);
   fan_done(op);
@@ -542,7 +541,7 @@ static void on_cluster_for_write(struct fy__op *base, int err, const fy_frame *r
   struct write_msg m;
   const ProtobufCMessage *msg;
   uint16_t code;
-  topic_write_msg(op, &m, &msg, &code);
+  write_msg_build(op, &m, &msg, &code);
   op->outstanding = 1;
   size_t masters = 0;
   for (size_t i = 0; i < ci->n_brokers; i++) {
@@ -866,7 +865,7 @@ static void admin_start(struct fy__op *base) {
       struct write_msg m;
       const ProtobufCMessage *msg;
       uint16_t code;
-      topic_write_msg(op, &m, &msg, &code);
+      write_msg_build(op, &m, &msg, &code);
       err = fy__op_call(base, op->addr, code, msg, NULL, 0, 0, on_single, NULL);
     } else {
       Ferry__V1__GetClusterInfoRequest req = FERRY__V1__GET_CLUSTER_INFO_REQUEST__INIT;
