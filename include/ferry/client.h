@@ -482,6 +482,26 @@ typedef struct fy_topic_config_list {
   const fy_topic_config *items;
 } fy_topic_config_list;
 
+/* A subscription group's configuration on a broker (RocketMQ's
+ * SubscriptionGroupConfig). Start from fy_sub_group_config_init: an update
+ * replaces every field, as RocketMQ's does. */
+typedef struct fy_sub_group_config {
+  const char *group;
+  bool consume_enable;                        /* true; false: the broker refuses its pulls */
+  bool consume_from_min_enable;               /* true (kept, not acted on) */
+  bool consume_broadcast_enable;              /* true (kept, not acted on) */
+  uint32_t retry_queue_nums;                  /* 1; 0: failed messages are dropped; <= 1024 */
+  uint32_t retry_max_times;                   /* 16: then to %DLQ%<group> */
+  uint64_t broker_id;                         /* 0: pulls are suggested to this broker id */
+  uint64_t which_broker_when_consume_slowly;  /* 1: ... when the consumer is far behind */
+  bool notify_consumer_ids_changed_enable;    /* true: members told of group changes */
+} fy_sub_group_config;
+
+typedef struct fy_sub_group_config_list {
+  size_t n;
+  const fy_sub_group_config *items; /* sorted by group */
+} fy_sub_group_config_list;
+
 typedef struct fy_queue_status {
   const char *broker_name;
   uint32_t queue_id;
@@ -541,6 +561,24 @@ int fy_admin_ha_status(fy_client *cl, const char *broker_addr, uint32_t timeout_
 /* A broker's topic configurations. */
 int fy_admin_topic_configs(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
                            fy_topic_config_list **out);
+/* RocketMQ's defaults (those of an auto-created group) for group, which is
+ * not copied: it must stay valid while cfg is used. */
+void fy_sub_group_config_init(fy_sub_group_config *cfg, const char *group);
+/* Creates or replaces a subscription group on one broker (broker_addr) or
+ * on every master of a cluster (cluster; broker_addr NULL). A slave refuses
+ * (-FY_EUNAVAILABLE): it copies its master's groups. A field out of range
+ * is -FY_EBAD_REQUEST, fy_client_last_error() naming it. */
+int fy_admin_update_sub_group(fy_client *cl, const char *broker_addr, const char *cluster,
+                              const fy_sub_group_config *cfg, uint32_t timeout_ms);
+/* Deletes a subscription group from one broker, or from every master of a
+ * cluster; remove_offset also forgets the group's consumer offsets there.
+ * -FY_ENO_GROUP when no broker had the group. Its %RETRY% and %DLQ% topics
+ * stay (fy_admin_delete_topic removes them). */
+int fy_admin_delete_sub_group(fy_client *cl, const char *broker_addr, const char *cluster,
+                              const char *group, bool remove_offset, uint32_t timeout_ms);
+/* A broker's subscription groups (a slave's: the copy it holds). */
+int fy_admin_sub_group_configs(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
+                               fy_sub_group_config_list **out);
 /* The group's offsets and lag per queue, from every brokerName serving
  * topic (or every brokerName of every cluster when topic is NULL). */
 int fy_admin_consumer_progress(fy_client *cl, const char *group, const char *topic,

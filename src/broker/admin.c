@@ -1,8 +1,8 @@
 /*
  * Everything but SEND and PULL: consumer heartbeats and group membership,
- * consumer offsets, queue offsets and time search, topics, queries by id and
- * key, consumer progress, offset reset, and broker status. Each handler
- * decodes its header, checks it, and answers at once.
+ * consumer offsets, queue offsets and time search, topics, subscription
+ * groups, queries by id and key, consumer progress, offset reset, and broker
+ * status. Each handler decodes its header, checks it, and answers at once.
  */
 #include "broker/broker_int.h"
 
@@ -326,6 +326,167 @@ static void on_topic_configs(struct fy_broker *b, fy_conn *conn, const fy_frame 
   free(list);
 }
 
+/* ---------------------------------------------------------------- subscription groups */
+
+static uint16_t refuse_on_slave(struct fy_broker *b, char *why, size_t whylen) {
+  if (b->cfg->role != FY_ROLE_SLAVE)
+    return 0;
+  snprintf(why, whylen,
+           "broker %s is a slave: change subscription groups on its master (the slave copies "
+           "them from there)",
+           b->cfg->broker_name);
+  return FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE;
+}
+
+/* The group's retry topic, when it exists, follows retryQueueNums (RocketMQ's
+ * updateSubGroup tool does this through a topic update): writes go to the
+ * new number of queues at once; read queues never shrink, so messages
+ * already waiting in a queue past the new count are still consumed. */
+static void resize_retry_topic(struct fy_broker *b, const struct fy_group_config *g) {
+  char name[FY_TOPIC_NAME_MAX + 1];
+  struct fy_topic_config tc;
+  if (g->retry_queues == 0 ||
+      (size_t)snprintf(name, sizeof name, "%%RETRY%%%s", g->name) >= sizeof name ||
+      fy_topics_get(b->topics, name, &tc) != 0)
+    return;
+  if (tc.write_queues == g->retry_queues && tc.read_queues >= g->retry_queues)
+    return;
+  tc.write_queues = g->retry_queues;
+  if (tc.read_queues < g->retry_queues)
+    tc.read_queues = g->retry_queues;
+  const char *why = NULL;
+  int err = fy_topics_put(b->topics, &tc, FY_TOPIC_ALLOW_SYSTEM, &why);
+  if (err) {
+    fy_warn(MOD, "retry topic %s not resized to %u queues: %s", name, g->retry_queues,
+            why ? why : fy_strerror(err));
+    return;
+  }
+  fy_info(MOD, "retry topic %s: %u read / %u write queues (retryQueueNums of %s)", name,
+          tc.read_queues, tc.write_queues, g->name);
+  fy__broker_register_all(b);
+}
+
+uint16_t fy__sub_group_update(struct fy_broker *b, const struct fy_group_config *cfg, char *why,
+                              size_t whylen) {
+  uint16_t st = refuse_on_slave(b, why, whylen);
+  if (st)
+    return st;
+  const char *reason = NULL;
+  int err = fy_groups_put(b->groups, cfg, &reason);
+  if (err) {
+    snprintf(why, whylen, "subscription group '%.*s' not updated: %s", (int)FY_GROUP_NAME_MAX,
+             cfg->name, reason ? reason : fy_strerror(err));
+    return err == -EINVAL ? FERRY__V1__STATUS__BAD_REQUEST : FERRY__V1__STATUS__SYSTEM_ERROR;
+  }
+  fy_info(MOD,
+          "subscription group %s: consumeEnable=%d consumeFromMinEnable=%d "
+          "consumeBroadcastEnable=%d retryQueueNums=%u retryMaxTimes=%u brokerId=%" PRIu64
+          " whichBrokerWhenConsumeSlowly=%" PRIu64 " notifyConsumerIdsChangedEnable=%d",
+          cfg->name, cfg->consume_enable, cfg->consume_from_min_enable,
+          cfg->consume_broadcast_enable, cfg->retry_queues, cfg->retry_max_times, cfg->broker_id,
+          cfg->which_broker_when_consume_slowly, cfg->notify_consumer_ids_changed_enable);
+  resize_retry_topic(b, cfg);
+  return 0;
+}
+
+uint16_t fy__sub_group_delete(struct fy_broker *b, const char *group, bool remove_offset,
+                              char *why, size_t whylen) {
+  uint16_t st = refuse_on_slave(b, why, whylen);
+  if (st)
+    return st;
+  const char *reason = NULL;
+  if (fy_group_name_check(group, &reason) < 0) {
+    snprintf(why, whylen, "subscription group '%.*s': %s", (int)FY_GROUP_NAME_MAX,
+             group ? group : "", reason);
+    return FERRY__V1__STATUS__BAD_REQUEST;
+  }
+  bool existed = fy_groups_delete(b->groups, group) == 0;
+  int removed = remove_offset ? fy_offsets_delete_group(b->offsets, group) : 0;
+  if (removed < 0)
+    removed = 0; /* -FY_ENOT_FOUND: it had none */
+  if (!existed) {
+    snprintf(why, whylen, "subscription group '%s' does not exist on broker %s%s", group,
+             b->cfg->broker_name, removed ? " (its consumer offsets were removed)" : "");
+    return FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST;
+  }
+  fy_info(MOD, "deleted subscription group %s (%d queue offsets removed)", group, removed);
+  return 0;
+}
+
+static void on_update_sub_group(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  UNPACK(Ferry__V1__UpdateSubGroupRequest, ferry__v1__update_sub_group_request__descriptor, req);
+  const Ferry__V1__SubGroupConfig *in = req->config;
+  char why[512];
+  if (!in || !in->group || !*in->group || strlen(in->group) > FY_GROUP_NAME_MAX) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
+                        "updateSubGroup needs a group name of 1 to %u characters",
+                        FY_GROUP_NAME_MAX);
+  } else {
+    struct fy_group_config gc;
+    fy_group_config_default(&gc, in->group);
+    gc.consume_enable = in->consume_enable;
+    gc.consume_from_min_enable = in->consume_from_min_enable;
+    gc.consume_broadcast_enable = in->consume_broadcast_enable;
+    gc.retry_queues = in->retry_queues;
+    gc.retry_max_times = in->retry_max_times;
+    gc.broker_id = in->broker_id;
+    gc.which_broker_when_consume_slowly = in->which_broker_when_consume_slowly;
+    gc.notify_consumer_ids_changed_enable = in->notify_consumer_ids_changed_enable;
+    uint16_t st = fy__sub_group_update(b, &gc, why, sizeof why);
+    if (st)
+      fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
+    else
+      reply_ok(conn, f, NULL);
+  }
+  fy_pb_free(&req->base);
+}
+
+static void on_delete_sub_group(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  UNPACK(Ferry__V1__DeleteSubGroupRequest, ferry__v1__delete_sub_group_request__descriptor, req);
+  char why[512];
+  uint16_t st = fy__sub_group_delete(b, req->group, req->remove_offset, why, sizeof why);
+  if (st)
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
+  else
+    reply_ok(conn, f, NULL);
+  fy_pb_free(&req->base);
+}
+
+static void on_sub_groups(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
+  struct fy_group_config *list;
+  size_t n;
+  if (fy_groups_list(b->groups, &list, &n) != 0) {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory");
+    return;
+  }
+  Ferry__V1__SubGroupConfig *gcs = calloc(n + 1, sizeof *gcs);
+  Ferry__V1__SubGroupConfig **gcp = calloc(n + 1, sizeof *gcp);
+  if (gcs && gcp) {
+    for (size_t i = 0; i < n; i++) {
+      ferry__v1__sub_group_config__init(&gcs[i]);
+      gcs[i].group = list[i].name;
+      gcs[i].consume_enable = list[i].consume_enable;
+      gcs[i].consume_from_min_enable = list[i].consume_from_min_enable;
+      gcs[i].consume_broadcast_enable = list[i].consume_broadcast_enable;
+      gcs[i].retry_queues = list[i].retry_queues;
+      gcs[i].retry_max_times = list[i].retry_max_times;
+      gcs[i].broker_id = list[i].broker_id;
+      gcs[i].which_broker_when_consume_slowly = list[i].which_broker_when_consume_slowly;
+      gcs[i].notify_consumer_ids_changed_enable = list[i].notify_consumer_ids_changed_enable;
+      gcp[i] = &gcs[i];
+    }
+    Ferry__V1__SubGroupConfigs resp = FERRY__V1__SUB_GROUP_CONFIGS__INIT;
+    resp.groups = gcp;
+    resp.n_groups = n;
+    reply_ok(conn, f, &resp.base);
+  } else {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory");
+  }
+  free(gcs);
+  free(gcp);
+  free(list);
+}
+
 /* ---------------------------------------------------------------- queries */
 
 struct pinned_slices {
@@ -638,6 +799,9 @@ void fy__handle_admin(struct fy_broker *b, struct bconn *bc, const fy_frame *f) 
   case FERRY__V1__OP__OP_UPDATE_TOPIC: on_update_topic(b, conn, f); break;
   case FERRY__V1__OP__OP_DELETE_TOPIC: on_delete_topic(b, conn, f); break;
   case FERRY__V1__OP__OP_GET_TOPIC_CONFIGS: on_topic_configs(b, conn, f); break;
+  case FERRY__V1__OP__OP_UPDATE_SUB_GROUP: on_update_sub_group(b, conn, f); break;
+  case FERRY__V1__OP__OP_DELETE_SUB_GROUP: on_delete_sub_group(b, conn, f); break;
+  case FERRY__V1__OP__OP_GET_SUB_GROUPS: on_sub_groups(b, conn, f); break;
   case FERRY__V1__OP__OP_BROKER_STATUS: on_broker_status(b, conn, f); break;
   case FERRY__V1__OP__OP_QUERY_BY_ID: on_query_by_id(b, conn, f); break;
   case FERRY__V1__OP__OP_QUERY_BY_KEY: on_query_by_key(b, conn, f); break;

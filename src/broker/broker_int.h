@@ -245,6 +245,19 @@ void fy__send_scratch_done(struct fy_broker *b);
 /* Frees the answered sends kept for reuse (at broker free). */
 void fy__send_cache_free(struct fy_broker *b);
 
+/* admin.c: subscription-group changes, from either protocol. Both refuse on
+ * a slave (SERVICE_NOT_AVAILABLE: a slave copies the master's table). */
+/* Creates or replaces the group cfg->name with every field of cfg. A
+ * retry topic the group already has follows a new retryQueueNums (write
+ * queues set to it, read queues never fewer). 0, or a native status with why. */
+uint16_t fy__sub_group_update(struct fy_broker *b, const struct fy_group_config *cfg, char *why,
+                              size_t whylen);
+/* Deletes group; with remove_offset its consumer offsets here go too (even
+ * when the group has no configuration). 0, or a native status with why
+ * (CONSUMER_GROUP_NOT_EXIST when there was no configuration). */
+uint16_t fy__sub_group_delete(struct fy_broker *b, const char *group, bool remove_offset,
+                              char *why, size_t whylen);
+
 /* pull.c */
 int fy__pull_init(struct fy_broker *b);
 void fy__pull_close(struct fy_broker *b, uv_close_cb close_cb);

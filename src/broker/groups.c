@@ -65,6 +65,26 @@ void fy_group_config_default(struct fy_group_config *cfg, const char *name) {
   cfg->notify_consumer_ids_changed_enable = true;
 }
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+int fy_group_config_check(const struct fy_group_config *cfg, const char **why) {
+  const char *msg = NULL;
+  if (fy_group_name_check(cfg->name, &msg) == 0) {
+    if (cfg->retry_queues > FY_GROUP_RETRY_QUEUES_MAX)
+      msg = "retryQueueNums must be from 0 to " STR(FY_GROUP_RETRY_QUEUES_MAX);
+    else if (cfg->retry_max_times > FY_GROUP_RETRY_TIMES_MAX)
+      msg = "retryMaxTimes must be from 0 to " STR(FY_GROUP_RETRY_TIMES_MAX);
+    else if (cfg->broker_id > FY_GROUP_BROKER_ID_MAX)
+      msg = "brokerId must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
+    else if (cfg->which_broker_when_consume_slowly > FY_GROUP_BROKER_ID_MAX)
+      msg = "whichBrokerWhenConsumeSlowly must be from 0 to " STR(FY_GROUP_BROKER_ID_MAX);
+  }
+  if (why)
+    *why = msg;
+  return msg ? -EINVAL : 0;
+}
+
 static bool config_equal(const struct fy_group_config *a, const struct fy_group_config *b) {
   return strcmp(a->name, b->name) == 0 && a->consume_enable == b->consume_enable &&
          a->consume_from_min_enable == b->consume_from_min_enable &&
@@ -95,8 +115,10 @@ static json_t *group_to_json(const void *entry) {
                    "notifyConsumerIdsChangedEnable", c->notify_consumer_ids_changed_enable);
 }
 
-static int group_fields_from_json(json_t *v, struct fy_group_config *c, char *err,
-                                  size_t errlen) {
+/* The fields but the name; retry queues up to rq_max, broker ids up to id_max
+ * (a file or a master's table is taken with wider bounds than an update). */
+static int group_fields_from_json(json_t *v, struct fy_group_config *c, uint64_t rq_max,
+                                  uint64_t id_max, char *err, size_t errlen) {
   uint64_t rq, rmax, bid, slow;
   int r = fy__json_bool(v, "consumeEnable", true, &c->consume_enable, err, errlen);
   if (r == 0)
@@ -108,15 +130,14 @@ static int group_fields_from_json(json_t *v, struct fy_group_config *c, char *er
     r = fy__json_bool(v, "notifyConsumerIdsChangedEnable", true,
                       &c->notify_consumer_ids_changed_enable, err, errlen);
   if (r == 0)
-    r = fy__json_uint(v, "retryQueueNums", false, 1, 0, FY_GROUP_RETRY_QUEUES_LIMIT, &rq, err,
+    r = fy__json_uint(v, "retryQueueNums", false, 1, 0, rq_max, &rq, err, errlen);
+  if (r == 0)
+    r = fy__json_uint(v, "retryMaxTimes", false, 16, 0, FY_GROUP_RETRY_TIMES_MAX, &rmax, err,
                       errlen);
   if (r == 0)
-    r = fy__json_uint(v, "retryMaxTimes", false, 16, 0, INT32_MAX, &rmax, err, errlen);
+    r = fy__json_uint(v, "brokerId", false, 0, 0, id_max, &bid, err, errlen);
   if (r == 0)
-    r = fy__json_uint(v, "brokerId", false, 0, 0, INT64_MAX, &bid, err, errlen);
-  if (r == 0)
-    r = fy__json_uint(v, "whichBrokerWhenConsumeSlowly", false, 1, 0, INT64_MAX, &slow, err,
-                      errlen);
+    r = fy__json_uint(v, "whichBrokerWhenConsumeSlowly", false, 1, 0, id_max, &slow, err, errlen);
   if (r < 0)
     return r;
   c->retry_queues = (uint32_t)rq;
@@ -145,9 +166,45 @@ static int group_from_json(const char *key, json_t *v, void *entry, char *err, s
     return -FY_ECORRUPT;
   }
   char field[160];
-  int r = group_fields_from_json(v, c, field, sizeof field);
+  int r = group_fields_from_json(v, c, FY_GROUP_RETRY_QUEUES_LIMIT, INT64_MAX, field,
+                                 sizeof field);
   if (r < 0)
     snprintf(err, errlen, "group \"%s\": %s", key, field);
+  return r;
+}
+
+int fy_group_config_from_json(const char *json, size_t len, struct fy_group_config *out,
+                              char *err, size_t errlen) {
+  json_t *root;
+  char why[200];
+  int r = fy__json_parse(json, len, &root, why, sizeof why);
+  if (r < 0) {
+    snprintf(err, errlen, "not a SubscriptionGroupConfig: %s", why);
+    return -EINVAL;
+  }
+  json_t *name = json_object_get(root, "groupName");
+  const char *bad = NULL;
+  if (!json_is_object(root)) {
+    snprintf(err, errlen, "not a SubscriptionGroupConfig: not a JSON object");
+    r = -EINVAL;
+  } else if (!json_is_string(name)) {
+    snprintf(err, errlen, "groupName is %s", name ? "not a string" : "missing");
+    r = -EINVAL;
+  } else if (fy_group_name_check(json_string_value(name), &bad) < 0) {
+    snprintf(err, errlen, "groupName: %s", bad);
+    r = -EINVAL;
+  } else {
+    fy_group_config_default(out, json_string_value(name));
+    if (group_fields_from_json(root, out, FY_GROUP_RETRY_QUEUES_MAX, FY_GROUP_BROKER_ID_MAX, why,
+                               sizeof why) < 0) {
+      snprintf(err, errlen, "%s", why);
+      r = -EINVAL;
+    } else if (fy_group_config_check(out, &bad) < 0) {
+      snprintf(err, errlen, "%s", bad);
+      r = -EINVAL;
+    }
+  }
+  json_decref(root);
   return r;
 }
 
@@ -241,14 +298,9 @@ int fy_groups_put(fy_groups *g, const struct fy_group_config *cfg, const char **
   const char *dummy;
   if (!why)
     why = &dummy;
-  int r = fy_group_name_check(cfg->name, why);
+  int r = fy_group_config_check(cfg, why);
   if (r < 0)
     return r;
-  if (cfg->retry_queues > FY_GROUP_RETRY_QUEUES_LIMIT || cfg->retry_max_times > INT32_MAX ||
-      cfg->broker_id > INT64_MAX || cfg->which_broker_when_consume_slowly > INT64_MAX) {
-    *why = "retryQueueNums, retryMaxTimes or a broker id is out of range";
-    return -EINVAL;
-  }
   struct fy_group_config *cur = lookup(g, cfg->name);
   if (cur) {
     if (!config_equal(cur, cfg)) {

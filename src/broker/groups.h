@@ -2,8 +2,17 @@
  * Subscription group configurations (RocketMQ's SubscriptionGroupManager):
  * consumer group → whether it may consume, retry policy, which broker it
  * should read from. A group is auto-created with the defaults on first use
- * unless autoCreateSubscriptionGroup is off (system groups, "CID_RMQ_SYS_*",
- * are always auto-created, as in RocketMQ).
+ * (a heartbeat, a pull, a send-back) unless autoCreateSubscriptionGroup is
+ * off (system groups, "CID_RMQ_SYS_*", are always auto-created, as in
+ * RocketMQ); with it off, an operator creates groups on the master with
+ * mqadmin updateSubGroup (native OP_UPDATE_SUB_GROUP, or RocketMQ's
+ * UPDATE_AND_CREATE_SUBSCRIPTIONGROUP) and removes them with deleteSubGroup.
+ *
+ * What the broker acts on: consumeEnable (pulls refused when false),
+ * retryQueueNums and retryMaxTimes (CONSUMER_SEND_MSG_BACK), brokerId and
+ * whichBrokerWhenConsumeSlowly (pull suggestions), and
+ * notifyConsumerIdsChangedEnable. consumeFromMinEnable and
+ * consumeBroadcastEnable are kept and shown only.
  *
  * Persisted as <root>/config/subscriptionGroup.json in RocketMQ's shape:
  *   {"dataVersion":{"counter":N,"timestamp":T},
@@ -27,7 +36,13 @@
 #include "store/metafile.h"
 
 #define FY_GROUP_NAME_MAX 255u /* RocketMQ Validators.CHARACTER_MAX_LENGTH */
-#define FY_GROUP_RETRY_QUEUES_LIMIT 65535u
+#define FY_GROUP_RETRY_QUEUES_LIMIT 65535u /* accepted from a file or a master */
+/* Bounds on an update (fy_group_config_check): retry queues as a topic's
+ * queues (the retry topic gets that many), broker ids as brokerId in
+ * broker.conf. */
+#define FY_GROUP_RETRY_QUEUES_MAX 1024
+#define FY_GROUP_RETRY_TIMES_MAX 2147483647 /* a Java int */
+#define FY_GROUP_BROKER_ID_MAX 1024
 #define FY_GROUP_SYSTEM_PREFIX "CID_RMQ_SYS_"
 
 struct fy_group_config {
@@ -61,6 +76,22 @@ void fy_group_config_default(struct fy_group_config *cfg, const char *name);
 int fy_group_name_check(const char *name, const char **why);
 bool fy_group_is_system(const char *name);
 
+/* 0 if cfg may be stored by an update: a valid name, retry_queues at most
+ * FY_GROUP_RETRY_QUEUES_MAX, retry_max_times at most FY_GROUP_RETRY_TIMES_MAX,
+ * broker_id and which_broker_when_consume_slowly at most
+ * FY_GROUP_BROKER_ID_MAX. Else -EINVAL with *why (may be NULL), a sentence
+ * naming the field and its bounds. */
+int fy_group_config_check(const struct fy_group_config *cfg, const char **why);
+
+/* A group from one RocketMQ SubscriptionGroupConfig JSON object in
+ * json[0, len) (UPDATE_AND_CREATE_SUBSCRIPTIONGROUP's body): groupName is
+ * required, every other field takes fy_group_config_default's value when
+ * absent, unknown fields (5.x's groupRetryPolicy, attributes, ...) are
+ * ignored, and the result must pass fy_group_config_check. 0, or -EINVAL
+ * with err naming the field. */
+int fy_group_config_from_json(const char *json, size_t len, struct fy_group_config *out,
+                              char *err, size_t errlen);
+
 /* Start-up (blocking); errors as fy_topics_open (corrupt file → -FY_ECORRUPT
  * with err naming the file). */
 int fy_groups_open(uv_loop_t *loop, fy_aio *aio, const struct fy_groups_options *opt,
@@ -70,9 +101,9 @@ void fy_groups_close(fy_groups *g);
 
 /* ---- changes (each bumps the data version and schedules a save) ---- */
 
-/* Creates or replaces cfg->name (admin update). -EINVAL bad name or
- * retry_queues above FY_GROUP_RETRY_QUEUES_LIMIT, -ENOSPC table full. An
- * unchanged configuration changes nothing. */
+/* Creates or replaces cfg->name, every field (admin update). -EINVAL when
+ * fy_group_config_check refuses it, -ENOSPC table full; *why (may be NULL)
+ * says why. An unchanged configuration changes nothing. */
 int fy_groups_put(fy_groups *g, const struct fy_group_config *cfg, const char **why);
 
 /* The configuration of name in *out (may be NULL). When missing it is

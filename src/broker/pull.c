@@ -318,6 +318,31 @@ uint16_t fy__pull_check(struct fy_broker *b, const char *topic, const char *grou
     snprintf(why, whylen, "consumer group '%s': %s", group, reason ? reason : "invalid");
     return FERRY__V1__STATUS__BAD_REQUEST;
   }
+  /* The subscription group (RocketMQ's PullMessageProcessor): a master
+   * creates it on first use when autoCreateSubscriptionGroup allows; a
+   * slave only reads the table it copies from the master, and serves a
+   * group it does not hold yet, as it does topics. */
+  struct fy_group_config gc;
+  int gerr = b->cfg->role == FY_ROLE_SLAVE ? fy_groups_get(b->groups, group, &gc)
+                                           : fy_groups_find_or_create(b->groups, group, &gc, NULL);
+  if (gerr == -FY_ENOT_FOUND && b->cfg->role != FY_ROLE_SLAVE) {
+    snprintf(why, whylen,
+             "subscription group [%s] does not exist on broker %s "
+             "(autoCreateSubscriptionGroup=false: create it with mqadmin updateSubGroup)",
+             group, b->cfg->broker_name);
+    return FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST;
+  }
+  if (gerr < 0 && gerr != -FY_ENOT_FOUND) {
+    snprintf(why, whylen, "subscription group [%s] cannot be created on broker %s: %s", group,
+             b->cfg->broker_name,
+             gerr == -ENOSPC ? "too many subscription groups" : fy_strerror(gerr));
+    return FERRY__V1__STATUS__SYSTEM_ERROR;
+  }
+  if (gerr == 0 && !gc.consume_enable) {
+    snprintf(why, whylen, "subscription group no permission, %s (consumeEnable=false on broker %s)",
+             group, b->cfg->broker_name);
+    return FERRY__V1__STATUS__NO_PERMISSION;
+  }
   if (queue_id >= tc.read_queues) {
     snprintf(why, whylen, "queue %u of topic '%s' does not exist (read queues: %u)", queue_id,
              topic, tc.read_queues);

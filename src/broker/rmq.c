@@ -450,9 +450,18 @@ static void on_send_back(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd
   }
   struct fy_group_config g;
   bool created;
-  if (fy_groups_find_or_create(b->groups, group, &g, &created) != 0) {
+  int gerr = fy_groups_find_or_create(b->groups, group, &g, &created);
+  if (gerr == -FY_ENOT_FOUND) {
     reply(conn, c, FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST, NULL, 0,
-          "subscription group '%s' does not exist", group);
+          "subscription group not exist, %s (autoCreateSubscriptionGroup=false on broker %s: "
+          "create it with mqadmin updateSubGroup)",
+          group, b->cfg->broker_name);
+    return;
+  }
+  if (gerr) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0,
+          "subscription group %s cannot be created on broker %s: %s", group, b->cfg->broker_name,
+          gerr == -ENOSPC ? "too many subscription groups" : fy_strerror(gerr));
     return;
   }
   if (g.retry_queues == 0) { /* RocketMQ: the group does not retry; the message is dropped */
@@ -1063,6 +1072,66 @@ static void on_all_topics(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *
                        (json_int_t)dv.timestamp_ms, "counter", (json_int_t)dv.counter));
 }
 
+/* ---------------------------------------------------------------- subscription groups */
+
+#define SLAVE_REMARK                                                                           \
+  "Can't modify topic or subscription group from slave broker, please execute it from master " \
+  "broker."
+
+/* UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: the body is a SubscriptionGroupConfig
+ * (JSON); the group gets every field of it, absent ones at their defaults. */
+static void on_update_sub_group(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c) {
+  if (b->cfg->role == FY_ROLE_SLAVE) { /* RocketMQ's answer, word for word */
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, SLAVE_REMARK);
+    return;
+  }
+  struct fy_group_config gc;
+  char why[512];
+  if (fy_group_config_from_json((const char *)c->body, c->body_len, &gc, why, sizeof why) < 0) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "subscription group not updated: %s", why);
+    return;
+  }
+  uint16_t st = fy__sub_group_update(b, &gc, why, sizeof why);
+  if (st)
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "%s", why);
+  else
+    reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, 0, NULL);
+}
+
+/* GET_ALL_SUBSCRIPTIONGROUP_CONFIG: the table as subscriptionGroup.json
+ * holds it (a slave answers with the copy it holds). */
+static void on_all_sub_groups(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c) {
+  size_t len;
+  char *body = fy_groups_to_json(b->groups, &len);
+  if (!body) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "out of memory");
+    return;
+  }
+  reply(conn, c, FY_RMQ_RESP_SUCCESS, body, len, NULL);
+}
+
+/* DELETE_SUBSCRIPTIONGROUP: ext groupName, and removeOffset (4.9) or
+ * cleanOffset (5.x) to forget the group's consumer offsets too. As in
+ * RocketMQ, deleting a group that does not exist succeeds. */
+static void on_delete_sub_group(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c) {
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, SLAVE_REMARK);
+    return;
+  }
+  const char *group = need_str(conn, c, "groupName");
+  if (!group)
+    return;
+  bool remove_offset = false, clean_offset = false;
+  fy_rmq_ext_bool(c, "removeOffset", &remove_offset);
+  fy_rmq_ext_bool(c, "cleanOffset", &clean_offset);
+  char why[512];
+  uint16_t st = fy__sub_group_delete(b, group, remove_offset || clean_offset, why, sizeof why);
+  if (st && st != FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST)
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "%s", why);
+  else
+    reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, 0, NULL);
+}
+
 /* ---------------------------------------------------------------- queries */
 
 static void reply_records(fy_conn *conn, const fy_rmq_cmd *c, fy_rmq_out *o,
@@ -1274,6 +1343,9 @@ static void handle(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) {
   case FY_RMQ_REQ_UNLOCK_BATCH_MQ: on_lock(b, conn, c, false); break;
   case FY_RMQ_REQ_UPDATE_AND_CREATE_TOPIC: on_create_topic(b, conn, c); break;
   case FY_RMQ_REQ_GET_ALL_TOPIC_CONFIG: on_all_topics(b, conn, c); break;
+  case FY_RMQ_REQ_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: on_update_sub_group(b, conn, c); break;
+  case FY_RMQ_REQ_GET_ALL_SUBSCRIPTIONGROUP_CONFIG: on_all_sub_groups(b, conn, c); break;
+  case FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP: on_delete_sub_group(b, conn, c); break;
   case FY_RMQ_REQ_VIEW_MESSAGE_BY_ID: on_view_by_id(b, conn, c); break;
   case FY_RMQ_REQ_QUERY_MESSAGE: on_query_message(b, conn, c); break;
   case FY_RMQ_REQ_GET_BROKER_RUNTIME_INFO: on_runtime_info(b, conn, c); break;

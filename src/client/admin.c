@@ -6,9 +6,9 @@
  * broker's error in a partial result (topic status, consumer progress,
  * query by key) rather than as a timeout of the whole call.
  *
- * Which broker of a brokerName: writes (topic updates, offset resets) go
- * to masters; reads (offsets, progress, queries) to the master, or to a
- * slave when the route has no master.
+ * Which broker of a brokerName: writes (topic and subscription-group
+ * updates, offset resets) go to masters; reads (offsets, progress, queries)
+ * to the master, or to a slave when the route has no master.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -36,6 +36,9 @@ enum kind {
   K_RESET_OFFSET,
   K_QUERY_ID,
   K_QUERY_KEY,
+  K_UPDATE_SUB_GROUP,
+  K_DELETE_SUB_GROUP,
+  K_SUB_GROUP_CONFIGS,
 };
 
 struct part {
@@ -55,6 +58,8 @@ struct admin_op {
   char addr[FY_CLIENT_ADDR_MAX];
   char key[512];
   fy_topic_config tc;
+  fy_sub_group_config sg; /* sg.group points at op->group */
+  bool remove_offset;
   int64_t ts, begin, end;
   uint32_t max;
   size_t outstanding;
@@ -285,6 +290,35 @@ static void on_single(struct fy__op *base, int err, const fy_frame *resp, void *
     fy__op_complete(base, ok ? 0 : -ENOMEM);
     return;
   }
+  case K_SUB_GROUP_CONFIGS: {
+    Ferry__V1__SubGroupConfigs *gc;
+    if (fy_frame_unpack(resp, &ferry__v1__sub_group_configs__descriptor, (ProtobufCMessage **)&gc))
+      goto decode;
+    fy_sub_group_config_list *l = fy__result_new(sizeof *l, gc->n_groups * 64, &a);
+    fy_sub_group_config *it = l ? fy__cl_arena_alloc(a, (gc->n_groups + 1) * sizeof *it) : NULL;
+    bool ok = it != NULL;
+    for (size_t i = 0; ok && i < gc->n_groups; i++) {
+      const Ferry__V1__SubGroupConfig *g = gc->groups[i];
+      it[i].group = fy__cl_arena_strdup(a, g->group);
+      it[i].consume_enable = g->consume_enable;
+      it[i].consume_from_min_enable = g->consume_from_min_enable;
+      it[i].consume_broadcast_enable = g->consume_broadcast_enable;
+      it[i].retry_queue_nums = g->retry_queues;
+      it[i].retry_max_times = g->retry_max_times;
+      it[i].broker_id = g->broker_id;
+      it[i].which_broker_when_consume_slowly = g->which_broker_when_consume_slowly;
+      it[i].notify_consumer_ids_changed_enable = g->notify_consumer_ids_changed_enable;
+      ok = it[i].group != NULL;
+    }
+    if (ok) {
+      l->n = gc->n_groups;
+      l->items = it;
+    }
+    fy_pb_free(&gc->base);
+    op->result = l;
+    fy__op_complete(base, ok ? 0 : -ENOMEM);
+    return;
+  }
   case K_QUERY_ID: {
     Ferry__V1__QueryResponse *qr;
     if (fy_frame_unpack(resp, &ferry__v1__query_response__descriptor, (ProtobufCMessage **)&qr))
@@ -302,7 +336,7 @@ static void on_single(struct fy__op *base, int err, const fy_frame *resp, void *
     fy__op_complete(base, l->n ? 0 : -FY_ENOT_FOUND);
     return;
   }
-  default: /* update/delete on one broker */
+  default: /* update/delete of a topic or a subscription group on one broker */
     fy__op_complete(base, 0);
     return;
   }
@@ -311,15 +345,50 @@ decode:
   fy__op_complete(base, -FY_EDECODE);
 }
 
-/* ------------------------------------------------------------ topic updates */
+/* ------------------------------------------------- topic and group updates */
 
-static void topic_write_msg(struct admin_op *op, Ferry__V1__UpdateTopicRequest *u,
-                            Ferry__V1__TopicConfig *tc, Ferry__V1__DeleteTopicRequest *d,
-                            const ProtobufCMessage **msg, uint16_t *code) {
+/* The request of a write that goes to one broker or to every master of a
+ * cluster; it points into op and m, which must outlive its sending. */
+struct write_msg {
+  Ferry__V1__UpdateTopicRequest u;
+  Ferry__V1__TopicConfig tc;
+  Ferry__V1__DeleteTopicRequest d;
+  Ferry__V1__UpdateSubGroupRequest ug;
+  Ferry__V1__SubGroupConfig gc;
+  Ferry__V1__DeleteSubGroupRequest dg;
+};
+
+static void write_msg_build(struct admin_op *op, struct write_msg *m, const ProtobufCMessage **msg,
+                            uint16_t *code) {
+  Ferry__V1__UpdateTopicRequest *u = &m->u;
+  Ferry__V1__TopicConfig *tc = &m->tc;
+  Ferry__V1__DeleteTopicRequest *d = &m->d;
   ferry__v1__update_topic_request__init(u);
   ferry__v1__topic_config__init(tc);
   ferry__v1__delete_topic_request__init(d);
-  if (op->kind == K_UPDATE_TOPIC) {
+  ferry__v1__update_sub_group_request__init(&m->ug);
+  ferry__v1__sub_group_config__init(&m->gc);
+  ferry__v1__delete_sub_group_request__init(&m->dg);
+  if (op->kind == K_UPDATE_SUB_GROUP) {
+    Ferry__V1__SubGroupConfig *g = &m->gc;
+    g->group = op->group;
+    g->consume_enable = op->sg.consume_enable;
+    g->consume_from_min_enable = op->sg.consume_from_min_enable;
+    g->consume_broadcast_enable = op->sg.consume_broadcast_enable;
+    g->retry_queues = op->sg.retry_queue_nums;
+    g->retry_max_times = op->sg.retry_max_times;
+    g->broker_id = op->sg.broker_id;
+    g->which_broker_when_consume_slowly = op->sg.which_broker_when_consume_slowly;
+    g->notify_consumer_ids_changed_enable = op->sg.notify_consumer_ids_changed_enable;
+    m->ug.config = g;
+    *msg = &m->ug.base;
+    *code = FERRY__V1__OP__OP_UPDATE_SUB_GROUP;
+  } else if (op->kind == K_DELETE_SUB_GROUP) {
+    m->dg.group = op->group;
+    m->dg.remove_offset = op->remove_offset;
+    *msg = &m->dg.base;
+    *code = FERRY__V1__OP__OP_DELETE_SUB_GROUP;
+  } else if (op->kind == K_UPDATE_TOPIC) {
     tc->topic = op->topic;
     tc->read_queues = op->tc.read_queues;
     tc->write_queues = op->tc.write_queues;
@@ -337,7 +406,10 @@ static void topic_write_msg(struct admin_op *op, Ferry__V1__UpdateTopicRequest *
 
 static void on_fan_status(struct fy__op *base, int err, const fy_frame *resp, void *ctx) {
   struct admin_op *op = (struct admin_op *)base;
-  if (!reply_err(op, err, resp, ctx ? (const char *)ctx : "broker"))
+  /* Deleting a group from a cluster: a master without it is no failure. */
+  bool absent = op->kind == K_DELETE_SUB_GROUP && !err &&
+                resp->status == FERRY__V1__STATUS__CONSUMER_GROUP_NOT_EXIST;
+  if (!absent && !reply_err(op, err, resp, ctx ? (const char *)ctx : "broker"))
     op->answered++;
   free(ctx);
   fan_done(op);
@@ -351,7 +423,16 @@ static void fan_done(struct admin_op *op) {
   switch (op->kind) {
   case K_UPDATE_TOPIC:
   case K_DELETE_TOPIC:
+  case K_UPDATE_SUB_GROUP:
   case K_RESET_OFFSET: fy__op_complete(base, op->first_err); return;
+  case K_DELETE_SUB_GROUP:
+    if (!op->first_err && !op->answered) {
+      fy__op_errtext(base, "subscription group '%s' exists on no master of cluster '%s'",
+                     op->group, op->cluster);
+      op->first_err = -FY_ENO_GROUP;
+    }
+    fy__op_complete(base, op->first_err);
+    return;
   case K_TOPIC_STATUS: {
     fy_topic_status *r = op->result;
     fy_queue_status *qs = fy__cl_arena_alloc(op->ra, (op->nqs + 1) * sizeof *qs);
@@ -457,12 +538,10 @@ static void on_cluster_for_write(struct fy__op *base, int err, const fy_frame *r
     fy__op_complete(base, -FY_EDECODE);
     return;
   }
-  Ferry__V1__UpdateTopicRequest u;
-  Ferry__V1__TopicConfig tc;
-  Ferry__V1__DeleteTopicRequest d;
+  struct write_msg m;
   const ProtobufCMessage *msg;
   uint16_t code;
-  topic_write_msg(op, &u, &tc, &d, &msg, &code);
+  write_msg_build(op, &m, &msg, &code);
   op->outstanding = 1;
   size_t masters = 0;
   for (size_t i = 0; i < ci->n_brokers; i++) {
@@ -780,13 +859,13 @@ static void admin_start(struct fy__op *base) {
   switch (op->kind) {
   case K_UPDATE_TOPIC:
   case K_DELETE_TOPIC:
+  case K_UPDATE_SUB_GROUP:
+  case K_DELETE_SUB_GROUP:
     if (op->addr[0]) {
-      Ferry__V1__UpdateTopicRequest u;
-      Ferry__V1__TopicConfig tc;
-      Ferry__V1__DeleteTopicRequest d;
+      struct write_msg m;
       const ProtobufCMessage *msg;
       uint16_t code;
-      topic_write_msg(op, &u, &tc, &d, &msg, &code);
+      write_msg_build(op, &m, &msg, &code);
       err = fy__op_call(base, op->addr, code, msg, NULL, 0, 0, on_single, NULL);
     } else {
       Ferry__V1__GetClusterInfoRequest req = FERRY__V1__GET_CLUSTER_INFO_REQUEST__INIT;
@@ -821,6 +900,10 @@ static void admin_start(struct fy__op *base) {
   }
   case K_TOPIC_CONFIGS:
     err = fy__op_call(base, op->addr, FERRY__V1__OP__OP_GET_TOPIC_CONFIGS, NULL, NULL, 0, 0,
+                      on_single, NULL);
+    break;
+  case K_SUB_GROUP_CONFIGS:
+    err = fy__op_call(base, op->addr, FERRY__V1__OP__OP_GET_SUB_GROUPS, NULL, NULL, 0, 0,
                       on_single, NULL);
     break;
   case K_QUERY_ID: {
@@ -947,6 +1030,59 @@ int fy_admin_update_topic(fy_client *cl, const char *broker_addr, const char *cl
 int fy_admin_delete_topic(fy_client *cl, const char *broker_addr, const char *cluster,
                           const char *topic, uint32_t timeout_ms) {
   return topic_write(cl, K_DELETE_TOPIC, broker_addr, cluster, topic, NULL, timeout_ms);
+}
+
+void fy_sub_group_config_init(fy_sub_group_config *cfg, const char *group) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->group = group;
+  cfg->consume_enable = true;
+  cfg->consume_from_min_enable = true;
+  cfg->consume_broadcast_enable = true;
+  cfg->retry_queue_nums = 1;
+  cfg->retry_max_times = 16;
+  cfg->broker_id = 0;
+  cfg->which_broker_when_consume_slowly = 1;
+  cfg->notify_consumer_ids_changed_enable = true;
+}
+
+static int sub_group_write(fy_client *cl, enum kind kind, const char *broker_addr,
+                           const char *cluster, const char *group,
+                           const fy_sub_group_config *cfg, bool remove_offset,
+                           uint32_t timeout_ms) {
+  NEW_OP(kind);
+  if ((!broker_addr || !*broker_addr) == (!cluster || !*cluster)) {
+    fy__set_last_error("give a broker address or a cluster name (one of them)");
+    REQUIRE(false);
+  }
+  REQUIRE(copy_str(op->group, sizeof op->group, group, true, "group"));
+  REQUIRE(copy_str(op->addr, sizeof op->addr, broker_addr, false, "broker address"));
+  REQUIRE(copy_str(op->cluster, sizeof op->cluster, cluster, false, "cluster"));
+  if (cfg)
+    op->sg = *cfg;
+  op->sg.group = op->group;
+  op->remove_offset = remove_offset;
+  return admin_run(op, NULL);
+}
+
+int fy_admin_update_sub_group(fy_client *cl, const char *broker_addr, const char *cluster,
+                              const fy_sub_group_config *cfg, uint32_t timeout_ms) {
+  if (!cfg) {
+    fy__set_last_error("a subscription group configuration is required");
+    return -EINVAL;
+  }
+  return sub_group_write(cl, K_UPDATE_SUB_GROUP, broker_addr, cluster, cfg->group, cfg, false,
+                         timeout_ms);
+}
+
+int fy_admin_delete_sub_group(fy_client *cl, const char *broker_addr, const char *cluster,
+                              const char *group, bool remove_offset, uint32_t timeout_ms) {
+  return sub_group_write(cl, K_DELETE_SUB_GROUP, broker_addr, cluster, group, NULL, remove_offset,
+                         timeout_ms);
+}
+
+int fy_admin_sub_group_configs(fy_client *cl, const char *broker_addr, uint32_t timeout_ms,
+                               fy_sub_group_config_list **out) {
+  return by_broker(cl, K_SUB_GROUP_CONFIGS, broker_addr, timeout_ms, (void **)out);
 }
 
 int fy_admin_topic_list(fy_client *cl, uint32_t timeout_ms, fy_string_list **out) {

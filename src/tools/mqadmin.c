@@ -4,10 +4,17 @@
  *   mqadmin SUBCOMMAND -n NAMESRV_ADDR [options]
  *
  * Subcommands and flags are RocketMQ's (updateTopic, deleteTopic,
- * topicList, topicRoute, topicStatus, clusterList, brokerStatus,
- * consumerProgress, resetOffsetByTime, queryMsgById, queryMsgByKey). -n
- * names the name servers ("host:port;host:port"); without it NAMESRV_ADDR
- * from the environment is used, as RocketMQ does.
+ * updateSubGroup, deleteSubGroup, topicList, topicRoute, topicStatus,
+ * clusterList, brokerStatus, consumerProgress, resetOffsetByTime,
+ * queryMsgById, queryMsgByKey), plus Ferry's own haStatus and subGroupList.
+ * -n names the name servers ("host:port;host:port"); without it
+ * NAMESRV_ADDR from the environment is used, as RocketMQ does.
+ *
+ * Flag letters mean different things in different subcommands (RocketMQ's
+ * choice: -r is readQueueNums in updateTopic, retryMaxTimes in
+ * updateSubGroup, removeOffset in deleteSubGroup). Letters shared by most
+ * subcommands are parsed in parse_opts; a subcommand with meanings of its
+ * own parses those first, in its own_flag.
  *
  * Output is what scripts and the end-to-end tests parse: tables with a
  * header line whose column names start with '#', values separated by
@@ -46,6 +53,9 @@ struct cmd {
   const char *required; /* flags that must be given, in the order they are checked */
   bool one_target;      /* exactly one of -b BROKERADDR and -c CLUSTER */
   int (*run)(const struct opts *o, fy_client *cl);
+  /* NULL, or the subcommand's own reading of flag ch: 0 taken, -1 not one
+   * of its own (parse_opts reads it), else an exit status (usage error). */
+  int (*own_flag)(struct opts *o, int ch, const char *arg);
 };
 
 /* The subcommand being run, for messages. */
@@ -95,6 +105,8 @@ struct opts {
   uint32_t read_queues, write_queues, perm;
   bool order;
   bool list; /* topicRoute -l */
+  fy_sub_group_config sg; /* updateSubGroup; sg.group is unset (group above) */
+  bool remove_offset;     /* deleteSubGroup -r */
 };
 
 static int parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
@@ -104,6 +116,16 @@ static int parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
   if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
     return -1;
   *out = (uint32_t)v;
+  return 0;
+}
+
+static int parse_bool(const char *s, bool *out) {
+  if (strcmp(s, "true") == 0)
+    *out = true;
+  else if (strcmp(s, "false") == 0)
+    *out = false;
+  else
+    return -1;
   return 0;
 }
 
@@ -174,10 +196,22 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, struct opts *o
   o->read_queues = 8;
   o->write_queues = 8;
   o->perm = 6;
+  /* RocketMQ's updateSubGroup starts from these: SubscriptionGroupConfig's
+   * defaults but consumeFromMinEnable and consumeBroadcastEnable false. */
+  fy_sub_group_config_init(&o->sg, NULL);
+  o->sg.consume_from_min_enable = false;
+  o->sg.consume_broadcast_enable = false;
   optind = 1;
   opterr = 0;
   int ch;
   while ((ch = getopt(argc, argv, c->optstring)) != -1) {
+    if (ch != '?' && ch != ':' && c->own_flag) {
+      int rc = c->own_flag(o, ch, optarg);
+      if (rc == 0)
+        continue;
+      if (rc > 0)
+        return rc;
+    }
     switch (ch) {
     case 'h':
       usage_of(c, stdout);
@@ -191,19 +225,8 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, struct opts *o
     case 'e': o->end = optarg; break;
     case 'l': o->list = true; break;
     case 'f': break; /* resetOffsetByTime's force: Ferry always forces */
-    case 'b':
-      /* queryMsgByKey's -b is the begin timestamp (RocketMQ's flag). */
-      if (strcmp(c->name, "queryMsgByKey") == 0)
-        o->begin = optarg;
-      else
-        o->broker = optarg;
-      break;
-    case 'c':
-      if (strcmp(c->name, "queryMsgByKey") == 0)
-        o->max = optarg;
-      else
-        o->cluster = optarg;
-      break;
+    case 'b': o->broker = optarg; break;
+    case 'c': o->cluster = optarg; break;
     case 'r':
       if (parse_u32(optarg, 1, 1024, &o->read_queues))
         return usage_error("-r must be a number of queues from 1 to 1024, got '%s'", optarg);
@@ -376,6 +399,171 @@ static int run_delete_topic(const struct opts *o, fy_client *cl) {
   else if (rc == 0)
     printf("delete topic [%s] from broker [%s] success.\n", o->topic, o->broker);
   return rc;
+}
+
+/* ---------------------------------------------------------- updateSubGroup */
+
+static int update_sub_group_flag(struct opts *o, int ch, const char *arg) {
+  bool *flag = NULL;
+  const char *name = NULL;
+  switch (ch) {
+  case 's': flag = &o->sg.consume_enable, name = "consumeEnable"; break;
+  case 'm': flag = &o->sg.consume_from_min_enable, name = "consumeFromMinEnable"; break;
+  case 'd': flag = &o->sg.consume_broadcast_enable, name = "consumeBroadcastEnable"; break;
+  case 'a':
+    flag = &o->sg.notify_consumer_ids_changed_enable, name = "notifyConsumerIdsChanged";
+    break;
+  case 'q':
+    if (parse_u32(arg, 0, 1024, &o->sg.retry_queue_nums))
+      return usage_error("-q (retryQueueNums) must be a number from 0 to 1024, got '%s'", arg);
+    return 0;
+  case 'r':
+    if (parse_u32(arg, 0, INT32_MAX, &o->sg.retry_max_times))
+      return usage_error("-r (retryMaxTimes) must be a number from 0 to 2147483647, got '%s'",
+                         arg);
+    return 0;
+  case 'i':
+  case 'w': {
+    uint32_t id;
+    if (parse_u32(arg, 0, 1024, &id))
+      return usage_error("-%c (%s) must be a broker id from 0 to 1024, got '%s'", ch,
+                         ch == 'i' ? "brokerId" : "whichBrokerWhenConsumeSlowly", arg);
+    if (ch == 'i')
+      o->sg.broker_id = id;
+    else
+      o->sg.which_broker_when_consume_slowly = id;
+    return 0;
+  }
+  default: return -1;
+  }
+  if (parse_bool(arg, flag))
+    return usage_error("-%c (%s) must be true or false, got '%s'", ch, name, arg);
+  return 0;
+}
+
+static int run_update_sub_group(const struct opts *o, fy_client *cl) {
+  int rc = 0;
+  fy_sub_group_config sg = o->sg;
+  sg.group = o->group;
+  static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
+  static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
+  size_t n = 1;
+  if (o->broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
+  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+    return rc;
+  for (size_t i = 0; i < n; i++) {
+    int err = fy_admin_update_sub_group(cl, addrs[i], NULL, &sg, 0);
+    if (err) {
+      rc = fail("create subscription group to %s failed: %s", addrs[i], why(err));
+      continue;
+    }
+    printf("create subscription group to %s success.\n", addrs[i]);
+  }
+  if (rc == 0)
+    printf("SubscriptionGroupConfig [groupName=%s, consumeEnable=%s, consumeFromMinEnable=%s, "
+           "consumeBroadcastEnable=%s, retryQueueNums=%u, retryMaxTimes=%u, brokerId=%" PRIu64
+           ", whichBrokerWhenConsumeSlowly=%" PRIu64 ", notifyConsumerIdsChangedEnable=%s]\n",
+           sg.group, sg.consume_enable ? "true" : "false",
+           sg.consume_from_min_enable ? "true" : "false",
+           sg.consume_broadcast_enable ? "true" : "false", sg.retry_queue_nums,
+           sg.retry_max_times, sg.broker_id, sg.which_broker_when_consume_slowly,
+           sg.notify_consumer_ids_changed_enable ? "true" : "false");
+  return rc;
+}
+
+/* ---------------------------------------------------------- deleteSubGroup */
+
+static int delete_sub_group_flag(struct opts *o, int ch, const char *arg) {
+  if (ch != 'r')
+    return -1;
+  if (parse_bool(arg, &o->remove_offset))
+    return usage_error("-r (removeOffset) must be true or false, got '%s'", arg);
+  return 0;
+}
+
+/* RocketMQ's: -c also deletes the group's retry and dead-letter topics. */
+static int delete_group_topic(fy_client *cl, const char *cluster, const char *prefix,
+                              const char *group, const char (*addrs)[FY_CLIENT_ADDR_MAX],
+                              size_t n) {
+  char topic[FY_CLIENT_TOPIC_MAX];
+  if ((size_t)snprintf(topic, sizeof topic, "%s%s", prefix, group) >= sizeof topic)
+    return 0; /* too long to be a topic: there is none */
+  int rc = 0;
+  size_t deleted = 0;
+  for (size_t i = 0; i < n; i++) {
+    int err = fy_admin_delete_topic(cl, addrs[i], NULL, topic, 0);
+    if (err == -FY_ETOPIC_NOT_EXIST)
+      continue;
+    if (err)
+      rc = fail("delete topic [%s] from broker %s failed: %s", topic, addrs[i], why(err));
+    else
+      deleted++;
+  }
+  if (deleted)
+    printf("delete topic [%s] from cluster [%s] success.\n", topic, cluster);
+  return rc;
+}
+
+static int run_delete_sub_group(const struct opts *o, fy_client *cl) {
+  int rc = 0;
+  static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
+  static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
+  size_t n = 1, deleted = 0;
+  if (o->broker)
+    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
+  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+    return rc;
+  for (size_t i = 0; i < n; i++) {
+    int err = fy_admin_delete_sub_group(cl, addrs[i], NULL, o->group, o->remove_offset, 0);
+    if (err == -FY_ENO_GROUP && o->cluster)
+      continue; /* not on this master: fine while it is on another */
+    if (err) {
+      rc = fail("delete subscription group [%s] from broker [%s] failed: %s", o->group, addrs[i],
+                why(err));
+      continue;
+    }
+    deleted++;
+    if (o->cluster)
+      printf("delete subscription group [%s] from broker [%s] in cluster [%s] success.\n",
+             o->group, addrs[i], o->cluster);
+    else
+      printf("delete subscription group [%s] from broker [%s] success.\n", o->group, addrs[i]);
+  }
+  if (o->cluster && rc == 0 && deleted == 0)
+    rc = fail("subscription group %s does not exist in cluster %s", o->group, o->cluster);
+  if (o->cluster && rc == 0) {
+    rc = delete_group_topic(cl, o->cluster, "%RETRY%", o->group,
+                            (const char(*)[FY_CLIENT_ADDR_MAX])addrs, n);
+    if (delete_group_topic(cl, o->cluster, "%DLQ%", o->group,
+                           (const char(*)[FY_CLIENT_ADDR_MAX])addrs, n))
+      rc = 1;
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------ subGroupList */
+
+static const char *tf(bool v) { return v ? "true" : "false"; }
+
+static int run_sub_group_list(const struct opts *o, fy_client *cl) {
+  fy_sub_group_config_list *l;
+  int err = fy_admin_sub_group_configs(cl, o->broker, 0, &l);
+  if (err)
+    return fail("cannot list the subscription groups of broker %s: %s", o->broker, why(err));
+  printf("%-32s  %-14s  %-20s  %-22s  %-14s  %-13s  %-9s  %-28s  %s\n", "#groupName",
+         "#consumeEnable", "#consumeFromMinEnable", "#consumeBroadcastEnable", "#retryQueueNums",
+         "#retryMaxTimes", "#brokerId", "#whichBrokerWhenConsumeSlowly",
+         "#notifyConsumerIdsChangedEnable");
+  for (size_t i = 0; i < l->n; i++) {
+    const fy_sub_group_config *g = &l->items[i];
+    printf("%-32s  %-14s  %-20s  %-22s  %-14u  %-13u  %-9" PRIu64 "  %-28" PRIu64 "  %s\n",
+           g->group, tf(g->consume_enable), tf(g->consume_from_min_enable),
+           tf(g->consume_broadcast_enable), g->retry_queue_nums, g->retry_max_times, g->broker_id,
+           g->which_broker_when_consume_slowly, tf(g->notify_consumer_ids_changed_enable));
+  }
+  fy_result_free(l);
+  return 0;
 }
 
 /* --------------------------------------------------------------- topicList */
@@ -781,6 +969,17 @@ static int run_query_by_id(const struct opts *o, fy_client *cl) {
 
 /* ----------------------------------------------------------- queryMsgByKey */
 
+/* RocketMQ's queryMsgByKey flags: -b is the begin time, -c the count. */
+static int query_by_key_flag(struct opts *o, int ch, const char *arg) {
+  if (ch == 'b')
+    o->begin = arg;
+  else if (ch == 'c')
+    o->max = arg;
+  else
+    return -1;
+  return 0;
+}
+
 static int run_query_by_key(const struct opts *o, fy_client *cl) {
   int rc = 0;
   fy_message_list *l;
@@ -815,51 +1014,80 @@ static struct cmd cmds[] = {
      "  -w N            write queues (default 8)\n"
      "  -p PERM         2 write, 4 read, 6 read and write (default 6)\n"
      "  -o true|false   ordered topic (default false)",
-     "hn:b:c:t:r:w:p:o:", "t", true, run_update_topic},
+     "hn:b:c:t:r:w:p:o:", "t", true, run_update_topic, NULL},
     {"deleteTopic", "Delete a topic from the brokers of a cluster",
      "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -t TOPIC\n"
      "  -c CLUSTER      delete from every master of the cluster\n"
      "  -b BROKERADDR   delete from this broker only\n"
      "  -t TOPIC        topic name",
-     "hn:c:b:t:", "t", true, run_delete_topic},
+     "hn:c:b:t:", "t", true, run_delete_topic, NULL},
+    {"updateSubGroup", "Update or create a subscription group",
+     "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -g GROUP [-s true|false] [-m true|false] "
+     "[-d true|false] [-q N] [-r N] [-i ID] [-w ID] [-a true|false]\n"
+     "  -b BROKERADDR   create the group on this broker (host:port)\n"
+     "  -c CLUSTER      create the group on every master of the cluster\n"
+     "  -g GROUP        consumer group name\n"
+     "  -s true|false   consumeEnable: false refuses the group's pulls (default true)\n"
+     "  -m true|false   consumeFromMinEnable (default false)\n"
+     "  -d true|false   consumeBroadcastEnable (default false)\n"
+     "  -q N            retryQueueNums, 0 to 1024; 0 drops failed messages (default 1)\n"
+     "  -r N            retryMaxTimes: then to %DLQ%GROUP (default 16)\n"
+     "  -i ID           brokerId pulls are suggested to (default 0, the master)\n"
+     "  -w ID           whichBrokerWhenConsumeSlowly (default 1)\n"
+     "  -a true|false   notifyConsumerIdsChanged (default true)\n"
+     "Every field is set, as RocketMQ's: a flag not given takes its default above, not the\n"
+     "group's current value.",
+     "hn:b:c:g:s:m:d:q:r:i:w:a:", "g", true, run_update_sub_group, update_sub_group_flag},
+    {"deleteSubGroup", "Delete a subscription group from a broker or the masters of a cluster",
+     "-n NAMESRV_ADDR (-c CLUSTER | -b BROKERADDR) -g GROUP [-r true|false]\n"
+     "  -b BROKERADDR   delete from this broker only\n"
+     "  -c CLUSTER      delete from every master of the cluster, and delete the group's\n"
+     "                  %RETRY% and %DLQ% topics there too (as RocketMQ's)\n"
+     "  -g GROUP        subscription group name\n"
+     "  -r true|false   removeOffset: also forget the group's consumer offsets (default false)",
+     "hn:b:c:g:r:", "g", true, run_delete_sub_group, delete_sub_group_flag},
+    {"subGroupList", "List a broker's subscription groups (Ferry's own)",
+     "-n NAMESRV_ADDR -b BROKERADDR\n"
+     "  -b BROKERADDR   the broker (host:port); a slave shows the copy it holds",
+     "hn:b:", "b", false, run_sub_group_list, NULL},
     {"topicList", "List every topic the name servers know", "-n NAMESRV_ADDR", "hn:",
-     "", false, run_topic_list},
+     "", false, run_topic_list, NULL},
     {"topicRoute", "Show a topic's route",
      "-n NAMESRV_ADDR -t TOPIC [-l]\n"
      "  -t TOPIC        topic name\n"
      "  -l              a table instead of JSON",
-     "hn:t:l", "t", false, run_topic_route},
+     "hn:t:l", "t", false, run_topic_route, NULL},
     {"topicStatus", "Show the min and max offset of every queue of a topic",
-     "-n NAMESRV_ADDR -t TOPIC", "hn:t:", "t", false, run_topic_status},
+     "-n NAMESRV_ADDR -t TOPIC", "hn:t:", "t", false, run_topic_status, NULL},
     {"clusterList", "List the brokers of every cluster",
      "-n NAMESRV_ADDR [-c CLUSTER]\n"
      "  -c CLUSTER      only this cluster",
-     "hn:c:", "", false, run_cluster_list},
+     "hn:c:", "", false, run_cluster_list, NULL},
     {"brokerStatus", "Show a broker's status entries",
      "-n NAMESRV_ADDR (-b BROKERADDR | -c CLUSTER)\n"
      "  -b BROKERADDR   this broker (host:port)\n"
      "  -c CLUSTER      every master of the cluster (lines prefixed with the address)",
-     "hn:b:c:", "", true, run_broker_status},
+     "hn:b:c:", "", true, run_broker_status, NULL},
     {"haStatus", "Show a broker's replication status (per slave: offsets and lag)",
      "-n NAMESRV_ADDR -b BROKERADDR\n"
      "  -b BROKERADDR   the broker (host:port): a master lists its slaves, a slave its master",
-     "hn:b:", "b", false, run_ha_status},
+     "hn:b:", "b", false, run_ha_status, NULL},
     {"consumerProgress", "Show a consumer group's offsets and lag per queue",
      "-n NAMESRV_ADDR -g GROUP [-t TOPIC]\n"
      "  -g GROUP        consumer group\n"
      "  -t TOPIC        only this topic",
-     "hn:g:t:", "g", false, run_consumer_progress},
+     "hn:g:t:", "g", false, run_consumer_progress, NULL},
     {"resetOffsetByTime", "Move a consumer group's offsets on a topic to a point in time",
      "-n NAMESRV_ADDR -g GROUP -t TOPIC -s TIMESTAMP\n"
      "  -g GROUP        consumer group\n"
      "  -t TOPIC        topic\n"
      "  -s TIMESTAMP    milliseconds since the epoch, 'now', or yyyy-MM-dd#HH:mm:ss:SSS",
-     "hn:g:t:s:f:", "gts", false, run_reset_offset},
+     "hn:g:t:s:f:", "gts", false, run_reset_offset, NULL},
     {"queryMsgById", "Show a message by its offset message id",
      "-n NAMESRV_ADDR -i OFFSETMSGID[,OFFSETMSGID...] [-b BROKERADDR]\n"
      "  -i ID           offset message id (as mqproduce and mqconsume print it)\n"
      "  -b BROKERADDR   ask this broker instead of the one the id names",
-     "hn:i:b:", "i", false, run_query_by_id},
+     "hn:i:b:", "i", false, run_query_by_id, NULL},
     {"queryMsgByKey", "Find messages of a topic by key",
      "-n NAMESRV_ADDR -t TOPIC -k KEY [-b BEGIN] [-e END] [-c MAX]\n"
      "  -t TOPIC        topic\n"
@@ -867,7 +1095,7 @@ static struct cmd cmds[] = {
      "  -b BEGIN        stored at or after this time (ms, 'now', or yyyy-MM-dd#HH:mm:ss:SSS)\n"
      "  -e END          stored at or before this time\n"
      "  -c MAX          at most this many per broker (default 64)",
-     "hn:t:k:b:e:c:", "tk", false, run_query_by_key},
+     "hn:t:k:b:e:c:", "tk", false, run_query_by_key, query_by_key_flag},
 };
 
 #define NCMDS (sizeof cmds / sizeof cmds[0])

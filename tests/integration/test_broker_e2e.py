@@ -1038,7 +1038,8 @@ def test_mqadmin_subcommands(args):
         assert r.returncode == 2 and text in r.stderr, (argv, r)
 
     # -h everywhere
-    subs = ["updateTopic", "deleteTopic", "topicList", "topicRoute", "topicStatus",
+    subs = ["updateTopic", "deleteTopic", "updateSubGroup", "deleteSubGroup", "subGroupList",
+            "topicList", "topicRoute", "topicStatus",
             "clusterList", "brokerStatus", "haStatus", "consumerProgress", "resetOffsetByTime",
             "queryMsgById", "queryMsgByKey"]
     r = subprocess.run([binary(args, "mqadmin"), "-h"], capture_output=True, text=True,

@@ -6,7 +6,9 @@
  * client meets: a producer leaving while its instance keeps consuming,
  * long or many-tag subscriptions, many pulls held on one queue, delayed
  * messages re-stored while the store pushes back, a SYNC_FLUSH send whose
- * fdatasync is slow (FLUSH_DISK_TIMEOUT).
+ * fdatasync is slow (FLUSH_DISK_TIMEOUT), subscription groups created,
+ * changed, listed and deleted by an admin with autoCreateSubscriptionGroup
+ * off (and refused by a slave).
  */
 #include <setjmp.h>
 #include <inttypes.h>
@@ -15,6 +17,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -666,6 +669,187 @@ static void test_flush_disk_timeout(void **state) {
   send_msg(e, "TopicF", "on time", "");
 }
 
+/* ---------------------------------------------------------------- subscription groups */
+
+static void tune_no_auto_group(struct fy_broker_settings *s) {
+  s->broker.auto_create_group = false;
+}
+static const struct settings_fn no_auto_group = {tune_no_auto_group};
+
+static void tune_slave(struct fy_broker_settings *s) {
+  s->broker.role = FY_ROLE_SLAVE;
+  s->broker.broker_id = 1;
+}
+static const struct settings_fn slave = {tune_slave};
+
+static bool remark_has(const fy_rmq_cmd *r, const char *text) {
+  return r->remark && strstr(r->remark, text);
+}
+
+static void update_group(struct env *e, const char *body) {
+  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, body, END);
+  if (r->code != FY_RMQ_RESP_SUCCESS)
+    fail_msg("update %s: code %d %s", body, r->code, r->remark ? r->remark : "");
+}
+
+/* The group table of GET_ALL_SUBSCRIPTIONGROUP_CONFIG (a new reference). */
+static json_t *group_table(struct env *e) {
+  const fy_rmq_cmd *r = call(e, FY_RMQ_REQ_GET_ALL_SUBSCRIPTIONGROUP_CONFIG, NULL, END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  json_t *root = json_loadb((const char *)r->body, r->body_len, 0, NULL);
+  assert_non_null(root);
+  assert_true(json_is_object(json_object_get(root, "dataVersion")));
+  json_t *t = json_incref(json_object_get(root, "subscriptionGroupTable"));
+  assert_true(json_is_object(t));
+  json_decref(root);
+  return t;
+}
+
+static json_int_t group_field(struct env *e, const char *group, const char *field) {
+  json_t *t = group_table(e);
+  json_t *v = json_object_get(json_object_get(t, group), field);
+  assert_non_null(v);
+  json_int_t i = json_is_boolean(v) ? json_is_true(v) : json_integer_value(v);
+  json_decref(t);
+  return i;
+}
+
+static const fy_rmq_cmd *send_back(struct env *e, const char *group, uint64_t phys) {
+  char off[24];
+  snprintf(off, sizeof off, "%" PRIu64, phys);
+  return call(e, FY_RMQ_REQ_CONSUMER_SEND_MSG_BACK, NULL, "group", group, "offset", off,
+              "delayLevel", "0", END);
+}
+
+/* With autoCreateSubscriptionGroup=false a group exists only once an admin
+ * creates it: pulls and send-backs of an unknown group are refused with
+ * SUBSCRIPTION_GROUP_NOT_EXIST; UPDATE_AND_CREATE_SUBSCRIPTIONGROUP creates
+ * it (fields absent from the body at their defaults), and what it sets
+ * takes effect: retryMaxTimes on send-backs, retryQueueNums on the retry
+ * topic, consumeEnable on pulls. DELETE_SUBSCRIPTIONGROUP removes it (and
+ * with removeOffset its offsets). */
+static void test_sub_groups_by_admin(void **state) {
+  struct env *e = *state;
+  create_topic(e, "TopicS", "1");
+  send_msg(e, "TopicS", "s0", "");
+  const fy_rmq_cmd *r = pull(e, "CGS", "TopicS", "0", "1", "0");
+  assert_int_equal(r->code, FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST);
+  assert_true(remark_has(r, "subscription group [CGS] does not exist"));
+  assert_true(remark_has(r, "mqadmin updateSubGroup"));
+  char hb[1024]; /* a heartbeat does not create it either */
+  heartbeat_body(hb, sizeof hb, "127.0.0.1@s", "CGS", "TopicS", "*");
+  assert_int_equal(call(e, FY_RMQ_REQ_HEART_BEAT, hb, END)->code, FY_RMQ_RESP_SUCCESS);
+  assert_int_equal(pull(e, "CGS", "TopicS", "0", "1", "0")->code,
+                   FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST);
+  json_t *t = group_table(e);
+  assert_null(json_object_get(t, "CGS"));
+  json_decref(t);
+
+  /* created by the admin, retryMaxTimes 0: consumed; a send-back goes to the DLQ */
+  update_group(e, "{\"groupName\":\"CGS\",\"retryMaxTimes\":0}");
+  assert_int_equal(group_field(e, "CGS", "retryMaxTimes"), 0);
+  assert_int_equal(group_field(e, "CGS", "retryQueueNums"), 1);
+  assert_int_equal(group_field(e, "CGS", "consumeEnable"), 1);
+  assert_int_equal(group_field(e, "CGS", "whichBrokerWhenConsumeSlowly"), 1);
+  r = pull(e, "CGS", "TopicS", "0", "1", "0");
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_msg m[1];
+  assert_int_equal(decode_msgs(r, m, 1), 1);
+  uint64_t phys = m[0].phys_offset;
+  assert_int_equal(send_back(e, "CGS", phys)->code, FY_RMQ_RESP_SUCCESS);
+  assert_true(fy_topics_exists(e->broker->topics, "%DLQ%CGS"));
+  assert_false(fy_topics_exists(e->broker->topics, "%RETRY%CGS"));
+
+  /* retryMaxTimes 5, 3 retry queues: a send-back is retried, in a topic of 3 queues */
+  update_group(e, "{\"groupName\":\"CGS\",\"retryMaxTimes\":5,\"retryQueueNums\":3}");
+  assert_int_equal(send_back(e, "CGS", phys)->code, FY_RMQ_RESP_SUCCESS);
+  struct fy_topic_config tc;
+  assert_int_equal(fy_topics_get(e->broker->topics, "%RETRY%CGS", &tc), 0);
+  assert_int_equal(tc.read_queues, 3);
+  assert_int_equal(tc.write_queues, 3);
+  /* the retry topic follows retryQueueNums: up at once, down for writes only */
+  update_group(e, "{\"groupName\":\"CGS\",\"retryMaxTimes\":5,\"retryQueueNums\":5}");
+  assert_int_equal(fy_topics_get(e->broker->topics, "%RETRY%CGS", &tc), 0);
+  assert_int_equal(tc.read_queues, 5);
+  assert_int_equal(tc.write_queues, 5);
+  update_group(e, "{\"groupName\":\"CGS\",\"retryMaxTimes\":5,\"retryQueueNums\":2}");
+  assert_int_equal(fy_topics_get(e->broker->topics, "%RETRY%CGS", &tc), 0);
+  assert_int_equal(tc.read_queues, 5);
+  assert_int_equal(tc.write_queues, 2);
+
+  /* consumeEnable false: pulls refused as RocketMQ refuses them */
+  update_group(e, "{\"groupName\":\"CGS\",\"consumeEnable\":false}");
+  r = pull(e, "CGS", "TopicS", "0", "1", "0");
+  assert_int_equal(r->code, FY_RMQ_RESP_NO_PERMISSION);
+  assert_true(remark_has(r, "subscription group no permission, CGS"));
+  update_group(e, "{\"groupName\":\"CGS\"}");
+  assert_int_equal(pull(e, "CGS", "TopicS", "0", "1", "0")->code, FY_RMQ_RESP_SUCCESS);
+
+  /* bad bodies: refused, nothing changed, the connection stays usable */
+  struct {
+    const char *body, *remark;
+  } bad[] = {
+      {"{\"groupName\":\"CGS\",\"retryQueueNums\":5000}", "\"retryQueueNums\" = 5000"},
+      {"{\"retryMaxTimes\":1}", "groupName is missing"},
+      {"{\"groupName\":\"bad name\"}", "illegal characters"},
+      {"not json", "not a SubscriptionGroupConfig"},
+      {NULL, "not a SubscriptionGroupConfig"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    r = call(e, FY_RMQ_REQ_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, bad[i].body, END);
+    assert_int_equal(r->code, FY_RMQ_RESP_SYSTEM_ERROR);
+    if (!remark_has(r, bad[i].remark))
+      fail_msg("%s: remark '%s'", bad[i].body ? bad[i].body : "(none)", r->remark);
+  }
+  assert_int_equal(group_field(e, "CGS", "retryQueueNums"), 1);
+
+  /* delete, with removeOffset: the group and its offsets go */
+  r = call(e, FY_RMQ_REQ_UPDATE_CONSUMER_OFFSET, NULL, "consumerGroup", "CGS", "topic", "TopicS",
+           "queueId", "0", "commitOffset", "1", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_int_equal(fy_offsets_query(e->broker->offsets, "CGS", "TopicS", 0), 1);
+  r = call(e, FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP, NULL, "groupName", "CGS", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_int_equal(fy_offsets_query(e->broker->offsets, "CGS", "TopicS", 0), 1); /* kept */
+  assert_int_equal(pull(e, "CGS", "TopicS", "0", "1", "0")->code,
+                   FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST);
+  update_group(e, "{\"groupName\":\"CGS\"}");
+  r = call(e, FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP, NULL, "groupName", "CGS", "removeOffset",
+           "true", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  assert_int_equal(fy_offsets_query(e->broker->offsets, "CGS", "TopicS", 0), -1);
+  t = group_table(e);
+  assert_null(json_object_get(t, "CGS"));
+  json_decref(t);
+  /* as in RocketMQ, deleting a group that is not there succeeds */
+  r = call(e, FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP, NULL, "groupName", "CGS", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUCCESS);
+  r = call(e, FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP, NULL, END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SYSTEM_ERROR);
+  assert_true(remark_has(r, "<groupName> is null"));
+  /* the send-back of an unknown group */
+  r = send_back(e, "CGS", phys);
+  assert_int_equal(r->code, FY_RMQ_RESP_SUBSCRIPTION_GROUP_NOT_EXIST);
+  assert_true(remark_has(r, "subscription group not exist, CGS"));
+}
+
+/* A slave copies its master's groups: it refuses to change them, in
+ * RocketMQ's words, and still lists what it holds. */
+static void test_slave_refuses_group_changes(void **state) {
+  struct env *e = *state;
+  const fy_rmq_cmd *r =
+      call(e, FY_RMQ_REQ_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP, "{\"groupName\":\"CGV\"}", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SYSTEM_ERROR);
+  assert_string_equal(r->remark, "Can't modify topic or subscription group from slave broker, "
+                                 "please execute it from master broker.");
+  r = call(e, FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP, NULL, "groupName", "CGV", END);
+  assert_int_equal(r->code, FY_RMQ_RESP_SYSTEM_ERROR);
+  assert_true(remark_has(r, "from slave broker"));
+  json_t *t = group_table(e);
+  assert_null(json_object_get(t, "CGV"));
+  json_decref(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_producer_unregister_keeps_consumer, setup, teardown),
@@ -682,6 +866,10 @@ int main(void) {
           (void *)&busy_store),
       cmocka_unit_test_prestate_setup_teardown(test_flush_disk_timeout, setup, teardown,
                                                (void *)&sync_flush),
+      cmocka_unit_test_prestate_setup_teardown(test_sub_groups_by_admin, setup, teardown,
+                                               (void *)&no_auto_group),
+      cmocka_unit_test_prestate_setup_teardown(test_slave_refuses_group_changes, setup, teardown,
+                                               (void *)&slave),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

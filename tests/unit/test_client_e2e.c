@@ -1,6 +1,7 @@
 /* client against the real thing, in-process: a name server and a broker
- * master/slave pair (src/broker, src/ha) on a server thread. Topics
- * created through the admin calls; sync, async and batch sends; topic
+ * master/slave pair (src/broker, src/ha) on a server thread. Topics and
+ * subscription groups created through the admin calls (groups reach the
+ * slave, which refuses to change them); sync, async and batch sends; topic
  * status, queries by key and by offset msg id, cluster list, broker
  * status, topic configs; the pull consumer's redirect to the slave; a push
  * consumer that consumes everything and commits, consumer progress and a
@@ -150,6 +151,23 @@ static bool slave_has(fy_client *cl, const char *addr, const char *topic) {
   return has;
 }
 
+/* Whether addr holds subscription group name (its configuration in *out). */
+static bool sub_group_has(fy_client *cl, const char *addr, const char *name,
+                          fy_sub_group_config *out) {
+  fy_sub_group_config_list *l;
+  if (fy_admin_sub_group_configs(cl, addr, 0, &l))
+    return false;
+  bool has = false;
+  for (size_t i = 0; i < l->n; i++)
+    if (strcmp(l->items[i].group, name) == 0) {
+      has = true;
+      if (out)
+        *out = l->items[i];
+    }
+  fy_result_free(l);
+  return has;
+}
+
 static uint64_t status_total(fy_client *cl, const char *topic) {
   fy_topic_status *ts;
   if (fy_admin_topic_status(cl, topic, 0, &ts))
@@ -215,6 +233,35 @@ static void test_e2e(void **state) {
   fy_result_free(tr);
 
   fy_topic_config_list *tcl;
+
+  /* subscription groups: created on the cluster's masters, copied by the slave */
+  fy_sub_group_config sg;
+  fy_sub_group_config_init(&sg, "E2ESub");
+  sg.retry_max_times = 3;
+  sg.consume_broadcast_enable = false;
+  assert_int_equal(fy_admin_update_sub_group(cl, NULL, "C1", &sg, 0), 0);
+  fy_sub_group_config got;
+  assert_true(sub_group_has(cl, maddr, "E2ESub", &got));
+  assert_int_equal(got.retry_max_times, 3);
+  assert_int_equal(got.retry_queue_nums, 1);
+  assert_true(got.consume_enable);
+  assert_false(got.consume_broadcast_enable);
+  assert_true(got.which_broker_when_consume_slowly == 1);
+  WAIT_UNTIL(sub_group_has(cl, saddr, "E2ESub", NULL));
+  assert_int_equal(fy_admin_update_sub_group(cl, saddr, NULL, &sg, 0), -FY_EUNAVAILABLE);
+  assert_non_null(strstr(fy_client_last_error(), "is a slave"));
+  assert_int_equal(fy_admin_delete_sub_group(cl, saddr, NULL, "E2ESub", false, 0),
+                   -FY_EUNAVAILABLE);
+  sg.retry_queue_nums = 2000;
+  assert_int_equal(fy_admin_update_sub_group(cl, maddr, NULL, &sg, 0), -FY_EBAD_REQUEST);
+  assert_non_null(strstr(fy_client_last_error(), "retryQueueNums"));
+  assert_int_equal(fy_admin_update_sub_group(cl, maddr, "C1", &sg, 0), -EINVAL); /* both */
+  assert_int_equal(fy_admin_delete_sub_group(cl, NULL, "C1", "E2ESub", true, 0), 0);
+  assert_false(sub_group_has(cl, maddr, "E2ESub", NULL));
+  assert_int_equal(fy_admin_delete_sub_group(cl, NULL, "C1", "E2ESub", false, 0), -FY_ENO_GROUP);
+  assert_int_equal(fy_admin_delete_sub_group(cl, maddr, NULL, "E2ESub", false, 0), -FY_ENO_GROUP);
+  assert_non_null(strstr(fy_client_last_error(), "does not exist"));
+  WAIT_UNTIL(!sub_group_has(cl, saddr, "E2ESub", NULL));
 
   /* sends: sync, batch, async */
   fy_producer_config pcfg = {.group = "E2EP"};

@@ -1,7 +1,9 @@
 /* Subscription groups: name validation, RocketMQ's defaults, auto-create on
  * first use (and its switch, with system groups always created), updates
- * and data version, bounds, JSON export and the slave's replace; then
- * persistence across reopen and a corrupt file as a start-up error. */
+ * and data version, the bounds of an update and the field they name, a
+ * group from RocketMQ's SubscriptionGroupConfig JSON, JSON export and the
+ * slave's replace; then persistence across reopen and a corrupt file as a
+ * start-up error. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -123,10 +125,12 @@ static void test_update_delete_bounds(void **state) {
   assert_int_equal(out.retry_queues, 0);
 
   const char *why = NULL;
-  c.retry_queues = FY_GROUP_RETRY_QUEUES_LIMIT + 1;
+  c.retry_queues = FY_GROUP_RETRY_QUEUES_MAX + 1;
   assert_int_equal(fy_groups_put(g, &c, &why), -EINVAL);
-  assert_non_null(why);
+  assert_non_null(strstr(why, "retryQueueNums"));
   assert_int_equal(fy_groups_data_version(g).counter, 2);
+  assert_int_equal(fy_groups_get(g, "A", &out), 0);
+  assert_int_equal(out.retry_queues, 0); /* refused: unchanged */
 
   assert_int_equal(fy_groups_find_or_create(g, "B", NULL, NULL), 0);
   assert_int_equal(fy_groups_find_or_create(g, "C", NULL, NULL), -ENOSPC);
@@ -145,6 +149,106 @@ static void test_update_delete_bounds(void **state) {
   assert_int_equal(fy_groups_data_version(g).counter, 4);
   assert_int_equal(fy_groups_find_or_create(g, "C", NULL, NULL), 0);
   fy_groups_close(g);
+}
+
+static void test_config_check_names_the_field(void **state) {
+  (void)state;
+  struct fy_group_config c;
+  const char *why = NULL;
+  fy_group_config_default(&c, "G");
+  assert_int_equal(fy_group_config_check(&c, &why), 0);
+  assert_null(why);
+  c.retry_queues = 0; /* no retries: allowed */
+  c.retry_max_times = 0;
+  c.broker_id = FY_GROUP_BROKER_ID_MAX;
+  c.which_broker_when_consume_slowly = FY_GROUP_BROKER_ID_MAX;
+  assert_int_equal(fy_group_config_check(&c, NULL), 0);
+  c.retry_queues = FY_GROUP_RETRY_QUEUES_MAX;
+  c.retry_max_times = FY_GROUP_RETRY_TIMES_MAX;
+  assert_int_equal(fy_group_config_check(&c, NULL), 0);
+
+  fy_group_config_default(&c, "G");
+  c.retry_queues = FY_GROUP_RETRY_QUEUES_MAX + 1;
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_string_equal(why, "retryQueueNums must be from 0 to 1024");
+  fy_group_config_default(&c, "G");
+  c.retry_max_times = (uint32_t)FY_GROUP_RETRY_TIMES_MAX + 1;
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_string_equal(why, "retryMaxTimes must be from 0 to 2147483647");
+  fy_group_config_default(&c, "G");
+  c.broker_id = FY_GROUP_BROKER_ID_MAX + 1;
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_string_equal(why, "brokerId must be from 0 to 1024");
+  fy_group_config_default(&c, "G");
+  c.which_broker_when_consume_slowly = UINT64_MAX;
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_string_equal(why, "whichBrokerWhenConsumeSlowly must be from 0 to 1024");
+  fy_group_config_default(&c, "G");
+  strcpy(c.name, "a b");
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_non_null(strstr(why, "illegal characters"));
+  c.name[0] = '\0';
+  assert_int_equal(fy_group_config_check(&c, &why), -EINVAL);
+  assert_non_null(strstr(why, "blank"));
+}
+
+/* UPDATE_AND_CREATE_SUBSCRIPTIONGROUP's body, as the Java admin writes it. */
+static void test_config_from_json(void **state) {
+  (void)state;
+  struct fy_group_config c;
+  char err[256];
+  const char *full =
+      "{\"brokerId\":1,\"consumeBroadcastEnable\":false,\"consumeEnable\":false,"
+      "\"consumeFromMinEnable\":false,\"groupName\":\"CG_X\",\"notifyConsumerIdsChangedEnable\""
+      ":false,\"retryMaxTimes\":3,\"retryQueueNums\":4,\"whichBrokerWhenConsumeSlowly\":2,"
+      "\"groupRetryPolicy\":{\"type\":\"CUSTOMIZED\"},\"groupSysFlag\":0}"; /* 5.x extras */
+  assert_int_equal(fy_group_config_from_json(full, strlen(full), &c, err, sizeof err), 0);
+  assert_string_equal(c.name, "CG_X");
+  assert_false(c.consume_enable);
+  assert_false(c.consume_from_min_enable);
+  assert_false(c.consume_broadcast_enable);
+  assert_false(c.notify_consumer_ids_changed_enable);
+  assert_int_equal(c.retry_queues, 4);
+  assert_int_equal(c.retry_max_times, 3);
+  assert_int_equal(c.broker_id, 1);
+  assert_int_equal(c.which_broker_when_consume_slowly, 2);
+
+  /* missing fields: SubscriptionGroupConfig's defaults */
+  const char *part = "{\"groupName\":\"CG_Y\",\"retryMaxTimes\":0}";
+  assert_int_equal(fy_group_config_from_json(part, strlen(part), &c, err, sizeof err), 0);
+  struct fy_group_config want;
+  fy_group_config_default(&want, "CG_Y");
+  want.retry_max_times = 0;
+  assert_memory_equal(&c, &want, sizeof c);
+
+  struct {
+    const char *json;
+    const char *err;
+  } bad[] = {
+      {"", "not a SubscriptionGroupConfig"},
+      {"[1]", "not a JSON object"},
+      {"{\"retryMaxTimes\":1}", "groupName is missing"},
+      {"{\"groupName\":7}", "groupName is not a string"},
+      {"{\"groupName\":\"\"}", "blank"},
+      {"{\"groupName\":\"a@b\"}", "illegal characters"},
+      {"{\"groupName\":\"G\",\"consumeEnable\":\"false\"}",
+       "\"consumeEnable\" is not true or false"},
+      {"{\"groupName\":\"G\",\"retryQueueNums\":-1}", "\"retryQueueNums\" = -1 is outside 0..1024"},
+      {"{\"groupName\":\"G\",\"retryQueueNums\":1025}", "\"retryQueueNums\" = 1025"},
+      {"{\"groupName\":\"G\",\"retryMaxTimes\":2147483648}", "\"retryMaxTimes\""},
+      {"{\"groupName\":\"G\",\"brokerId\":1.5}", "\"brokerId\" is not an integer"},
+      {"{\"groupName\":\"G\",\"whichBrokerWhenConsumeSlowly\":2000}",
+       "\"whichBrokerWhenConsumeSlowly\" = 2000 is outside 0..1024"},
+      {"{\"groupName\":\"G\",\"groupName\":\"H\"}", "not a SubscriptionGroupConfig"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    err[0] = '\0';
+    assert_int_equal(fy_group_config_from_json(bad[i].json, strlen(bad[i].json), &c, err,
+                                               sizeof err),
+                     -EINVAL);
+    if (!strstr(err, bad[i].err))
+      fail_msg("%s: error '%s' does not say '%s'", bad[i].json, err, bad[i].err);
+  }
 }
 
 static void test_json_and_replace(void **state) {
@@ -317,6 +421,8 @@ int main(void) {
       cmocka_unit_test(test_auto_create_defaults),
       cmocka_unit_test(test_auto_create_off),
       cmocka_unit_test(test_update_delete_bounds),
+      cmocka_unit_test(test_config_check_names_the_field),
+      cmocka_unit_test(test_config_from_json),
       cmocka_unit_test(test_json_and_replace),
       cmocka_unit_test_setup_teardown(test_persistence_round_trip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_auto_created_group_persisted, setup, teardown),
