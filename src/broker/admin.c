@@ -253,12 +253,26 @@ static void on_reset_offset(struct fy_broker *b, fy_conn *conn, const fy_frame *
 
 /* ---------------------------------------------------------------- topics */
 
+/* Topics and subscription groups are changed on the master only: a slave
+ * copies the master's tables, so its own change would be overwritten. */
+static uint16_t refuse_on_slave(struct fy_broker *b, const char *what, char *why, size_t whylen) {
+  if (b->cfg->role != FY_ROLE_SLAVE)
+    return 0;
+  snprintf(why, whylen, "broker %s is a slave: change %s on its master (the slave copies them "
+           "from there)", b->cfg->broker_name, what);
+  return FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE;
+}
+
 static void on_update_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   UNPACK(Ferry__V1__UpdateTopicRequest, ferry__v1__update_topic_request__descriptor, req);
   const Ferry__V1__TopicConfig *in = req->config;
   struct fy_topic_config tc = {0};
   const char *why = NULL;
-  if (!in || !in->topic || strlen(in->topic) > FY_TOPIC_NAME_MAX) {
+  char slave_why[256];
+  uint16_t st = refuse_on_slave(b, "topics", slave_why, sizeof slave_why);
+  if (st) {
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", slave_why);
+  } else if (!in || !in->topic || strlen(in->topic) > FY_TOPIC_NAME_MAX) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__BAD_REQUEST,
                         "updateTopic needs a topic name of at most %u characters",
                         FY_TOPIC_NAME_MAX);
@@ -284,7 +298,11 @@ static void on_update_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *
 
 static void on_delete_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   UNPACK(Ferry__V1__DeleteTopicRequest, ferry__v1__delete_topic_request__descriptor, req);
-  if (fy_topics_delete(b->topics, req->topic) != 0) {
+  char slave_why[256];
+  uint16_t st = refuse_on_slave(b, "topics", slave_why, sizeof slave_why);
+  if (st) {
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", slave_why);
+  } else if (fy_topics_delete(b->topics, req->topic) != 0) {
     fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
                         "topic '%s' does not exist on broker %s", req->topic, b->cfg->broker_name);
   } else {
@@ -320,6 +338,8 @@ static void on_topic_configs(struct fy_broker *b, fy_conn *conn, const fy_frame 
     resp.topics = tcp;
     resp.n_topics = n;
     reply_ok(conn, f, &resp.base);
+  } else {
+    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__SYSTEM_ERROR, "out of memory");
   }
   free(tcs);
   free(tcp);
@@ -327,16 +347,6 @@ static void on_topic_configs(struct fy_broker *b, fy_conn *conn, const fy_frame 
 }
 
 /* ---------------------------------------------------------------- subscription groups */
-
-static uint16_t refuse_on_slave(struct fy_broker *b, char *why, size_t whylen) {
-  if (b->cfg->role != FY_ROLE_SLAVE)
-    return 0;
-  snprintf(why, whylen,
-           "broker %s is a slave: change subscription groups on its master (the slave copies "
-           "them from there)",
-           b->cfg->broker_name);
-  return FERRY__V1__STATUS__SERVICE_NOT_AVAILABLE;
-}
 
 /* The group's retry topic, when it exists, follows retryQueueNums (RocketMQ's
  * updateSubGroup tool does this through a topic update): writes go to the
@@ -368,7 +378,7 @@ static void resize_retry_topic(struct fy_broker *b, const struct fy_group_config
 
 uint16_t fy__sub_group_update(struct fy_broker *b, const struct fy_group_config *cfg, char *why,
                               size_t whylen) {
-  uint16_t st = refuse_on_slave(b, why, whylen);
+  uint16_t st = refuse_on_slave(b, "subscription groups", why, whylen);
   if (st)
     return st;
   const char *reason = NULL;
@@ -391,7 +401,7 @@ uint16_t fy__sub_group_update(struct fy_broker *b, const struct fy_group_config 
 
 uint16_t fy__sub_group_delete(struct fy_broker *b, const char *group, bool remove_offset,
                               char *why, size_t whylen) {
-  uint16_t st = refuse_on_slave(b, why, whylen);
+  uint16_t st = refuse_on_slave(b, "subscription groups", why, whylen);
   if (st)
     return st;
   const char *reason = NULL;

@@ -217,6 +217,11 @@ static void test_e2e(void **state) {
   char saddr[64];
   snprintf(saddr, sizeof saddr, "127.0.0.1:%d", slave.port);
   WAIT_UNTIL(slave_has(cl, saddr, "E2E"));
+  /* a slave refuses topic changes: the master's table would overwrite them */
+  assert_int_equal(fy_admin_update_topic(cl, saddr, NULL, &tc, 0), -FY_EUNAVAILABLE);
+  assert_non_null(strstr(fy_client_last_error(), "is a slave: change topics on its master"));
+  assert_int_equal(fy_admin_delete_topic(cl, saddr, NULL, "E2E", 0), -FY_EUNAVAILABLE);
+  assert_true(slave_has(cl, saddr, "E2E"));
   assert_int_equal(fy_admin_update_topic(cl, NULL, "NoCluster", &tc, 0), -FY_ENO_BROKER);
   fy_string_list *tl;
   assert_int_equal(fy_admin_topic_list(cl, 0, &tl), 0);
