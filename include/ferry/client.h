@@ -253,7 +253,10 @@ typedef struct fy_send_result {
  * route with no master to write to is fetched again before the send gives
  * up with NO_BROKER, so a restarted master is used as soon as it has
  * registered. opts may be NULL. Returns 0 (stored; res->status says
- * how) or an error; res (may be NULL) is filled either way. */
+ * how) or an error; res (may be NULL) is filled either way. Refused at
+ * once with -EINVAL, nothing sent: a topic name that is empty, too long
+ * or not of [%|a-zA-Z0-9_-] (brokers accept no other), control bytes
+ * \x01/\x02 in tags, keys or properties. */
 int fy_producer_send(fy_producer *p, const fy_message *msg, const fy_send_options *opts,
                      fy_send_result *res);
 
@@ -399,7 +402,9 @@ int fy_push_consumer_new(fy_client *cl, const fy_push_config *cfg, fy_push_consu
 
 /* Subscribes to topic with a tag expression ("TagA || TagB", "*" or NULL
  * for all). Before fy_push_consumer_start only; at most 64 topics.
- * -EINVAL for a bad expression or a topic subscribed twice. */
+ * -EINVAL for a bad expression, a topic name brokers would refuse, or a
+ * topic subscribed twice. Group names are checked the same way when the
+ * consumer is made. */
 int fy_push_consumer_subscribe(fy_push_consumer *c, const char *topic, const char *expression);
 
 /* Registers with the brokers (heartbeat), rebalances and starts pulling

@@ -17,6 +17,7 @@
 #include "broker/persist.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/record.h"
 #include "common/strmap.h"
 
 #define GROUPS_FILE "subscriptionGroup.json"
@@ -40,7 +41,7 @@ int fy_group_name_check(const char *name, const char **why) {
     msg = "the specified group is blank";
   else if (len > FY_GROUP_NAME_MAX)
     msg = "the specified group is longer than group max length 255.";
-  else if (!fy__name_chars_ok(name, len))
+  else if (!fy_name_chars_ok(name, len))
     msg = "the specified group contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$";
   if (why)
     *why = msg;

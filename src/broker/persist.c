@@ -66,19 +66,6 @@ int fy__data_version_from_json(json_t *root, struct fy_data_version *v, char *er
   return 0;
 }
 
-/* ---- names -------------------------------------------------------------- */
-
-bool fy__name_chars_ok(const char *name, size_t len) {
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)name[i];
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '%' || c == '|' || c == '_' || c == '-';
-    if (!ok)
-      return false;
-  }
-  return true;
-}
-
 /* ---- JSON --------------------------------------------------------------- */
 
 int fy__json_parse(const char *buf, size_t len, json_t **root, char *err, size_t errlen) {

@@ -32,9 +32,6 @@ int fy__data_version_from_json(json_t *root, struct fy_data_version *v, char *er
 /* Wall clock in milliseconds. */
 int64_t fy__now_ms(void);
 
-/* True if name[0, len) uses only RocketMQ's topic/group characters [%|a-zA-Z0-9_-]. */
-bool fy__name_chars_ok(const char *name, size_t len);
-
 /* ---- JSON helpers: on error they return -FY_ECORRUPT and write a message ---- */
 
 /* Parses buf[0, len) (duplicate keys rejected); the message names line and column. */

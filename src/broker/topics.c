@@ -18,6 +18,7 @@
 #include "broker/persist.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/record.h"
 #include "common/strmap.h"
 
 #define TOPICS_FILE "topics.json"
@@ -56,7 +57,7 @@ int fy_topic_name_check(const char *name, const char **why) {
     msg = "The specified topic is blank.";
   else if (len > FY_TOPIC_NAME_MAX)
     msg = "The specified topic is longer than topic max length.";
-  else if (!fy__name_chars_ok(name, len))
+  else if (!fy_name_chars_ok(name, len))
     msg = "The specified topic contains illegal characters, allowing only ^[%|a-zA-Z0-9_-]+$";
   if (why)
     *why = msg;

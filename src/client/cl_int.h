@@ -60,6 +60,11 @@ int64_t fy__cl_wall_ms(void);     /* CLOCK_REALTIME */
 /* Sets the calling thread's detail text (fy_client_last_error). */
 void fy__set_last_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Checks a topic or group name as brokers will: 1 to cap - 1 bytes of
+ * [%|a-zA-Z0-9_-]. On failure sets the last error, naming what ("topic",
+ * "consumer group", ...) in RocketMQ's words, and returns -EINVAL. */
+int fy__cl_name_check(const char *what, const char *name, size_t cap);
+
 /* Protocol status -> 0 or -FY_E*. */
 int fy__cl_status_err(uint16_t status);
 const char *fy__cl_status_name(uint16_t status);

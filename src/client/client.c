@@ -62,6 +62,20 @@ void fy__set_last_error(const char *fmt, ...) {
 
 const char *fy_client_last_error(void) { return last_error; }
 
+int fy__cl_name_check(const char *what, const char *name, size_t cap) {
+  size_t len = name ? strnlen(name, cap) : 0;
+  if (len == 0 || len >= cap) {
+    fy__set_last_error("%s must be 1..%zu bytes", what, cap - 1);
+    return -EINVAL;
+  }
+  if (!fy_name_chars_ok(name, len)) {
+    fy__set_last_error("the specified %s[%s] contains illegal characters, allowing only "
+                       "^[%%|a-zA-Z0-9_-]+$", what, name);
+    return -EINVAL;
+  }
+  return 0;
+}
+
 const char *fy_client_strerror(int err) { return fy_net_strerror(err); }
 
 int fy__cl_status_err(uint16_t st) {

@@ -396,11 +396,9 @@ static int send_build(fy_producer *p, const fy_message *msgs, size_t n,
     return -EINVAL;
   }
   const char *topic = msgs[0].topic;
-  size_t tl = topic ? strlen(topic) : 0;
-  if (tl == 0 || tl >= FY_CLIENT_TOPIC_MAX) {
-    fy__set_last_error("topic must be 1..%d bytes", FY_CLIENT_TOPIC_MAX - 1);
+  if (fy__cl_name_check("topic", topic, FY_CLIENT_TOPIC_MAX))
     return -EINVAL;
-  }
+  size_t tl = strlen(topic);
   size_t total = 0;
   for (size_t i = 0; i < n; i++) {
     const fy_message *m = &msgs[i];
@@ -720,10 +718,8 @@ static int producer_reg(fy_producer *p, bool add) {
 }
 
 int fy_producer_new(fy_client *cl, const fy_producer_config *cfg, fy_producer **out) {
-  if (!cfg || !cfg->group || !*cfg->group || strlen(cfg->group) >= FY_CLIENT_NAME_MAX) {
-    fy__set_last_error("producer group must be 1..%d bytes", FY_CLIENT_NAME_MAX - 1);
+  if (!cfg || fy__cl_name_check("producer group", cfg->group, FY_CLIENT_NAME_MAX))
     return -EINVAL;
-  }
   fy_producer *p = calloc(1, sizeof *p);
   if (!p)
     return -ENOMEM;

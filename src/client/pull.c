@@ -496,10 +496,8 @@ int fy_pull_consumer_pull(fy_pull_consumer *c, const fy_queue *q, uint64_t offse
 }
 
 int fy_pull_consumer_new(fy_client *cl, const char *group, fy_pull_consumer **out) {
-  if (!group || !*group || strlen(group) >= FY_CLIENT_NAME_MAX) {
-    fy__set_last_error("consumer group must be 1..%d bytes", FY_CLIENT_NAME_MAX - 1);
+  if (fy__cl_name_check("consumer group", group, FY_CLIENT_NAME_MAX))
     return -EINVAL;
-  }
   fy_pull_consumer *c = calloc(1, sizeof *c);
   if (!c)
     return -ENOMEM;

@@ -1377,12 +1377,12 @@ static int life_run(fy_push_consumer *c, int kind) {
 /* ------------------------------------------------------------------- public */
 
 int fy_push_consumer_new(fy_client *cl, const fy_push_config *cfg, fy_push_consumer **out) {
-  if (!cfg || !cfg->group || !*cfg->group || strlen(cfg->group) >= FY_CLIENT_NAME_MAX ||
-      !cfg->listener) {
-    fy__set_last_error("a consumer group (1..%d bytes) and a listener are required",
-                       FY_CLIENT_NAME_MAX - 1);
+  if (!cfg || !cfg->listener) {
+    fy__set_last_error("a consumer group and a listener are required");
     return -EINVAL;
   }
+  if (fy__cl_name_check("consumer group", cfg->group, FY_CLIENT_NAME_MAX))
+    return -EINVAL;
   fy_push_consumer *c = calloc(1, sizeof *c);
   if (!c)
     return -ENOMEM;
@@ -1480,10 +1480,13 @@ int fy_push_consumer_subscribe(fy_push_consumer *c, const char *topic, const cha
     fy__set_last_error("at most %d topics per consumer", FY__SUBS_MAX);
     return -EINVAL;
   }
+  if (fy__cl_name_check("topic", topic, FY_CLIENT_TOPIC_MAX))
+    return -EINVAL;
   struct fy__sub *s = &c->subs[c->nsubs];
   int err = fy__sub_parse(s, topic, expression);
   if (err) {
-    fy__set_last_error("bad topic or tag expression '%s'", expression ? expression : "");
+    fy__set_last_error("bad tag expression '%s': expected 'TagA || TagB' or '*'",
+                       expression ? expression : "");
     return err;
   }
   for (size_t i = 0; i < c->nsubs; i++)

@@ -291,3 +291,14 @@ int32_t fy_tag_hash(const char *s, size_t len) {
   }
   return (int32_t)h;
 }
+
+bool fy_name_chars_ok(const char *name, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)name[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '%' || c == '|' || c == '_' || c == '-';
+    if (!ok)
+      return false;
+  }
+  return true;
+}

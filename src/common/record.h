@@ -158,6 +158,10 @@ void fy_record_encode_blank(uint8_t *dst, uint32_t remaining);
 bool fy_props_next(const char **pos, const char *end, const char **key, size_t *key_len,
                    const char **val, size_t *val_len);
 
+/* True if name[0, len) uses only RocketMQ's characters for topic and group
+ * names, [%|a-zA-Z0-9_-]. */
+bool fy_name_chars_ok(const char *name, size_t len);
+
 /* Looks up key in a "k\x01v\x02" property string. Returns true and sets
  * *val and *val_len (pointing into props) when found (the first one). */
 bool fy_props_get(const char *props, size_t props_len, const char *key, const char **val,

@@ -388,8 +388,7 @@ int main(int argc, char **argv) {
   if (!err) {
     err = fy_push_consumer_subscribe(c, g.topic, g.filter);
     if (err == -EINVAL) {
-      fprintf(stderr, "mqconsume: bad --filter '%s': expected 'TagA || TagB' or '*'\n",
-              g.filter ? g.filter : "");
+      fprintf(stderr, "mqconsume: %s\n", fy_client_last_error());
       fy_push_consumer_close(c);
       fy_client_close(cl);
       return EXIT_USAGE;

@@ -227,6 +227,12 @@ static void test_send_results(void **state) {
   fy_message bad = msg("TopicS", "x");
   bad.tags = "a\x01";
   assert_int_equal(fy_producer_send(p, &bad, NULL, &r), -EINVAL);
+  fy_message badname = msg("Topic S", "x"); /* the broker would refuse it too */
+  assert_int_equal(fy_producer_send(p, &badname, NULL, &r), -EINVAL);
+  assert_non_null(strstr(fy_client_last_error(), "topic[Topic S] contains illegal characters"));
+  fy_pull_consumer *pc;
+  assert_int_equal(fy_pull_consumer_new(cl, "G/1", &pc), -EINVAL);
+  assert_non_null(strstr(fy_client_last_error(), "consumer group[G/1]"));
 
   /* a topic nobody serves (no TBW102 either) */
   fy_message nt = msg("NoTopic", "x");
