@@ -456,8 +456,8 @@ static int list_segments(const char *dir, struct seg_file **out, size_t *n_out) 
 static int settle_segment_size(const char *root, bool given, uint64_t *size, bool *has_data) {
   char dir[600];
   snprintf(dir, sizeof dir, "%s/commitlog", root);
-  struct seg_file *f;
-  size_t n;
+  struct seg_file *f = NULL;
+  size_t n = 0;
   int err = list_segments(dir, &f, &n);
   if (err) {
     fprintf(stderr, "ferry-store: cannot list %s: %s\n", dir, fy_strerror(err));

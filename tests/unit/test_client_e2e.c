@@ -245,7 +245,7 @@ static void test_e2e(void **state) {
   sg.retry_max_times = 3;
   sg.consume_broadcast_enable = false;
   assert_int_equal(fy_admin_update_sub_group(cl, NULL, "C1", &sg, 0), 0);
-  fy_sub_group_config got;
+  fy_sub_group_config got = {0};
   assert_true(sub_group_has(cl, maddr, "E2ESub", &got));
   assert_int_equal(got.retry_max_times, 3);
   assert_int_equal(got.retry_queue_nums, 1);
