@@ -566,7 +566,17 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   return 0;
 
 out_free:
-  /* Start-up failed: the process is about to exit; the OS reclaims the rest. */
+  /* Start-up failed. Until the store is open, nothing has started that
+   * must be stopped: free what was made (a config or disk problem is
+   * common, and a leak report would bury its message under the ASan
+   * build). Once it is open, the process is about to exit and the OS
+   * reclaims the rest. */
+  if (!b->store) {
+    fy_consumers_free(b->consumers);
+    fy_strmap_free(b->resets);
+    free(b->send_lat);
+    free(b);
+  }
   return err ? err : -EIO;
 }
 
