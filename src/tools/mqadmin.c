@@ -338,6 +338,17 @@ static int cluster_masters(fy_client *cl, const char *cluster, char addrs[][FY_C
   return 0;
 }
 
+/* The brokers a write subcommand acts on: -b's, or every master of -c's
+ * cluster (names: their brokerNames, for -c only). */
+static int target_brokers(const struct opts *o, fy_client *cl, char addrs[][FY_CLIENT_ADDR_MAX],
+                          char names[][FY_CLIENT_NAME_MAX], size_t *n) {
+  if (!o->broker)
+    return cluster_masters(cl, o->cluster, addrs, names, n);
+  snprintf(addrs[0], FY_CLIENT_ADDR_MAX, "%s", o->broker);
+  *n = 1;
+  return 0;
+}
+
 static const char *perm_text(uint32_t perm) {
   static const char *t[8] = {"---", "--X", "-W-", "-WX", "R--", "R-X", "RW-", "RWX"};
   return t[perm & 7];
@@ -351,10 +362,8 @@ static int run_update_topic(const struct opts *o, fy_client *cl) {
                         .write_queues = o->write_queues, .perm = o->perm, .order = o->order};
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
-  size_t n = 1;
-  if (o->broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
-  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+  size_t n;
+  if ((rc = target_brokers(o, cl, addrs, names, &n)))
     return rc;
   for (size_t i = 0; i < n; i++) {
     int err = fy_admin_update_topic(cl, addrs[i], NULL, &tc, 0);
@@ -377,10 +386,8 @@ static int run_delete_topic(const struct opts *o, fy_client *cl) {
   int rc = 0;
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
-  size_t n = 1, deleted = 0;
-  if (o->broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
-  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+  size_t n, deleted = 0;
+  if ((rc = target_brokers(o, cl, addrs, names, &n)))
     return rc;
   for (size_t i = 0; i < n; i++) {
     int err = fy_admin_delete_topic(cl, addrs[i], NULL, o->topic, 0);
@@ -447,10 +454,8 @@ static int run_update_sub_group(const struct opts *o, fy_client *cl) {
   sg.group = o->group;
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
-  size_t n = 1;
-  if (o->broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
-  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+  size_t n;
+  if ((rc = target_brokers(o, cl, addrs, names, &n)))
     return rc;
   for (size_t i = 0; i < n; i++) {
     int err = fy_admin_update_sub_group(cl, addrs[i], NULL, &sg, 0);
@@ -509,10 +514,8 @@ static int run_delete_sub_group(const struct opts *o, fy_client *cl) {
   int rc = 0;
   static char addrs[CLUSTER_MASTERS_MAX][FY_CLIENT_ADDR_MAX];
   static char names[CLUSTER_MASTERS_MAX][FY_CLIENT_NAME_MAX];
-  size_t n = 1, deleted = 0;
-  if (o->broker)
-    snprintf(addrs[0], sizeof addrs[0], "%s", o->broker);
-  else if ((rc = cluster_masters(cl, o->cluster, addrs, names, &n)))
+  size_t n, deleted = 0;
+  if ((rc = target_brokers(o, cl, addrs, names, &n)))
     return rc;
   for (size_t i = 0; i < n; i++) {
     int err = fy_admin_delete_sub_group(cl, addrs[i], NULL, o->group, o->remove_offset, 0);
