@@ -183,12 +183,9 @@ int fy_group_config_from_json(const char *json, size_t len, struct fy_group_conf
     snprintf(err, errlen, "not a SubscriptionGroupConfig: %s", why);
     return -EINVAL;
   }
-  json_t *name = json_object_get(root, "groupName");
+  json_t *name = json_object_get(root, "groupName"); /* root is an object (fy__json_parse) */
   const char *bad = NULL;
-  if (!json_is_object(root)) {
-    snprintf(err, errlen, "not a SubscriptionGroupConfig: not a JSON object");
-    r = -EINVAL;
-  } else if (!json_is_string(name)) {
+  if (!json_is_string(name)) {
     snprintf(err, errlen, "groupName is %s", name ? "not a string" : "missing");
     r = -EINVAL;
   } else if (fy_group_name_check(json_string_value(name), &bad) < 0) {

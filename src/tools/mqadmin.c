@@ -119,6 +119,8 @@ static int parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
   return 0;
 }
 
+static const char *tf(bool v) { return v ? "true" : "false"; }
+
 static int parse_bool(const char *s, bool *out) {
   if (strcmp(s, "true") == 0)
     *out = true;
@@ -376,7 +378,7 @@ static int run_update_topic(const struct opts *o, fy_client *cl) {
   if (rc == 0)
     printf("TopicConfig [topicName=%s, readQueueNums=%u, writeQueueNums=%u, perm=%s, order=%s]\n",
            o->topic, o->read_queues, o->write_queues, perm_text(o->perm),
-           o->order ? "true" : "false");
+           tf(o->order));
   return rc;
 }
 
@@ -469,11 +471,10 @@ static int run_update_sub_group(const struct opts *o, fy_client *cl) {
     printf("SubscriptionGroupConfig [groupName=%s, consumeEnable=%s, consumeFromMinEnable=%s, "
            "consumeBroadcastEnable=%s, retryQueueNums=%u, retryMaxTimes=%u, brokerId=%" PRIu64
            ", whichBrokerWhenConsumeSlowly=%" PRIu64 ", notifyConsumerIdsChangedEnable=%s]\n",
-           sg.group, sg.consume_enable ? "true" : "false",
-           sg.consume_from_min_enable ? "true" : "false",
-           sg.consume_broadcast_enable ? "true" : "false", sg.retry_queue_nums,
-           sg.retry_max_times, sg.broker_id, sg.which_broker_when_consume_slowly,
-           sg.notify_consumer_ids_changed_enable ? "true" : "false");
+           sg.group, tf(sg.consume_enable), tf(sg.consume_from_min_enable),
+           tf(sg.consume_broadcast_enable), sg.retry_queue_nums, sg.retry_max_times,
+           sg.broker_id, sg.which_broker_when_consume_slowly,
+           tf(sg.notify_consumer_ids_changed_enable));
   return rc;
 }
 
@@ -489,8 +490,7 @@ static int delete_sub_group_flag(struct opts *o, int ch, const char *arg) {
 
 /* RocketMQ's: -c also deletes the group's retry and dead-letter topics. */
 static int delete_group_topic(fy_client *cl, const char *cluster, const char *prefix,
-                              const char *group, const char (*addrs)[FY_CLIENT_ADDR_MAX],
-                              size_t n) {
+                              const char *group, char (*addrs)[FY_CLIENT_ADDR_MAX], size_t n) {
   char topic[FY_CLIENT_TOPIC_MAX];
   if ((size_t)snprintf(topic, sizeof topic, "%s%s", prefix, group) >= sizeof topic)
     return 0; /* too long to be a topic: there is none */
@@ -536,18 +536,14 @@ static int run_delete_sub_group(const struct opts *o, fy_client *cl) {
   if (o->cluster && rc == 0 && deleted == 0)
     rc = fail("subscription group %s does not exist in cluster %s", o->group, o->cluster);
   if (o->cluster && rc == 0) {
-    rc = delete_group_topic(cl, o->cluster, "%RETRY%", o->group,
-                            (const char(*)[FY_CLIENT_ADDR_MAX])addrs, n);
-    if (delete_group_topic(cl, o->cluster, "%DLQ%", o->group,
-                           (const char(*)[FY_CLIENT_ADDR_MAX])addrs, n))
+    rc = delete_group_topic(cl, o->cluster, "%RETRY%", o->group, addrs, n);
+    if (delete_group_topic(cl, o->cluster, "%DLQ%", o->group, addrs, n))
       rc = 1;
   }
   return rc;
 }
 
 /* ------------------------------------------------------------ subGroupList */
-
-static const char *tf(bool v) { return v ? "true" : "false"; }
 
 static int run_sub_group_list(const struct opts *o, fy_client *cl) {
   fy_sub_group_config_list *l;
