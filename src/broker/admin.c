@@ -296,22 +296,30 @@ static void on_update_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *
   fy_pb_free(&req->base);
 }
 
+uint16_t fy__topic_delete(struct fy_broker *b, const char *topic, char *why, size_t whylen) {
+  uint16_t st = refuse_on_slave(b, "topics", why, whylen);
+  if (st)
+    return st;
+  if (!topic || fy_topics_delete(b->topics, topic) != 0) {
+    snprintf(why, whylen, "topic '%s' does not exist on broker %s", topic ? topic : "",
+             b->cfg->broker_name);
+    return FERRY__V1__STATUS__TOPIC_NOT_EXIST;
+  }
+  fy_store_delete_topic(b->store, topic);
+  fy_offsets_delete_topic(b->offsets, topic);
+  fy_info(MOD, "deleted topic %s", topic);
+  fy__broker_register_all(b);
+  return 0;
+}
+
 static void on_delete_topic(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   UNPACK(Ferry__V1__DeleteTopicRequest, ferry__v1__delete_topic_request__descriptor, req);
-  char slave_why[256];
-  uint16_t st = refuse_on_slave(b, "topics", slave_why, sizeof slave_why);
-  if (st) {
-    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", slave_why);
-  } else if (fy_topics_delete(b->topics, req->topic) != 0) {
-    fy_conn_reply_error(conn, f->request_id, f->op, FERRY__V1__STATUS__TOPIC_NOT_EXIST,
-                        "topic '%s' does not exist on broker %s", req->topic, b->cfg->broker_name);
-  } else {
-    fy_store_delete_topic(b->store, req->topic);
-    fy_offsets_delete_topic(b->offsets, req->topic);
-    fy_info(MOD, "deleted topic %s", req->topic);
+  char why[512];
+  uint16_t st = fy__topic_delete(b, req->topic, why, sizeof why);
+  if (st)
+    fy_conn_reply_error(conn, f->request_id, f->op, st, "%s", why);
+  else
     reply_ok(conn, f, NULL);
-    fy__broker_register_all(b);
-  }
   fy_pb_free(&req->base);
 }
 

@@ -252,6 +252,10 @@ void fy__send_cache_free(struct fy_broker *b);
  * queues set to it, read queues never fewer). 0, or a native status with why. */
 uint16_t fy__sub_group_update(struct fy_broker *b, const struct fy_group_config *cfg, char *why,
                               size_t whylen);
+/* Deletes topic here: its configuration, its queues and every group's
+ * offsets of it; re-registers with the name servers. 0, or a native status
+ * with why (TOPIC_NOT_EXIST, or refused on a slave). */
+uint16_t fy__topic_delete(struct fy_broker *b, const char *topic, char *why, size_t whylen);
 /* Deletes group; with remove_offset its consumer offsets here go too (even
  * when the group has no configuration). 0, or a native status with why
  * (CONSUMER_GROUP_NOT_EXIST when there was no configuration). */

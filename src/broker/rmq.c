@@ -1132,6 +1132,26 @@ static void on_delete_sub_group(struct fy_broker *b, fy_conn *conn, const fy_rmq
     reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, 0, NULL);
 }
 
+/* DELETE_TOPIC_IN_BROKER: ext topic. The topic's configuration, queues and
+ * consumer offsets go; as in RocketMQ, an unknown topic succeeds. RocketMQ's
+ * mqadmin deleteTopic sends this to every master, then
+ * DELETE_TOPIC_IN_NAMESRV to the name servers. */
+static void on_delete_topic(struct fy_broker *b, fy_conn *conn, const fy_rmq_cmd *c) {
+  if (b->cfg->role == FY_ROLE_SLAVE) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, SLAVE_REMARK);
+    return;
+  }
+  const char *topic = need_str(conn, c, "topic");
+  if (!topic)
+    return;
+  char why[512];
+  uint16_t st = fy__topic_delete(b, topic, why, sizeof why);
+  if (st && st != FERRY__V1__STATUS__TOPIC_NOT_EXIST)
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, NULL, 0, "%s", why);
+  else
+    reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, 0, NULL);
+}
+
 /* ---------------------------------------------------------------- queries */
 
 static void reply_records(fy_conn *conn, const fy_rmq_cmd *c, fy_rmq_out *o,
@@ -1346,6 +1366,7 @@ static void handle(struct fy_broker *b, struct bconn *bc, const fy_rmq_cmd *c) {
   case FY_RMQ_REQ_UPDATE_AND_CREATE_SUBSCRIPTIONGROUP: on_update_sub_group(b, conn, c); break;
   case FY_RMQ_REQ_GET_ALL_SUBSCRIPTIONGROUP_CONFIG: on_all_sub_groups(b, conn, c); break;
   case FY_RMQ_REQ_DELETE_SUBSCRIPTIONGROUP: on_delete_sub_group(b, conn, c); break;
+  case FY_RMQ_REQ_DELETE_TOPIC_IN_BROKER: on_delete_topic(b, conn, c); break;
   case FY_RMQ_REQ_VIEW_MESSAGE_BY_ID: on_view_by_id(b, conn, c); break;
   case FY_RMQ_REQ_QUERY_MESSAGE: on_query_message(b, conn, c); break;
   case FY_RMQ_REQ_GET_BROKER_RUNTIME_INFO: on_runtime_info(b, conn, c); break;

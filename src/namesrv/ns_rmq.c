@@ -129,12 +129,30 @@ static void on_topic_list(fy_conn *conn, const fy_routes *routes, const fy_rmq_c
   reply_json(conn, c, json_pack("{s:o}", "topicList", list));
 }
 
-static void handle(fy_conn *conn, const fy_routes *routes, const fy_rmq_cmd *c) {
+/* DELETE_TOPIC_IN_NAMESRV: ext topic, and clusterName (RocketMQ 5) to
+ * forget only that cluster's brokers' queues. As in RocketMQ, an unknown
+ * topic succeeds. */
+static void on_delete_topic(fy_conn *conn, fy_routes *routes, const fy_rmq_cmd *c) {
+  const char *topic = fy_rmq_ext(c, "topic");
+  if (!topic || !*topic) {
+    reply(conn, c, FY_RMQ_RESP_SYSTEM_ERROR, "the custom field <topic> is null", NULL);
+    return;
+  }
+  const char *cluster = fy_rmq_ext(c, "clusterName");
+  size_t n = fy_routes_delete_topic(routes, topic, cluster);
+  fy_info(MOD, "%s: deleted topic %s%s%s from the routes (%zu brokerName%s)", fy_conn_peer(conn),
+          topic, cluster && *cluster ? " in cluster " : "", cluster && *cluster ? cluster : "", n,
+          n == 1 ? "" : "s");
+  reply(conn, c, FY_RMQ_RESP_SUCCESS, NULL, NULL);
+}
+
+static void handle(fy_conn *conn, fy_routes *routes, const fy_rmq_cmd *c) {
   char text[160];
   switch (c->code) {
   case FY_RMQ_REQ_GET_ROUTEINFO_BY_TOPIC: on_route(conn, routes, c); break;
   case FY_RMQ_REQ_GET_BROKER_CLUSTER_INFO: on_cluster_info(conn, routes, c); break;
   case FY_RMQ_REQ_GET_ALL_TOPIC_LIST_FROM_NAMESERVER: on_topic_list(conn, routes, c); break;
+  case FY_RMQ_REQ_DELETE_TOPIC_IN_NAMESRV: on_delete_topic(conn, routes, c); break;
   case FY_RMQ_REQ_GET_KV_CONFIG:
     snprintf(text, sizeof text, "No config item, Namespace: %.40s Key: %.40s",
              fy_rmq_ext(c, "namespace") ? fy_rmq_ext(c, "namespace") : "",
@@ -148,7 +166,7 @@ static void handle(fy_conn *conn, const fy_routes *routes, const fy_rmq_cmd *c) 
   }
 }
 
-size_t fy__ns_rmq_on_bytes(fy_conn *conn, const fy_routes *routes, uint32_t frame_max,
+size_t fy__ns_rmq_on_bytes(fy_conn *conn, fy_routes *routes, uint32_t frame_max,
                            const uint8_t *bytes, size_t len) {
   size_t used = 0;
   for (unsigned i = 0; i < FRAMES_PER_CALL && used < len; i++) {

@@ -145,6 +145,31 @@ static void remove_name_everywhere(fy_routes *r, const char *name) {
   }
 }
 
+static bool name_in_cluster(const fy_routes *r, const char *name, const char *cluster) {
+  for (size_t i = 0; i < r->nbrokers; i++)
+    if (strcmp(r->brokers[i].name, name) == 0 && strcmp(r->brokers[i].cluster, cluster) == 0)
+      return true;
+  return false;
+}
+
+size_t fy_routes_delete_topic(fy_routes *r, const char *topic, const char *cluster) {
+  struct topic *t = fy_strmap_get(r->topics, topic, strlen(topic));
+  if (!t)
+    return 0;
+  size_t removed = 0;
+  for (size_t i = 0; i < t->n;) {
+    if (!cluster || !*cluster || name_in_cluster(r, t->qd[i].broker_name, cluster)) {
+      t->qd[i] = t->qd[--t->n];
+      removed++;
+    } else {
+      i++;
+    }
+  }
+  if (t->n == 0)
+    topic_free(fy_strmap_del(r->topics, topic, strlen(topic)));
+  return removed;
+}
+
 static void drop_broker(fy_routes *r, size_t idx, const char *why) {
   struct broker b = r->brokers[idx];
   r->brokers[idx] = r->brokers[--r->nbrokers];

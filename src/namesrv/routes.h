@@ -90,6 +90,13 @@ size_t fy_routes_conn_closed(fy_routes *r, void *conn);
  * logged. */
 size_t fy_routes_expire(fy_routes *r, int64_t now_ms, int64_t expiry_ms);
 
+/* Forgets topic's queue data: of every brokerName, or with cluster set
+ * (non-NULL, non-empty) only of the brokerNames registered in that cluster.
+ * Returns how many brokerNames' queue data went (0 for an unknown topic).
+ * A master that still has the topic brings it back with its next
+ * registration, as in RocketMQ: delete it on the brokers first. */
+size_t fy_routes_delete_topic(fy_routes *r, const char *topic, const char *cluster);
+
 /* Route of topic. Returns 0, -FY_ENOT_FOUND (no such topic), -ENOMEM. */
 int fy_routes_get(const fy_routes *r, const char *topic, struct fy_ns_route *out);
 

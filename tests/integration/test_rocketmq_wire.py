@@ -381,6 +381,54 @@ def test_name_server(args):
     c.close()
 
 
+def routed(p, topic):
+    n = Conn(p.ns)
+    n.request(105, {"topic": topic})
+    code = n.read().code
+    n.close()
+    return code == 0
+
+
+def test_delete_topic(args):
+    """DELETE_TOPIC_IN_BROKER (215) and DELETE_TOPIC_IN_NAMESRV (216), as RocketMQ's
+    mqadmin deleteTopic sends them: masters first, then name servers."""
+    p = pair(args)
+    topic, group = "WireDelete", "WireDeleteGroup"
+    create_topic(p, topic, 2)
+    c = Conn(p.m_addr)
+    send_v2(c, topic, 0, b"doomed", "T", "k")
+    c.call(15, {"consumerGroup": group, "topic": topic, "queueId": "0", "commitOffset": "1"})
+    assert c.call(14, {"consumerGroup": group, "topic": topic, "queueId": "0"}).ext["offset"] == "1"
+    s = Conn(p.s_addr)
+    s.call(215, {"topic": topic}, want=1, remark="slave")
+    c.call(215, {}, want=1, remark="<topic> is null")
+    for stype in (JSON, BINARY):  # the second time the topic is unknown: still SUCCESS
+        c.call(215, {"topic": topic}, stype=stype)
+    # Gone from the broker: its offsets, its messages, its route (the broker re-registers).
+    # No offset left: RocketMQ's answer for a group that never committed is 0.
+    assert c.call(14, {"consumerGroup": group, "topic": topic, "queueId": "0"}).ext == {"offset": "0"}
+    send_v2(c, topic, 0, b"late", "T", "k", want=17)
+    wait_for(lambda: not routed(p, topic), 10, f"the route of {topic} to go")
+    # Name server only: one cluster's queues, or all; the master's next registration
+    # brings back a topic it still has, as in RocketMQ.
+    other = "WireNsDelete"
+    create_topic(p, other, 1)
+    n = Conn(p.ns)
+    n.call(216, {"topic": other, "clusterName": "NoSuchCluster"})
+    n.call(216, {}, want=1, remark="<topic> is null")
+    n.call(216, {"topic": other, "clusterName": "DefaultCluster"}, stype=BINARY)
+    n.call(216, {"topic": "NeverWas"})
+    # The master re-registers every second, so the route's absence is read from the log.
+    log = p.ns_proc.stderr_text()
+    for line in (f"deleted topic {other} in cluster NoSuchCluster from the routes (0 brokerNames)",
+                 f"deleted topic {other} in cluster DefaultCluster from the routes (1 brokerName)",
+                 "deleted topic NeverWas from the routes (0 brokerNames)"):
+        assert line in log, log[-2000:]
+    wait_for(lambda: routed(p, other), 30, f"the master's registration to bring {other} back")
+    for conn in (c, s, n):
+        conn.close()
+
+
 def check_send(r, qid):
     assert r.ext["queueId"] == str(qid), r
     assert re.fullmatch(r"\d+", r.ext["queueOffset"]), r
@@ -827,7 +875,7 @@ def test_clean_shutdown(args):
 if __name__ == "__main__":
     try:
         main([test_helpers_match_literal_bytes, test_unsupported_codes_exact_bytes,
-              test_name_server, test_send_pull_view_query, test_delay_level_send,
+              test_name_server, test_delete_topic, test_send_pull_view_query, test_delay_level_send,
               test_suggest_slave_when_far_behind, test_long_poll_and_out_of_order_answers,
               test_send_back_retry_and_dlq, test_heartbeat_consumers_offsets_locks,
               test_binary_header_encoding, test_bad_input_both_ports, test_clean_shutdown])

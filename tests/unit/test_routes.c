@@ -18,13 +18,19 @@ static struct fy_ns_topic topic(const char *name, uint32_t q) {
   return t;
 }
 
-static int reg(fy_routes *r, const char *name, uint64_t id, const char *addr,
-               const struct fy_ns_topic *topics, size_t n, void *conn, int64_t now) {
+static int reg_in(fy_routes *r, const char *cluster, const char *name, uint64_t id,
+                  const char *addr, const struct fy_ns_topic *topics, size_t n, void *conn,
+                  int64_t now) {
   char m[FY_NS_ADDR_MAX], h[FY_NS_ADDR_MAX];
-  struct fy_ns_registration g = {.cluster = "DefaultCluster", .broker_name = name,
+  struct fy_ns_registration g = {.cluster = cluster, .broker_name = name,
                                  .broker_addr = addr, .broker_id = id, .ha_addr = "127.0.0.1:10912",
                                  .topics = topics, .ntopics = n, .conn = conn};
   return fy_routes_register(r, &g, now, m, h);
+}
+
+static int reg(fy_routes *r, const char *name, uint64_t id, const char *addr,
+               const struct fy_ns_topic *topics, size_t n, void *conn, int64_t now) {
+  return reg_in(r, "DefaultCluster", name, id, addr, topics, n, conn, now);
 }
 
 static void test_route_lists_queues_and_all_addresses(void **state) {
@@ -73,6 +79,38 @@ static void test_slave_does_not_change_topics_and_master_replaces_them(void **st
   assert_int_equal(fy_routes_get(r, "B", &route), -FY_ENOT_FOUND);
   assert_int_equal(fy_routes_get(r, "A", &route), 0);
   assert_int_equal(route.queues[0].read_queues, 16);
+  fy_ns_route_free(&route);
+  fy_routes_free(r);
+}
+
+/* RocketMQ's DELETE_TOPIC_IN_NAMESRV: the whole topic, or one cluster's
+ * brokers' queues; the master's next registration brings it back. */
+static void test_delete_topic(void **state) {
+  (void)state;
+  fy_routes *r = fy_routes_new(16, 100);
+  struct fy_ns_topic ta[] = {topic("T", 8), topic("U", 2)};
+  struct fy_ns_topic tb[] = {topic("T", 4)};
+  int c1, c2;
+  assert_int_equal(reg_in(r, "C1", "broker-a", 0, "127.0.0.1:10911", ta, 2, &c1, 0), 0);
+  assert_int_equal(reg_in(r, "C2", "broker-b", 0, "127.0.0.1:10931", tb, 1, &c2, 0), 0);
+  struct fy_ns_route route;
+
+  assert_int_equal(fy_routes_delete_topic(r, "Nope", NULL), 0);
+  assert_int_equal(fy_routes_delete_topic(r, "T", "NoSuchCluster"), 0);
+  assert_int_equal(fy_routes_delete_topic(r, "T", "C2"), 1); /* broker-b's queues only */
+  assert_int_equal(fy_routes_get(r, "T", &route), 0);
+  assert_int_equal(route.nqueues, 1);
+  assert_string_equal(route.queues[0].broker_name, "broker-a");
+  fy_ns_route_free(&route);
+
+  assert_int_equal(fy_routes_delete_topic(r, "T", ""), 1); /* "": every cluster */
+  assert_int_equal(fy_routes_get(r, "T", &route), -FY_ENOT_FOUND);
+  assert_int_equal(fy_routes_get(r, "U", &route), 0); /* other topics stay */
+  fy_ns_route_free(&route);
+
+  assert_int_equal(reg_in(r, "C1", "broker-a", 0, "127.0.0.1:10911", ta, 2, &c1, 1), 0);
+  assert_int_equal(fy_routes_get(r, "T", &route), 0);
+  assert_int_equal(route.nqueues, 1);
   fy_ns_route_free(&route);
   fy_routes_free(r);
 }
@@ -154,6 +192,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_route_lists_queues_and_all_addresses),
       cmocka_unit_test(test_slave_does_not_change_topics_and_master_replaces_them),
+      cmocka_unit_test(test_delete_topic),
       cmocka_unit_test(test_master_gone_slave_keeps_route),
       cmocka_unit_test(test_expiry),
       cmocka_unit_test(test_bad_registrations_and_limits),
