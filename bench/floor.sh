@@ -13,7 +13,10 @@
 #   3. mqbroker driven by native_bench: Ferry's broker without the client
 #      library (one thread, one socket, native protocol);
 #   4. mqbroker driven by ferry-bench: the broker through the client library,
-#      as the e2e table's latency rows.
+#      as the e2e table's latency rows;
+#   5. floor_server with the disk and --work-ns N for each N in --work: the
+#      floor server made busier by N ns of spinning per request, so the table
+#      shows what a server's CPU share alone does to p99 on this machine.
 #
 # Clients 1-3 are bench/peers/native_bench (peer_run.h), which sleeps
 # between ticks as ferry-bench's sender does; each server runs alone on
@@ -26,7 +29,8 @@
 #
 #   bench/floor.sh [--rate MSGS_PER_S] [--runs N] [--duration SEC] [--warmup SEC]
 #                  [--tick-us US] [--broker-cpu CPU] [--client-cpu CPU]
-#                  [--page-cache BYTES] [--scratch DIR] [--build DIR] [--no-docs] [--quick]
+#                  [--page-cache BYTES] [--work "NS ..."] [--scratch DIR] [--build DIR]
+#                  [--no-docs] [--quick]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -44,6 +48,7 @@ build="$repo/build-bench"
 docs=1
 command_line="bench/floor.sh${*:+ $*}"
 port_base=23000
+work="250 500 1000"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -56,6 +61,7 @@ while [ $# -gt 0 ]; do
     --broker-cpu) broker_cpu=$2; shift 2 ;;
     --client-cpu) client_cpu=$2; shift 2 ;;
     --page-cache) page_cache=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;
     --scratch) scratch=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --no-docs) docs=0; shift ;;
@@ -192,6 +198,11 @@ for round in $(seq "$runs"); do
   floor_row floor-nodisk --no-disk
   floor_row floor-disk --file "$scratch/floor.data" --writeback-kb 1024 --flush-ms 500
   rm -f "$scratch/floor.data"
+  for w in $work; do
+    floor_row "floor-work-$w" --file "$scratch/floor.data" --writeback-kb 1024 --flush-ms 500 \
+      --work-ns "$w"
+    rm -f "$scratch/floor.data"
+  done
 
   start_cluster
   measure broker-native "$broker_pid" "$bin/native_bench" --port "$broker_port" --rate "$rate" \
@@ -209,15 +220,18 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$out" "$repo/docs/BENCHMARKS.md" "$docs" "$command_line" "$rate" "$peak" \
   "$runs" "$duration" "$warmup" "$tick_us" "$broker_cpu" "$client_cpu" "$load_before" \
-  "$load_after" "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'EOF'
+  "$load_after" "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  "$work" <<'EOF'
 import datetime, statistics, sys
 (out, doc, docs, command, rate, peak, runs, duration, warmup, tick, bcpu, ccpu, lb, la,
- commit) = sys.argv[1:]
+ commit, work) = sys.argv[1:]
 
 rows = [("floor-nodisk", "floor_server, no disk", "native_bench"),
-        ("floor-disk", "floor_server, io_uring writes + writeback + fdatasync", "native_bench"),
-        ("broker-native", "mqbroker", "native_bench"),
-        ("broker-client", "mqbroker", "ferry-bench (client library)")]
+        ("floor-disk", "floor_server, io_uring writes + writeback + fdatasync", "native_bench")]
+rows += [(f"floor-work-{w}", f"floor_server as above, + {int(w):,} ns of work per request",
+          "native_bench") for w in work.split()]
+rows += [("broker-native", "mqbroker", "native_bench"),
+         ("broker-client", "mqbroker", "ferry-bench (client library)")]
 
 def parse(line):
     return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
@@ -230,9 +244,12 @@ for key, server, client in rows:
     med = runs_[len(runs_) // 2]
     p99s = [int(r["p99_us"]) for r in runs_]
     errors = sum(int(r["errors"]) for r in runs_)
+    cpus = sorted(int(r["server_cpu"]) for r in runs_)
+    us_per_msg = int(med["server_cpu"]) / 100 / float(med["msgs_per_s"]) * 1e6
     lines.append(f"| {server} | {client} | {float(med['msgs_per_s']):,.0f} | {ms(med['p50_us'])} | "
                  f"**{ms(med['p99_us'])}** ({ms(min(p99s))}–{ms(max(p99s))}) | "
-                 f"{ms(med['p999_us'])} | {med['server_cpu']} % | {errors} |")
+                 f"{ms(med['p999_us'])} | {med['server_cpu']} % ({cpus[0]}–{cpus[-1]} %) | "
+                 f"{us_per_msg:.2f} | {errors} |")
 
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 rate_text = (f"half the 128 B single-send peak measured first ({float(peak):,.0f} msgs/s "
@@ -252,10 +269,11 @@ latency from each message's intended send time to its acknowledgement,
 {duration} s after {warmup} s, {runs} round(s) of the four rows in turn. The
 row with the median p99 is shown, the range of p99 in brackets. Servers on
 CPU {bcpu}, clients on CPU {ccpu}; "server CPU" is the server's share of its
-CPU over the measured window.
+CPU over the measured window (the range over the rounds in brackets), and
+"server µs per msg" that CPU time per message.
 
-| server | client | msgs/s | p50 ms | p99 ms | p99.9 ms | server CPU | errors |
-|---|---|---:|---:|---:|---:|---:|---:|
+| server | client | msgs/s | p50 ms | p99 ms | p99.9 ms | server CPU | server µs per msg | errors |
+|---|---|---:|---:|---:|---:|---:|---:|---:|
 """ + "\n".join(lines) + """
 
 `floor_server` (bench/peers/floor_server.c) does only what any broker must:
@@ -268,8 +286,11 @@ between ticks like ferry-bench's sender; with `--series-ms W` it also
 prints each W ms window's percentiles and how late its sends went out, to
 line a slow window up with a server's own timestamps. So the
 first row is the machine's floor for a round trip, the second the floor for a
-server that stores what it acknowledges, the third adds Ferry's broker, the
-fourth Ferry's client library.
+server that stores what it acknowledges; the "+ ns of work" rows are that
+server made busier by spinning for that long per request (`--work-ns`),
+nothing else changed, so they show what the server's CPU share alone does to
+p99 here; the broker rows add Ferry's broker, the last Ferry's client
+library.
 <!-- floor-bench:end -->
 """
 if docs == "1":

@@ -14,6 +14,8 @@
  * has completed. The file is --file-mb of zeros written at start (already
  * allocated, the cheapest case for the file system) and is rewritten from
  * its start when full. With --no-disk a request is answered when it is read.
+ * --work-ns N spins N ns per request, to see what a busier server's CPU
+ * share alone does to its latency on this machine.
  *
  * Single-threaded, one epoll loop; every buffer is bounded, and a full one
  * stops reading until it drains. A second connection while one is open is
@@ -57,6 +59,7 @@ static struct {
   uint64_t file_bytes, writeback_bytes;
   uint32_t flush_ms;
   int port;
+  uint32_t work_ns;
   const char *path;
 } opt = {.disk = true, .file_bytes = 256ull << 20, .writeback_bytes = 256u << 10,
          .flush_ms = 500, .port = 0, .path = NULL};
@@ -172,6 +175,13 @@ static void conn_drop(void) {
   buf_reqs[0] = buf_reqs[1] = 0;
 }
 
+/* Busy for ns nanoseconds: the work a broker does per request, simulated. */
+static void spin_ns(uint32_t ns) {
+  uint64_t end = now_ns() + ns;
+  while (now_ns() < end) {
+  }
+}
+
 /* Takes whole frames from the input while the buffers have room. */
 static void take_frames(void) {
   size_t pos = 0;
@@ -200,6 +210,8 @@ static void take_frames(void) {
       owed_len++;
     }
     stats_requests++;
+    if (opt.work_ns)
+      spin_ns(opt.work_ns);
     pos += (size_t)n;
   }
   memmove(in, in + pos, in_len - pos);
@@ -287,7 +299,7 @@ static int num_arg(const char *s, uint64_t lo, uint64_t hi, uint64_t *v) {
 
 static const char usage[] =
     "usage: floor_server --file PATH [--port P=0] [--file-mb MB=256] [--writeback-kb KB=256]\n"
-    "                    [--flush-ms MS=500]\n"
+    "                    [--flush-ms MS=500] [--work-ns NS=0]\n"
     "       floor_server --no-disk [--port P=0]\n"
     "  --writeback-kb 0 / --flush-ms 0: no writeback ahead / no fdatasync\n";
 
@@ -310,6 +322,8 @@ int main(int argc, char **argv) {
       opt.file_bytes = v << 20;
     else if (strcmp(a, "--writeback-kb") == 0 && num_arg(val, 0, 1u << 20, &v) == 0)
       opt.writeback_bytes = v << 10;
+    else if (strcmp(a, "--work-ns") == 0 && num_arg(val, 0, 1000000, &v) == 0)
+      opt.work_ns = (uint32_t)v;
     else if (strcmp(a, "--flush-ms") == 0 && num_arg(val, 0, 3600000, &v) == 0)
       opt.flush_ms = (uint32_t)v;
     else
