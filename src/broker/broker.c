@@ -287,7 +287,9 @@ bool fy__is_sync_master(const struct fy_broker *b) {
 
 static void on_acked(void *arg, uint64_t acked) { fy_store_confirm(arg, acked); }
 
-/* Slave: exchange metadata with the master (see MetadataRequest). */
+/* Slave: exchange metadata with the master (see MetadataRequest). Offsets
+ * merge both ways; the master's deletions (tombstones in its offsets
+ * document, offsets.h) remove the slave's copy of what it deleted. */
 static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg) {
   struct fy_broker *b = arg;
   (void)conn;
@@ -299,7 +301,7 @@ static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg)
     return;
   char why[256] = "";
   bool changed = false;
-  struct fy_offsets_merge_stats ms;
+  struct fy_offsets_merge_stats ms = {0};
   if (*r->topics_json &&
       fy_topics_replace_from_json(b->topics, r->topics_json, strlen(r->topics_json), &changed, why,
                                   sizeof why) != 0)
@@ -312,6 +314,9 @@ static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg)
       fy_offsets_merge_json(b->offsets, r->consumer_offsets_json, strlen(r->consumer_offsets_json),
                             &ms, why, sizeof why) != 0)
     fy_warn(MOD, "offsets from the master not merged: %s", why);
+  if (ms.deleted)
+    fy_info(MOD, "removed %" PRIu64 " queue offsets the master deleted", ms.deleted);
+  b->meta_syncs++;
   fy_pb_free(&r->base);
 }
 

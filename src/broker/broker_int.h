@@ -143,6 +143,7 @@ struct fy_broker {
   char master_addr[80];      /* the master's client address, from the name server */
   fy_conn *master_conn;      /* slave -> master, for metadata */
   bool meta_inflight;
+  uint64_t meta_syncs; /* metadata exchanges with the master completed (brokerStatus) */
   uv_timer_t meta_timer;
 
   /* round-robin queue choice for sends without a queue id */
