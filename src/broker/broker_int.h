@@ -152,6 +152,8 @@ struct fy_broker {
   uint32_t pid; /* getpid() at start: a syscall, not to be made per message */
   int32_t rmq_opaque; /* opaque of the requests the broker sends RocketMQ clients */
 
+  bool pull_ready; /* fy__pull_init succeeded: its timer is to be closed */
+  char start_error[512]; /* why a start failed once the store was open ("": none) */
   bool stopping;
   int stop_status;
   void (*stop_done)(void *, int);
