@@ -60,7 +60,9 @@ extern "C" {
 #endif
 
 #define FY_CLIENT_TOPIC_MAX 256 /* bytes of a topic name, NUL included */
-#define FY_CLIENT_NAME_MAX 128  /* group, brokerName and cluster names, NUL included */
+#define FY_CLIENT_GROUP_MAX 256 /* producer and consumer groups, NUL included: RocketMQ's 255
+                                   (Validators.CHARACTER_MAX_LENGTH), as brokers accept */
+#define FY_CLIENT_NAME_MAX 128  /* brokerName and cluster names, NUL included */
 #define FY_CLIENT_ADDR_MAX 64   /* "host:port", NUL included */
 #define FY_CLIENT_MSGID_MAX 64  /* message ids: 32 hex chars (IPv4 store hosts), NUL included */
 

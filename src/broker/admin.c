@@ -671,6 +671,8 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
     KV("haLagBytes", "%" PRIu64,
        in.master_log_end > in.log_end ? in.master_log_end - in.log_end : 0);
   }
+  if (b->cfg->role == FY_ROLE_SLAVE)
+    KV("metadataSyncs", "%" PRIu64, b->meta_syncs);
 #undef KV
   Ferry__V1__KeyValue kv[STATUS_KEYS_MAX], *kvp[STATUS_KEYS_MAX];
   for (size_t i = 0; i < n; i++) {
@@ -690,12 +692,17 @@ static void on_broker_status(struct fy_broker *b, fy_conn *conn, const fy_frame 
 static void on_metadata(struct fy_broker *b, fy_conn *conn, const fy_frame *f) {
   UNPACK(Ferry__V1__MetadataRequest, ferry__v1__metadata_request__descriptor, req);
   char why[256] = "";
-  struct fy_offsets_merge_stats ms;
-  /* Offsets committed on the slave while the master was away: larger wins. */
+  struct fy_offsets_merge_stats ms = {0};
+  /* Offsets committed on the slave while the master was away: larger wins,
+   * except the slave's copy of offsets deleted here since the slave last
+   * saw this broker's deletions (offsets.h, Deletions). */
   if (req->consumer_offsets_json && *req->consumer_offsets_json &&
       fy_offsets_merge_json(b->offsets, req->consumer_offsets_json,
                             strlen(req->consumer_offsets_json), &ms, why, sizeof why) != 0)
     fy_warn(MOD, "offsets from slave %s not merged: %s", fy_conn_peer(conn), why);
+  if (ms.dropped) /* every exchange until the slave applies the deletion: not above debug */
+    fy_debug(MOD, "slave %s: %" PRIu64 " queue offsets of deleted groups or topics not merged",
+             fy_conn_peer(conn), ms.dropped);
   size_t len;
   char *topics = fy_topics_to_json(b->topics, &len);
   char *offsets = fy_offsets_to_json(b->offsets, &len);

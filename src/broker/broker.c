@@ -8,7 +8,8 @@
  * SERVICE_NOT_AVAILABLE) and the broker unregisters; the store closes (its
  * pending appends complete and their replies go out); offsets, topics and
  * groups are saved; then connections, timers and the server close and the
- * caller's done callback runs.
+ * caller's done callback runs. A start that fails once the store is open
+ * goes through the same sequence for what it had started (abandon_start).
  */
 #include "broker/broker_int.h"
 
@@ -287,7 +288,9 @@ bool fy__is_sync_master(const struct fy_broker *b) {
 
 static void on_acked(void *arg, uint64_t acked) { fy_store_confirm(arg, acked); }
 
-/* Slave: exchange metadata with the master (see MetadataRequest). */
+/* Slave: exchange metadata with the master (see MetadataRequest). Offsets
+ * merge both ways; the master's deletions (tombstones in its offsets
+ * document, offsets.h) remove the slave's copy of what it deleted. */
 static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg) {
   struct fy_broker *b = arg;
   (void)conn;
@@ -299,7 +302,7 @@ static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg)
     return;
   char why[256] = "";
   bool changed = false;
-  struct fy_offsets_merge_stats ms;
+  struct fy_offsets_merge_stats ms = {0};
   if (*r->topics_json &&
       fy_topics_replace_from_json(b->topics, r->topics_json, strlen(r->topics_json), &changed, why,
                                   sizeof why) != 0)
@@ -312,6 +315,9 @@ static void on_metadata(fy_conn *conn, int err, const fy_frame *resp, void *arg)
       fy_offsets_merge_json(b->offsets, r->consumer_offsets_json, strlen(r->consumer_offsets_json),
                             &ms, why, sizeof why) != 0)
     fy_warn(MOD, "offsets from the master not merged: %s", why);
+  if (ms.deleted)
+    fy_info(MOD, "removed %" PRIu64 " queue offsets the master deleted", ms.deleted);
+  b->meta_syncs++;
   fy_pb_free(&r->base);
 }
 
@@ -366,8 +372,6 @@ static int start_ha(struct fy_broker *b) {
   b->ha_cfg.chunk_bytes = b->cfg->ha_batch_bytes;
   b->ha_cfg.fallbehind_max = b->cfg->ha_fallbehind_max;
   b->ha_cfg.ack_on_durable = b->cfg->ha_ack_on == 1;
-  uv_timer_init(b->loop, &b->meta_timer);
-  b->meta_timer.data = b;
   if (b->cfg->role == FY_ROLE_SLAVE) {
     int err = fy_ha_slave_start(b->loop, b->store, &b->ha_cfg, b->cfg->broker_id,
                                 b->cfg->broker_name, b->cfg->ha_master_address, &b->ha_slave);
@@ -417,15 +421,27 @@ static int detect_ip(struct fy_broker *b) {
   return 0;
 }
 
+/* Why a start failed once the store was open. Logged when what had started
+ * is closed again (maybe_finish_stop), so that it is the last line. */
+static void start_failed(struct fy_broker *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void start_failed(struct fy_broker *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(b->start_error, sizeof b->start_error, fmt, ap);
+  va_end(ap);
+}
+
 static int open_metadata(struct fy_broker *b) {
-  char err[512];
+  char err[480];
   fy_aio *aio = fy_store_aio(b->store);
   struct fy_topics_options to;
   fy_topics_options_init(&to);
   to.root_dir = b->settings.store.root_dir;
   int rc = fy_topics_open(b->loop, aio, &to, &b->topics, err, sizeof err);
   if (rc) {
-    fy_error(MOD, "topics: %s", err);
+    start_failed(b, "topics: %s", err);
     return rc;
   }
   struct fy_offsets_options oo;
@@ -434,7 +450,7 @@ static int open_metadata(struct fy_broker *b) {
   oo.flush_interval_ms = b->cfg->flush_offsets_interval_ms;
   rc = fy_offsets_open(b->loop, aio, &oo, &b->offsets, err, sizeof err);
   if (rc) {
-    fy_error(MOD, "consumer offsets: %s", err);
+    start_failed(b, "consumer offsets: %s", err);
     return rc;
   }
   struct fy_groups_options go;
@@ -443,7 +459,7 @@ static int open_metadata(struct fy_broker *b) {
   go.auto_create = b->cfg->auto_create_group;
   rc = fy_groups_open(b->loop, aio, &go, &b->groups, err, sizeof err);
   if (rc) {
-    fy_error(MOD, "subscription groups: %s", err);
+    start_failed(b, "subscription groups: %s", err);
     return rc;
   }
   /* RocketMQ's auto-creation contract: brokers that create topics on first
@@ -473,6 +489,8 @@ static void write_pid_file(struct fy_broker *b) {
   fprintf(f, "%d\n", (int)getpid());
   fclose(f);
 }
+
+static void abandon_start(struct fy_broker *b);
 
 int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_broker **out) {
   struct fy_broker *b = calloc(1, sizeof *b);
@@ -517,20 +535,32 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
     fy_error(MOD, "cannot open the store in %s: %s", b->settings.store.root_dir, fy_strerror(err));
     goto out_free;
   }
+  /* From here on a failure closes what started (abandon_start), and the
+   * broker's timers are among it: made now, started at the end. */
+  uv_timer_t *timers[] = {&b->register_timer, &b->housekeeping_timer, &b->meta_timer};
+  for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++) {
+    uv_timer_init(loop, timers[i]);
+    timers[i]->data = b;
+  }
   /* Before the port opens: whoever sees the broker listening (an operator's
    * kill-master.sh, the drill) finds this process in the pid file. */
   write_pid_file(b);
   err = open_metadata(b);
   if (err)
-    goto out_free; /* the store stays open; the process exits */
+    goto out_abandon;
   err = fy__pull_init(b);
-  if (err)
-    goto out_free;
+  if (err) {
+    start_failed(b, "long polling: %s", fy_strerror(err));
+    goto out_abandon;
+  }
+  b->pull_ready = true;
   fy_store_on_arrival(b->store, fy__pull_on_arrival, b);
   fy_consumers_on_change(b->consumers, fy__rmq_group_changed, b);
   err = fy__schedule_start(b);
-  if (err)
-    goto out_free;
+  if (err) {
+    start_failed(b, "delayed messages: %s", fy_strerror(err));
+    goto out_abandon;
+  }
 
   fy_conn_cfg cc = {.frame_max_bytes = b->cfg->max_frame_bytes, .max_conns = b->cfg->max_conns,
                     .on_frame = on_frame, .on_foreign = fy__rmq_on_bytes,
@@ -538,24 +568,24 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   err = fy_server_listen(loop, b->cfg->listen_address, (int)b->cfg->listen_port, &cc, on_accept,
                          &b->server);
   if (err) {
-    fy_error(MOD, "cannot listen on %s:%u: %s", b->cfg->listen_address, b->cfg->listen_port,
-             fy_net_strerror(err));
-    goto out_free;
+    start_failed(b, "cannot listen on %s:%u: %s", b->cfg->listen_address, b->cfg->listen_port,
+                 fy_net_strerror(err));
+    goto out_abandon;
   }
   fy_server_set_data(b->server, b);
   int port = fy_server_port(b->server);
   snprintf(b->addr, sizeof b->addr, "%s:%d", b->ip, port);
   err = start_ha(b);
-  if (err)
-    goto out_free;
+  if (err) {
+    start_failed(b, "cannot start HA (%s): %s",
+                 b->cfg->role == FY_ROLE_SLAVE ? "slave" : "listening for slaves",
+                 fy_net_strerror(err));
+    goto out_abandon;
+  }
   if (b->ha_master)
     snprintf(b->ha_addr, sizeof b->ha_addr, "%s:%d", b->ip, fy_ha_master_port(b->ha_master));
 
-  uv_timer_init(loop, &b->register_timer);
-  b->register_timer.data = b;
   uv_timer_start(&b->register_timer, on_register_timer, 0, b->cfg->register_period_ms);
-  uv_timer_init(loop, &b->housekeeping_timer);
-  b->housekeeping_timer.data = b;
   uv_timer_start(&b->housekeeping_timer, on_housekeeping, 1000, 1000);
   fy_info(MOD, "broker %s (cluster %s, id %" PRIu64 ", %s, %s) serving on %s", b->cfg->broker_name,
           b->cfg->cluster, b->cfg->broker_id,
@@ -565,18 +595,19 @@ int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_br
   *out = b;
   return 0;
 
+out_abandon:
+  abandon_start(b);
+  return err;
+
 out_free:
-  /* Start-up failed. Until the store is open, nothing has started that
-   * must be stopped: free what was made (a config or disk problem is
-   * common, and a leak report would bury its message under the ASan
-   * build). Once it is open, the process is about to exit and the OS
-   * reclaims the rest. */
-  if (!b->store) {
-    fy_consumers_free(b->consumers);
-    fy_strmap_free(b->resets);
-    free(b->send_lat);
-    free(b);
-  }
+  /* Start-up failed before the store was open: nothing has started that
+   * must be stopped, so what was made is freed here (a config or disk
+   * problem is common, and a leak report would bury its message under the
+   * ASan build). */
+  fy_consumers_free(b->consumers);
+  fy_strmap_free(b->resets);
+  free(b->send_lat);
+  free(b);
   return err ? err : -EIO;
 }
 
@@ -613,8 +644,11 @@ static void maybe_finish_stop(struct fy_broker *b) {
   free(b->send_scratch);
   fy__send_cache_free(b);
   free(b->send_lat);
+  if (b->start_error[0])
+    fy_error(MOD, "%s", b->start_error);
   free(b);
-  done(arg, status);
+  if (done)
+    done(arg, status);
 }
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -646,18 +680,23 @@ static void on_meta_saved(void *arg, int status) {
     on_ha_stopped(b);
 }
 
+/* Closes what is open once the store is closed; a start abandoned midway
+ * has the broker's three timers but maybe not the rest. */
 static void stop_step(struct fy_broker *b) {
   b->closing_handles = true;
-  b->handles_open = 5;
-  fy__pull_close(b, on_handle_closed);
-  fy__schedule_close(b, on_handle_closed);
+  b->handles_open = 3 + b->pull_ready + (b->sched != NULL);
+  if (b->pull_ready)
+    fy__pull_close(b, on_handle_closed);
+  if (b->sched)
+    fy__schedule_close(b, on_handle_closed);
   uv_close((uv_handle_t *)&b->meta_timer, on_handle_closed);
   if (b->master_conn) {
     fy_conn_set_data(b->master_conn, NULL);
     fy_conn_close(b->master_conn, 0);
     b->master_conn = NULL;
   }
-  fy_server_close(b->server);
+  if (b->server)
+    fy_server_close(b->server);
   for (size_t i = 0; i < b->nns; i++)
     if (b->ns[i].conn) {
       fy_conn_set_data(b->ns[i].conn, NULL);
@@ -668,24 +707,40 @@ static void stop_step(struct fy_broker *b) {
   uv_close((uv_handle_t *)&b->housekeeping_timer, on_handle_closed);
 }
 
-/* Metadata is saved first (it writes through the store's I/O context), then
- * the store closes, draining pending sends, whose replies still go out. */
-void fy_broker_stop(fy_broker *b, void (*done)(void *arg, int status), void *arg) {
+/* Metadata is saved first (it writes through the store's I/O context, so
+ * no save may be in flight when the store closes), then the store closes,
+ * draining pending sends, whose replies still go out. A table that did not
+ * open (an abandoned start) has nothing to save. */
+static void stop_begin(struct fy_broker *b, void (*done)(void *arg, int status), void *arg) {
   fy_assert(!b->stopping);
   b->stopping = true;
   b->stop_done = done;
   b->stop_arg = arg;
-  fy_info(MOD, "stopping: unregistering, saving offsets, draining sends, closing the store");
   unregister_all(b);
   uv_timer_stop(&b->register_timer);
   uv_timer_stop(&b->housekeeping_timer);
   uv_timer_stop(&b->meta_timer);
   b->stop_waits = 4; /* three saves, plus one held until all are queued */
-  if (fy_offsets_flush(b->offsets, on_meta_saved, b))
+  if (!b->offsets || fy_offsets_flush(b->offsets, on_meta_saved, b))
     b->stop_waits--;
-  if (fy_topics_flush(b->topics, on_meta_saved, b))
+  if (!b->topics || fy_topics_flush(b->topics, on_meta_saved, b))
     b->stop_waits--;
-  if (fy_groups_flush(b->groups, on_meta_saved, b))
+  if (!b->groups || fy_groups_flush(b->groups, on_meta_saved, b))
     b->stop_waits--;
   on_meta_saved(b, 0);
+}
+
+void fy_broker_stop(fy_broker *b, void (*done)(void *arg, int status), void *arg) {
+  fy_info(MOD, "stopping: unregistering, saving offsets, draining sends, closing the store");
+  stop_begin(b, done, arg);
+}
+
+/* A start that failed once the store was open: what had started stops as
+ * in fy_broker_stop (the store closes cleanly, so the next start needs no
+ * recovery), without a word until the end, where maybe_finish_stop logs
+ * start_error and frees the broker. The store's pending I/O keeps the loop
+ * running meanwhile. */
+static void abandon_start(struct fy_broker *b) {
+  fy_assert(b->start_error[0]);
+  stop_begin(b, NULL, NULL);
 }

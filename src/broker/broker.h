@@ -14,7 +14,10 @@
 typedef struct fy_broker fy_broker;
 
 /* Opens the store (recovering it) and the metadata, starts listening and
- * registering. Returns 0 or a negative error, logged with its cause. */
+ * registering. Returns 0 or a negative error, logged with its cause. A
+ * failure after the store opened closes what had started (the store
+ * cleanly, as fy_broker_stop does) in the background: run loop until it has
+ * nothing left to do, and the broker is freed, its cause logged last. */
 int fy_broker_start(uv_loop_t *loop, const struct fy_broker_settings *cfg, fy_broker **out);
 
 /* The client port bound (listenPort=0 picks one). */

@@ -143,6 +143,7 @@ struct fy_broker {
   char master_addr[80];      /* the master's client address, from the name server */
   fy_conn *master_conn;      /* slave -> master, for metadata */
   bool meta_inflight;
+  uint64_t meta_syncs; /* metadata exchanges with the master completed (brokerStatus) */
   uv_timer_t meta_timer;
 
   /* round-robin queue choice for sends without a queue id */
@@ -151,6 +152,8 @@ struct fy_broker {
   uint32_t pid; /* getpid() at start: a syscall, not to be made per message */
   int32_t rmq_opaque; /* opaque of the requests the broker sends RocketMQ clients */
 
+  bool pull_ready; /* fy__pull_init succeeded: its timer is to be closed */
+  char start_error[512]; /* why a start failed once the store was open ("": none) */
   bool stopping;
   int stop_status;
   void (*stop_done)(void *, int);

@@ -125,8 +125,11 @@ int main(int argc, char **argv) {
     return 0;
   }
   uv_loop_t *loop = uv_default_loop();
-  if (fy_broker_start(loop, &cfg, &broker) != 0)
+  if (fy_broker_start(loop, &cfg, &broker) != 0) {
+    uv_run(loop, UV_RUN_DEFAULT); /* closes what the failed start had opened */
+    uv_loop_close(loop);
     return 1;
+  }
   /* Scripts and tests read the bound port from this line (listenPort=0 picks one). */
   printf("mqbroker listening on port %d\n", fy_broker_port(broker));
   if (fy_broker_ha_port(broker))

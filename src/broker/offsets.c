@@ -10,6 +10,9 @@
  * occur in valid topic or group names, so the key splits unambiguously.
  * Documents (file, merge) are validated into a flat list of items before
  * anything changes, so a bad document leaves the table untouched.
+ * Tombstones live in two more strmaps, deleted group → struct tomb and
+ * deleted topic → struct tomb, so that checking a merged queue against
+ * them costs two lookups.
  */
 #include "broker/offsets.h"
 
@@ -28,6 +31,12 @@
 #define ENTRIES_MAX_DEFAULT (1u << 20)
 #define ENTRIES_MAX_LIMIT (1u << 26)
 #define QUEUES_MAX_DEFAULT 1024u
+#define TOMBSTONES_MAX_DEFAULT 10000u
+#define TOMBSTONES_MAX_LIMIT (1u << 20)
+#define TOMBSTONE_TTL_DEFAULT_MS (7ull * 24 * 3600 * 1000)
+#define TOMBSTONE_TTL_LIMIT_MS (366ull * 24 * 3600 * 1000)
+#define DELETIONS_KEY "deletedOffsets"
+#define EPOCH_MAX (INT64_MAX / 2) /* leaves room for deletions after any epoch accepted */
 #define KEY_MAX (FY_TOPIC_NAME_MAX + 1 + FY_GROUP_NAME_MAX)
 
 struct qslot {
@@ -44,11 +53,22 @@ struct entry {
   struct qslot *q;
 };
 
+/* A deleted group or topic. */
+struct tomb {
+  int64_t epoch; /* of the deletion */
+  char name[];   /* NUL-terminated; the map's key */
+};
+
 struct fy_offsets {
   fy_strmap *map; /* key → struct entry * */
   uint64_t entries;
   uint32_t entries_max;
   uint32_t queues_max;
+  fy_strmap *dead_groups; /* group → struct tomb * */
+  fy_strmap *dead_topics; /* topic → struct tomb * */
+  int64_t epoch;          /* the newest deletion the table reflects; 0: none */
+  uint32_t tombstones_max;
+  uint64_t tombstone_ttl_ms;
   uint64_t flush_interval_ms;
   bool dirty;
   uint64_t backward_commits;
@@ -217,6 +237,165 @@ static int set_checked(fy_offsets *o, const char *group, const char *topic, uint
   return set_offset(o, key, len, queue_id, offset, mode, changed);
 }
 
+/* ---- deletions ----------------------------------------------------------- */
+
+static bool group_is(const struct entry *e, const char *group) {
+  return strcmp(entry_group(e), group) == 0;
+}
+
+static bool topic_is(const struct entry *e, const char *topic) {
+  return strlen(topic) == e->topic_len && memcmp(e->key, topic, e->topic_len) == 0;
+}
+
+typedef bool (*match_fn)(const struct entry *e, const char *name);
+
+/* The entries for which match(e, name) holds, in a fresh array (*out NULL
+ * when none). 0 or -ENOMEM; collecting first is what lets a deletion fail
+ * before it changes anything. */
+static int collect_matching(const fy_offsets *o, const char *name, match_fn match,
+                            struct entry ***out, size_t *n) {
+  size_t cap = fy_strmap_size(o->map), k = 0;
+  *out = NULL;
+  *n = 0;
+  if (cap == 0)
+    return 0;
+  struct entry **doomed = malloc(cap * sizeof *doomed);
+  if (!doomed)
+    return -ENOMEM;
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (k < cap && fy_strmap_next(o->map, &pos, &key, &klen, &v)) /* bounded by the map's size */
+    if (match(v, name))
+      doomed[k++] = v;
+  *out = doomed;
+  *n = k;
+  return 0;
+}
+
+/* Removes the collected entries and frees the array; returns queue offsets removed. */
+static uint64_t remove_entries(fy_offsets *o, struct entry **doomed, size_t n) {
+  uint64_t removed = 0;
+  for (size_t i = 0; i < n; i++) { /* bounded by the map's size */
+    struct entry *e = doomed[i];
+    fy_strmap_del(o->map, e->key, strlen(e->key));
+    removed += e->used;
+    fy_assert(o->entries >= e->used);
+    o->entries -= e->used;
+    entry_free(e);
+  }
+  free(doomed);
+  if (removed)
+    o->dirty = true;
+  return removed;
+}
+
+static size_t tombs_count(const fy_offsets *o) {
+  return fy_strmap_size(o->dead_groups) + fy_strmap_size(o->dead_topics);
+}
+
+static int64_t tomb_epoch(const fy_strmap *dead, const char *name, size_t len) {
+  const struct tomb *t = fy_strmap_get(dead, name, len);
+  return t ? t->epoch : 0;
+}
+
+/* Records that name was deleted at epoch (the newer epoch stays when it
+ * was deleted before). 0 or -ENOMEM, then nothing changed. */
+static int tomb_put(fy_strmap *dead, const char *name, size_t len, int64_t epoch) {
+  struct tomb *t = fy_strmap_get(dead, name, len);
+  if (t) {
+    if (epoch > t->epoch)
+      t->epoch = epoch;
+    return 0;
+  }
+  t = malloc(sizeof *t + len + 1);
+  if (!t)
+    return -ENOMEM;
+  t->epoch = epoch;
+  memcpy(t->name, name, len);
+  t->name[len] = '\0';
+  if (fy_strmap_put(dead, t->name, len, t) < 0) {
+    free(t);
+    return -ENOMEM;
+  }
+  return 0;
+}
+
+/* Deletes name's offsets (match says which entries are name's) and
+ * records the deletion in dead at epoch. Returns queue offsets removed,
+ * or -ENOMEM with nothing changed. */
+static int64_t delete_at(fy_offsets *o, fy_strmap *dead, match_fn match, const char *name,
+                         int64_t epoch) {
+  struct entry **doomed;
+  size_t n;
+  int r = collect_matching(o, name, match, &doomed, &n);
+  if (r == 0)
+    r = tomb_put(dead, name, strlen(name), epoch);
+  if (r < 0) {
+    free(doomed);
+    return r;
+  }
+  o->dirty = true;
+  return (int64_t)remove_entries(o, doomed, n);
+}
+
+struct tref {
+  fy_strmap *dead;
+  struct tomb *t;
+};
+
+static int tref_older(const void *a, const void *b) {
+  const struct tref *x = a, *y = b;
+  return x->t->epoch < y->t->epoch ? -1 : x->t->epoch > y->t->epoch;
+}
+
+static bool tomb_expired(const fy_offsets *o, const struct tomb *t, int64_t now_ms) {
+  return now_ms - t->epoch > (int64_t)o->tombstone_ttl_ms;
+}
+
+static bool any_expired(const fy_offsets *o, const fy_strmap *dead, int64_t now_ms) {
+  size_t pos = 0, klen;
+  const char *key;
+  void *t;
+  while (fy_strmap_next(dead, &pos, &key, &klen, &t)) /* bounded by tombstones_max + a document's */
+    if (tomb_expired(o, t, now_ms))
+      return true;
+  return false;
+}
+
+void fy_offsets_trim_tombstones(fy_offsets *o, int64_t now_ms) {
+  size_t n = tombs_count(o), k = 0;
+  if (n <= o->tombstones_max && !any_expired(o, o->dead_groups, now_ms) &&
+      !any_expired(o, o->dead_topics, now_ms))
+    return; /* the common case, every merge: no allocation */
+  struct tref *v = malloc(n * sizeof *v);
+  if (!v)
+    return; /* tried again at the next tick */
+  fy_strmap *maps[2] = {o->dead_groups, o->dead_topics};
+  for (int m = 0; m < 2; m++) {
+    size_t pos = 0, klen;
+    const char *key;
+    void *t;
+    while (k < n && fy_strmap_next(maps[m], &pos, &key, &klen, &t)) /* bounded by n */
+      v[k++] = (struct tref){.dead = maps[m], .t = t};
+  }
+  qsort(v, k, sizeof *v, tref_older);
+  size_t over = k > o->tombstones_max ? k - o->tombstones_max : 0;
+  for (size_t i = 0; i < k; i++) { /* oldest first: stop at the first one kept */
+    struct tomb *t = v[i].t;
+    bool expired = tomb_expired(o, t, now_ms);
+    if (!expired && i >= over)
+      break;
+    if (!expired)
+      fy_warn("offsets", "forgetting the deletion of %s's offsets (epoch %lld): more than %u "
+              "deletions held", t->name, (long long)t->epoch, o->tombstones_max);
+    fy_strmap_del(v[i].dead, t->name, strlen(t->name));
+    free(t);
+    o->dirty = true;
+  }
+  free(v);
+}
+
 /* ---- documents ---------------------------------------------------------- */
 
 struct item {
@@ -329,6 +508,106 @@ static int items_from_json(json_t *root, uint32_t max_items, struct items *it, c
   return 0;
 }
 
+/* A document's deletions: root["deletedOffsets"], validated. */
+struct deletions {
+  int64_t epoch;  /* the newest deletion the document reflects; 0: none */
+  json_t *groups; /* {group: epoch}, borrowed; NULL when absent */
+  json_t *topics; /* {topic: epoch} */
+};
+
+/* Checks names (each a group, or each a topic) and their epochs, 1..epoch. */
+static int tombs_from_json(json_t *names, bool topics, int64_t epoch, char *err, size_t errlen) {
+  const char *name;
+  json_t *v;
+  json_object_foreach(names, name, v) { /* bounded: the caller checked the count */
+    const char *why = NULL;
+    if ((topics ? fy_topic_name_check(name, &why) : fy_group_name_check(name, &why)) < 0) {
+      snprintf(err, errlen, "%s: bad %s name \"%.*s\"", DELETIONS_KEY, topics ? "topic" : "group",
+               (int)FY_GROUP_NAME_MAX, name);
+      return -FY_ECORRUPT;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > epoch) {
+      snprintf(err, errlen, "%s: %s \"%s\": epoch is not an integer in 1..%lld", DELETIONS_KEY,
+               topics ? "topic" : "group", name, (long long)epoch);
+      return -FY_ECORRUPT;
+    }
+  }
+  return 0;
+}
+
+static int deletions_from_json(json_t *root, uint32_t max, struct deletions *d, char *err,
+                               size_t errlen) {
+  json_t *obj;
+  uint64_t epoch = 0;
+  memset(d, 0, sizeof *d);
+  int r = fy__json_object(root, DELETIONS_KEY, &obj, err, errlen);
+  if (r < 0 || !obj)
+    return r;
+  char why[256];
+  r = fy__json_uint(obj, "epoch", true, 0, 0, EPOCH_MAX, &epoch, why, sizeof why);
+  if (r == 0)
+    r = fy__json_object(obj, "groups", &d->groups, why, sizeof why);
+  if (r == 0)
+    r = fy__json_object(obj, "topics", &d->topics, why, sizeof why);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: %s", DELETIONS_KEY, why);
+    return r;
+  }
+  size_t n = json_object_size(d->groups) + json_object_size(d->topics);
+  if (n > max) {
+    snprintf(err, errlen, "%s: %zu deletions, more than tombstones_max (%u)", DELETIONS_KEY, n,
+             max);
+    return -ENOSPC;
+  }
+  d->epoch = (int64_t)epoch;
+  r = tombs_from_json(d->groups, false, d->epoch, err, errlen);
+  if (r == 0)
+    r = tombs_from_json(d->topics, true, d->epoch, err, errlen);
+  return r;
+}
+
+/* Whether this table deleted the item's group or topic after epoch (the
+ * document's), i.e. the document's copy of it predates the deletion. */
+static bool deleted_after(const fy_offsets *o, const struct item *x, int64_t epoch) {
+  const char *at = memchr(x->key, '@', x->key_len);
+  fy_assert(at);
+  size_t tlen = (size_t)(at - x->key);
+  return tomb_epoch(o->dead_topics, x->key, tlen) > epoch ||
+         tomb_epoch(o->dead_groups, at + 1, x->key_len - tlen - 1) > epoch;
+}
+
+/* Removes from it the items deleted here after epoch; returns how many. */
+static uint64_t drop_deleted(const fy_offsets *o, struct items *it, int64_t epoch) {
+  if (tombs_count(o) == 0)
+    return 0;
+  size_t kept = 0;
+  for (size_t i = 0; i < it->n; i++) /* bounded by entries_max */
+    if (!deleted_after(o, &it->v[i], epoch))
+      it->v[kept++] = it->v[i];
+  uint64_t dropped = it->n - kept;
+  it->n = kept;
+  return dropped;
+}
+
+/* Applies the deletions of names (groups or topics) newer than the table's
+ * epoch: their offsets here are removed, their tombstones kept. Only
+ * -ENOMEM can fail, midway. */
+static int adopt_deletions(fy_offsets *o, json_t *names, fy_strmap *dead, match_fn match,
+                           struct fy_offsets_merge_stats *st) {
+  const char *name;
+  json_t *v;
+  json_object_foreach(names, name, v) { /* bounded by tombstones_max */
+    int64_t epoch = (int64_t)json_integer_value(v);
+    if (epoch <= o->epoch)
+      continue; /* already reflected here */
+    int64_t removed = delete_at(o, dead, match, name, epoch);
+    if (removed < 0)
+      return (int)removed;
+    st->deleted += (uint64_t)removed;
+  }
+  return 0;
+}
+
 /* Applies validated items. Only the entry bound can still fail (checked
  * before, so only -ENOMEM midway). */
 static int apply_items(fy_offsets *o, const struct items *it, enum set_mode mode,
@@ -357,23 +636,41 @@ static uint64_t new_slots(const fy_offsets *o, const struct items *it) {
   return n;
 }
 
-/* Parses, validates, bound-checks, then applies json. */
+/* Parses, validates, bound-checks, then applies json: first the items
+ * this table deleted after the document was made are set aside, then the
+ * document's newer deletions are applied, then its offsets (which reflect
+ * those deletions, so they stay), and the table takes the larger epoch.
+ * The bound check ignores what the deletions free, so it may refuse a
+ * document that would just fit, never accept one that does not. */
 static int apply_document(fy_offsets *o, const char *json, size_t len, enum set_mode mode,
                           struct fy_offsets_merge_stats *st, char *err, size_t errlen) {
   json_t *root;
   struct items it = {0};
+  struct deletions d = {0};
   int r = fy__json_parse(json, len, &root, err, errlen);
   if (r < 0)
     return r;
   r = items_from_json(root, o->entries_max, &it, err, errlen);
+  if (r == 0)
+    r = deletions_from_json(root, o->tombstones_max, &d, err, errlen);
+  uint64_t dropped = r == 0 ? drop_deleted(o, &it, d.epoch) : 0;
   if (r == 0 && o->entries + new_slots(o, &it) > o->entries_max) {
     snprintf(err, errlen, "merging would exceed entries_max (%u) queue offsets", o->entries_max);
     r = -ENOSPC;
   }
   if (r == 0) {
-    r = apply_items(o, &it, mode, st);
+    st->dropped += dropped;
+    r = adopt_deletions(o, d.groups, o->dead_groups, group_is, st);
+    if (r == 0)
+      r = adopt_deletions(o, d.topics, o->dead_topics, topic_is, st);
+    if (r == 0)
+      r = apply_items(o, &it, mode, st);
     if (r < 0)
       snprintf(err, errlen, "out of memory");
+  }
+  if (r == 0 && d.epoch > o->epoch) {
+    o->epoch = d.epoch;
+    o->dirty = true;
   }
   free(it.v);
   json_decref(root);
@@ -395,10 +692,45 @@ static json_t *entry_to_json(const struct entry *e) {
   return q;
 }
 
+static json_t *tombs_to_json(const fy_strmap *dead) {
+  json_t *names = json_object();
+  size_t pos = 0, klen;
+  const char *key;
+  void *v;
+  while (names && fy_strmap_next(dead, &pos, &key, &klen, &v)) { /* bounded by tombstones_max */
+    const struct tomb *t = v;
+    if (json_object_set_new(names, t->name, json_integer(t->epoch)) < 0) {
+      json_decref(names);
+      return NULL;
+    }
+  }
+  return names;
+}
+
+/* {"epoch":E,"groups":{...},"topics":{...}}, or NULL on -ENOMEM. */
+static json_t *deletions_to_json(const fy_offsets *o) {
+  json_t *d = json_object(), *g = tombs_to_json(o->dead_groups), *t = tombs_to_json(o->dead_topics);
+  if (d && g && t && json_object_set_new(d, "epoch", json_integer(o->epoch)) == 0 &&
+      json_object_set(d, "groups", g) == 0 && json_object_set(d, "topics", t) == 0) {
+    json_decref(g);
+    json_decref(t);
+    return d;
+  }
+  json_decref(d);
+  json_decref(g);
+  json_decref(t);
+  return NULL;
+}
+
 static json_t *table_to_json(const fy_offsets *o) {
   json_t *root = json_object(), *table = json_object();
   if (!root || !table)
     goto out_free;
+  if (o->epoch > 0) { /* nothing deleted yet: the file stays RocketMQ's own shape */
+    json_t *d = deletions_to_json(o);
+    if (!d || json_object_set_new(root, DELETIONS_KEY, d) < 0)
+      goto out_free;
+  }
   size_t pos = 0, klen;
   const char *key;
   void *v;
@@ -446,15 +778,22 @@ static int save(fy_offsets *o, fy_metafile_cb cb, void *arg) {
   return r;
 }
 
-static void on_tick(uv_timer_t *t) {
-  fy_offsets *o = t->data;
-  if (!o->dirty)
+/* Saves in the background (in memory only: nothing to do). */
+static void save_logged(fy_offsets *o) {
+  if (!o->persist.mf)
     return;
   int r = save(o, NULL, NULL);
   if (r < 0) {
     o->persist.status = r;
     fy_error("offsets", "cannot schedule saving consumer offsets: %s", fy_strerror(r));
   }
+}
+
+static void on_tick(uv_timer_t *t) {
+  fy_offsets *o = t->data;
+  fy_offsets_trim_tombstones(o, fy__now_ms());
+  if (o->dirty)
+    save_logged(o);
 }
 
 /* A failed save leaves the file behind the table: write it again next tick. */
@@ -483,16 +822,21 @@ void fy_offsets_options_init(struct fy_offsets_options *opt) {
   opt->flush_interval_ms = FLUSH_INTERVAL_DEFAULT_MS;
   opt->entries_max = ENTRIES_MAX_DEFAULT;
   opt->queues_max = QUEUES_MAX_DEFAULT;
+  opt->tombstones_max = TOMBSTONES_MAX_DEFAULT;
+  opt->tombstone_ttl_ms = TOMBSTONE_TTL_DEFAULT_MS;
 }
 
 static int check_options(const struct fy_offsets_options *opt, char *err, size_t errlen) {
   if (opt->flush_interval_ms < 1 || opt->flush_interval_ms > 3600u * 1000 ||
       opt->entries_max < 1 || opt->entries_max > ENTRIES_MAX_LIMIT || opt->queues_max < 1 ||
-      opt->queues_max > FY_TOPIC_QUEUES_LIMIT) {
+      opt->queues_max > FY_TOPIC_QUEUES_LIMIT || opt->tombstones_max < 1 ||
+      opt->tombstones_max > TOMBSTONES_MAX_LIMIT || opt->tombstone_ttl_ms < 1 ||
+      opt->tombstone_ttl_ms > TOMBSTONE_TTL_LIMIT_MS) {
     snprintf(err, errlen,
              "offsets: flush_interval_ms must be 1..3600000, entries_max 1..%u, "
-             "queues_max 1..%u",
-             ENTRIES_MAX_LIMIT, FY_TOPIC_QUEUES_LIMIT);
+             "queues_max 1..%u, tombstones_max 1..%u, tombstone_ttl_ms 1..%llu",
+             ENTRIES_MAX_LIMIT, FY_TOPIC_QUEUES_LIMIT, TOMBSTONES_MAX_LIMIT,
+             (unsigned long long)TOMBSTONE_TTL_LIMIT_MS);
     return -EINVAL;
   }
   return 0;
@@ -507,6 +851,7 @@ static int load(fy_offsets *o, const char *buf, size_t len, char *err, size_t er
     return r;
   }
   o->dirty = false; /* the table equals the file */
+  fy_offsets_trim_tombstones(o, fy__now_ms()); /* expired while the broker was down: dirty */
   return 0;
 }
 
@@ -521,10 +866,14 @@ int fy_offsets_open(uv_loop_t *loop, fy_aio *aio, const struct fy_offsets_option
   o->entries_max = opt->entries_max;
   o->queues_max = opt->queues_max;
   o->flush_interval_ms = opt->flush_interval_ms;
+  o->tombstones_max = opt->tombstones_max;
+  o->tombstone_ttl_ms = opt->tombstone_ttl_ms;
   o->map = fy_strmap_new();
-  if (!o->map) {
-    free(o);
-    return -ENOMEM;
+  o->dead_groups = fy_strmap_new();
+  o->dead_topics = fy_strmap_new();
+  if (!o->map || !o->dead_groups || !o->dead_topics) {
+    r = -ENOMEM;
+    goto out_free;
   }
   char *buf;
   size_t len;
@@ -554,6 +903,8 @@ out_close_persist:
   fy__persist_close(&o->persist);
 out_free:
   fy__table_free(o->map, entry_free);
+  fy__table_free(o->dead_groups, free);
+  fy__table_free(o->dead_topics, free);
   free(o);
   return r;
 }
@@ -565,7 +916,10 @@ void fy_offsets_close(fy_offsets *o) {
     return;
   fy__persist_close(&o->persist);
   fy__table_free(o->map, entry_free);
+  fy__table_free(o->dead_groups, free);
+  fy__table_free(o->dead_topics, free);
   o->map = NULL;
+  o->dead_groups = o->dead_topics = NULL;
   if (o->has_timer)
     uv_close((uv_handle_t *)&o->timer, on_timer_closed);
   else
@@ -593,56 +947,59 @@ int fy_offsets_merge_json(fy_offsets *o, const char *json, size_t len,
                           struct fy_offsets_merge_stats *stats, char *err, size_t errlen) {
   struct fy_offsets_merge_stats st = {0};
   int r = apply_document(o, json, len, SET_MAX, &st, err, errlen);
+  if (r == 0)
+    fy_offsets_trim_tombstones(o, fy__now_ms()); /* it may have brought some */
   if (stats)
     *stats = st;
   return r;
 }
 
-/* Removes the entries for which match(e, name) holds; returns queue offsets removed. */
-static int delete_matching(fy_offsets *o, const char *name,
-                           bool (*match)(const struct entry *e, const char *name)) {
-  size_t n = fy_strmap_size(o->map), k = 0;
-  if (n == 0)
-    return -FY_ENOT_FOUND;
-  struct entry **doomed = malloc(n * sizeof *doomed);
-  if (!doomed)
-    return -ENOMEM;
-  size_t pos = 0, klen;
-  const char *key;
-  void *v;
-  while (k < n && fy_strmap_next(o->map, &pos, &key, &klen, &v)) /* collect, then delete */
-    if (match(v, name))
-      doomed[k++] = v;
-  uint64_t removed = 0;
-  for (size_t i = 0; i < k; i++) {
-    struct entry *e = doomed[i];
-    fy_strmap_del(o->map, e->key, strlen(e->key));
-    removed += e->used;
-    fy_assert(o->entries >= e->used);
-    o->entries -= e->used;
-    entry_free(e);
-  }
-  free(doomed);
+/* The epoch of a deletion made now: after every deletion the table
+ * reflects, and the wall clock when that is later, so that epochs keep
+ * growing across a lost file and read as the time of the deletion. */
+static int64_t next_epoch(const fy_offsets *o) {
+  int64_t now = fy__now_ms();
+  return now > o->epoch ? now : o->epoch + 1;
+}
+
+static int delete_recorded(fy_offsets *o, fy_strmap *dead, match_fn match, const char *name) {
+  int64_t epoch = next_epoch(o);
+  int64_t removed = delete_at(o, dead, match, name, epoch);
+  if (removed < 0)
+    return (int)removed;
+  o->epoch = epoch;
+  fy_offsets_trim_tombstones(o, fy__now_ms());
+  /* An operator's rare, explicit act: on disk now, not at the next tick,
+   * so that a master restarted at once still knows to refuse the slave's
+   * copy of what it deleted. */
+  save_logged(o);
   if (removed == 0)
     return -FY_ENOT_FOUND;
-  o->dirty = true;
   return removed > INT32_MAX ? INT32_MAX : (int)removed;
 }
 
-static bool group_is(const struct entry *e, const char *group) {
-  return strcmp(entry_group(e), group) == 0;
-}
-
-static bool topic_is(const struct entry *e, const char *topic) {
-  return strlen(topic) == e->topic_len && memcmp(e->key, topic, e->topic_len) == 0;
-}
-
 int fy_offsets_delete_group(fy_offsets *o, const char *group) {
-  return delete_matching(o, group, group_is);
+  if (fy_group_name_check(group, NULL) < 0)
+    return -EINVAL;
+  return delete_recorded(o, o->dead_groups, group_is, group);
 }
 
 int fy_offsets_delete_topic(fy_offsets *o, const char *topic) {
-  return delete_matching(o, topic, topic_is);
+  if (fy_topic_name_check(topic, NULL) < 0)
+    return -EINVAL;
+  return delete_recorded(o, o->dead_topics, topic_is, topic);
+}
+
+int64_t fy_offsets_deletion_epoch(const fy_offsets *o) { return o->epoch; }
+
+size_t fy_offsets_tombstones(const fy_offsets *o) { return tombs_count(o); }
+
+int64_t fy_offsets_group_deleted(const fy_offsets *o, const char *group) {
+  return tomb_epoch(o->dead_groups, group, strlen(group));
+}
+
+int64_t fy_offsets_topic_deleted(const fy_offsets *o, const char *topic) {
+  return tomb_epoch(o->dead_topics, topic, strlen(topic));
 }
 
 /* ---- queries ------------------------------------------------------------ */

@@ -53,7 +53,7 @@ struct admin_op {
   struct fy__op base;
   enum kind kind;
   char topic[FY_CLIENT_TOPIC_MAX];
-  char group[FY_CLIENT_NAME_MAX];
+  char group[FY_CLIENT_GROUP_MAX];
   char cluster[FY_CLIENT_NAME_MAX];
   char addr[FY_CLIENT_ADDR_MAX];
   char key[512];

@@ -398,7 +398,7 @@ void fy__alloc_averagely(size_t n, size_t c, size_t i, size_t *first, size_t *co
 struct fy_producer {
   fy_client *cl;
   fy_producer_config cfg;
-  char group[FY_CLIENT_NAME_MAX];
+  char group[FY_CLIENT_GROUP_MAX];
   pthread_mutex_t mu;
   pthread_cond_t cv;
   uint32_t inflight;               /* async sends not called back (mu) */
@@ -420,7 +420,7 @@ struct fy_pull_consumer {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   uint32_t live_ops;                /* ops not yet freed (mu): close waits for 0 */
-  char group[FY_CLIENT_NAME_MAX];
+  char group[FY_CLIENT_GROUP_MAX];
   fy_strmap *suggest;               /* "topic\1broker\1qid" -> broker id + 1 (loop) */
   struct fy_pull_consumer *all_next;
 };

@@ -718,7 +718,7 @@ static int producer_reg(fy_producer *p, bool add) {
 }
 
 int fy_producer_new(fy_client *cl, const fy_producer_config *cfg, fy_producer **out) {
-  if (!cfg || fy__cl_name_check("producer group", cfg->group, FY_CLIENT_NAME_MAX))
+  if (!cfg || fy__cl_name_check("producer group", cfg->group, FY_CLIENT_GROUP_MAX))
     return -EINVAL;
   fy_producer *p = calloc(1, sizeof *p);
   if (!p)

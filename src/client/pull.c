@@ -71,7 +71,7 @@ struct qoff_op {
   struct fy__op base;
   fy_queue q;
   uint16_t code;
-  char group[FY_CLIENT_NAME_MAX];
+  char group[FY_CLIENT_GROUP_MAX];
   uint64_t offset;
   int64_t timestamp;
   uint64_t result;
@@ -496,7 +496,7 @@ int fy_pull_consumer_pull(fy_pull_consumer *c, const fy_queue *q, uint64_t offse
 }
 
 int fy_pull_consumer_new(fy_client *cl, const char *group, fy_pull_consumer **out) {
-  if (fy__cl_name_check("consumer group", group, FY_CLIENT_NAME_MAX))
+  if (fy__cl_name_check("consumer group", group, FY_CLIENT_GROUP_MAX))
     return -EINVAL;
   fy_pull_consumer *c = calloc(1, sizeof *c);
   if (!c)

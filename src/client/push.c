@@ -127,7 +127,7 @@ struct topic_rb {
 struct fy_push_consumer {
   fy_client *cl;
   fy_push_config cfg;
-  char group[FY_CLIENT_NAME_MAX];
+  char group[FY_CLIENT_GROUP_MAX];
   char offset_path[PATH_MAX];
   struct fy__sub subs[FY__SUBS_MAX];
   size_t nsubs;
@@ -1381,7 +1381,7 @@ int fy_push_consumer_new(fy_client *cl, const fy_push_config *cfg, fy_push_consu
     fy__set_last_error("a consumer group and a listener are required");
     return -EINVAL;
   }
-  if (fy__cl_name_check("consumer group", cfg->group, FY_CLIENT_NAME_MAX))
+  if (fy__cl_name_check("consumer group", cfg->group, FY_CLIENT_GROUP_MAX))
     return -EINVAL;
   fy_push_consumer *c = calloc(1, sizeof *c);
   if (!c)

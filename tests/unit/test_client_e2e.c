@@ -5,7 +5,8 @@
  * status, queries by key and by offset msg id, cluster list, broker
  * status, topic configs; the pull consumer's redirect to the slave; a push
  * consumer that consumes everything and commits, consumer progress and a
- * reset by time; then the master stops: producers find no master,
+ * reset by time; a 200-byte group name through all of it; then the master
+ * stops: producers find no master,
  * consumers read from the slave and commit there. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -399,6 +400,57 @@ static void test_e2e(void **state) {
   assert_int_equal(fy_admin_consumer_progress(cl, "E2EG", NULL, 0, &cp), 0);
   assert_true(cp->total_lag == 210);
   fy_result_free(cp);
+
+  /* A 200-byte group name (brokers take RocketMQ's 255): producer group,
+   * subscription group, push consumer, committed offsets, pull consumer. */
+  char lg[201];
+  memset(lg, 'g', 200);
+  lg[200] = '\0';
+  fy_topic_config ltc = {.topic = "E2ELong", .read_queues = 2, .write_queues = 2};
+  assert_int_equal(fy_admin_update_topic(cl, maddr, NULL, &ltc, 0), 0);
+  WAIT_UNTIL(route_has(cl, "E2ELong", 2));
+  fy_sub_group_config_init(&sg, lg);
+  assert_int_equal(fy_admin_update_sub_group(cl, maddr, NULL, &sg, 0), 0);
+  assert_true(sub_group_has(cl, maddr, lg, NULL));
+  fy_producer_config lpc = {.group = lg};
+  fy_producer *lp;
+  assert_int_equal(fy_producer_new(cl, &lpc, &lp), 0);
+  for (int i = 0; i < 6; i++) {
+    fy_message lm = {.topic = "E2ELong", .body = "long", .body_len = 4};
+    fy_send_result lr;
+    assert_int_equal(fy_producer_send(lp, &lm, NULL, &lr), 0);
+    assert_int_equal(lr.status, FY_SEND_OK);
+  }
+  assert_int_equal(fy_producer_close(lp), 0);
+  struct counts lcnt = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  fy_push_config lcf = pcf;
+  lcf.group = lg;
+  lcf.listener_arg = &lcnt;
+  assert_int_equal(fy_push_consumer_new(cl, &lcf, &push), 0);
+  assert_int_equal(fy_push_consumer_subscribe(push, "E2ELong", "*"), 0);
+  assert_int_equal(fy_push_consumer_start(push), 0);
+  WAIT_UNTIL(unique(&lcnt) == 6);
+  assert_int_equal(fy_push_consumer_close(push), 0);
+  assert_int_equal(fy_admin_consumer_progress(cl, lg, "E2ELong", 0, &cp), 0);
+  assert_int_equal(cp->n, 2);
+  assert_true(cp->total_lag == 0);
+  fy_result_free(cp);
+  fy_pull_consumer *lpull;
+  assert_int_equal(fy_pull_consumer_new(cl, lg, &lpull), 0);
+  fy_queue lq = {.topic = "E2ELong", .broker_name = "broker-a", .queue_id = 0};
+  uint64_t loff;
+  assert_int_equal(fy_pull_consumer_fetch_offset(lpull, &lq, 0, &loff), 0);
+  fy_pull_consumer_close(lpull);
+  assert_int_equal(fy_admin_delete_sub_group(cl, maddr, NULL, lg, true, 0), 0);
+  /* 255 bytes is the most: 256 is refused before anything is sent */
+  char g256[257];
+  memset(g256, 'h', 256);
+  g256[256] = '\0';
+  assert_int_equal(fy_pull_consumer_new(cl, g256, &lpull), -EINVAL);
+  assert_non_null(strstr(fy_client_last_error(), "consumer group must be 1..255 bytes"));
+  g256[255] = '\0';
+  assert_int_equal(fy_pull_consumer_new(cl, g256, &lpull), 0);
+  fy_pull_consumer_close(lpull);
 
   /* the master stops: no master to write to, the slave serves reads */
   fy_producer_close(p);
