@@ -1152,7 +1152,10 @@ def test_failed_start_closes_what_it_opened(args):
             store = os.path.join(d, name)
             argv = [binary(args, "mqbroker"), "-o", "storePathRootDir=" + store,
                     "-o", "listenAddress=127.0.0.1", "-o", "brokerIP1=127.0.0.1",
-                    "-o", "namesrvAddr=127.0.0.1:1"]
+                    "-o", "namesrvAddr=127.0.0.1:1",
+                    # small segments: the default 1 GiB (and the next one made
+                    # ahead) would take 2 GiB of disk per case
+                    "-o", "mappedFileSizeCommitLog=16777216"]
             for kv in conf:
                 argv += ["-o", kv]
             r = subprocess.run(argv, capture_output=True, text=True, timeout=60 * slow(args))

@@ -12,6 +12,7 @@ when any of them is in use here (a developer's own quickstart cluster),
 the test is skipped (exit 77) rather than disturb it.
 """
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +57,8 @@ def test_failed_starts_say_so(args):
         r = cluster(args, "stop", a)
         assert r.returncode == 0, (r.stdout, r.stderr)
         assert not any(in_use(p) for p in PORTS), "cluster a still listens after stop"
+        for store in ("broker-a", "broker-a-s"):  # 2 GiB each (1 GiB segments); logs stay
+            shutil.rmtree(os.path.join(a, store))
 
         with socket.socket() as squat:  # the master's HA port taken
             squat.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
