@@ -59,7 +59,8 @@
 extern "C" {
 #endif
 
-#define FY_CLIENT_TOPIC_MAX 256 /* bytes of a topic name, NUL included */
+#define FY_CLIENT_TOPIC_MAX 128 /* bytes of a topic name, NUL included: RocketMQ's 127
+                                   (TOPIC_MAX_LENGTH), as brokers accept */
 #define FY_CLIENT_GROUP_MAX 256 /* producer and consumer groups, NUL included: RocketMQ's 255
                                    (Validators.CHARACTER_MAX_LENGTH), as brokers accept */
 #define FY_CLIENT_NAME_MAX 128  /* brokerName and cluster names, NUL included */

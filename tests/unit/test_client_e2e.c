@@ -451,6 +451,13 @@ static void test_e2e(void **state) {
   g256[255] = '\0';
   assert_int_equal(fy_pull_consumer_new(cl, g256, &lpull), 0);
   fy_pull_consumer_close(lpull);
+  /* topics: 127 bytes, as brokers keep them; 128 is refused before anything is sent */
+  g256[128] = '\0';
+  fy_send_result long_r;
+  assert_int_equal(
+      fy_producer_send(p, &(fy_message){.topic = g256, .body = "x", .body_len = 1}, NULL, &long_r),
+      -EINVAL);
+  assert_non_null(strstr(fy_client_last_error(), "topic must be 1..127 bytes"));
 
   /* the master stops: no master to write to, the slave serves reads */
   fy_producer_close(p);
