@@ -716,7 +716,9 @@ static int local_load(fy_push_consumer *c) {
     char topic[FY_CLIENT_TOPIC_MAX], broker[FY_CLIENT_NAME_MAX];
     unsigned qid;
     unsigned long long off;
-    if (sscanf(line, "%255[^\t]\t%127[^\t]\t%u\t%llu", topic, broker, &qid, &off) != 4)
+    _Static_assert(FY_CLIENT_TOPIC_MAX == 128 && FY_CLIENT_NAME_MAX == 128,
+                   "the widths below are the buffers' sizes less one");
+    if (sscanf(line, "%127[^\t]\t%127[^\t]\t%u\t%llu", topic, broker, &qid, &off) != 4)
       continue;
     fy_queue q;
     memset(&q, 0, sizeof q);
