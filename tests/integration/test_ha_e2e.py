@@ -39,12 +39,17 @@ class Pair:
         self.args = args
         self.dir = fresh_dir(args.tmp, name)
         self.procs = {}
-        self.ns_port = self._start("namesrv", ["mqnamesrv", "-o", "listenPort=0",
-                                               "-o", "listenAddress=127.0.0.1"])
-        self.ns = f"127.0.0.1:{self.ns_port}"
-        self.m_port = self._start("master", self._broker("master", True) + list(extra_master))
-        if slave:
-            self.start_slave()
+        try:
+            self.ns_port = self._start("namesrv", ["mqnamesrv", "-o", "listenPort=0",
+                                                   "-o", "listenAddress=127.0.0.1"])
+            self.ns = f"127.0.0.1:{self.ns_port}"
+            self.m_port = self._start("master",
+                                      self._broker("master", True) + list(extra_master))
+            if slave:
+                self.start_slave()
+        except BaseException:  # no caller holds the pair yet to stop what started
+            self.stop()
+            raise
 
     def start_slave(self, extra=(), env=None):
         self.s_port = self._start("slave", self._broker("slave", False) + list(extra), env)
